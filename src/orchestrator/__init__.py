@@ -1,0 +1,3 @@
+"""Fleet firmware-upgrade orchestrator for OneNET OTA."""
+
+__version__ = "0.1.0"

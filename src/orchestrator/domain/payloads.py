@@ -1,0 +1,153 @@
+"""Validation of device messages (MQTT contract, section 3). Pure: bytes in, value out.
+
+:func:`parse_message` never raises: it returns a :class:`StatusReport`, a
+:class:`ProgressReport` or a :class:`Rejection` with a short reason used as a metric label.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.domain.versions import is_valid_version
+
+INT64_MAX = 2**63 - 1
+SIGNAL_RANGE = (-200, 200)
+POWER_RANGE = (0, 100)
+TEXT_MAX = 64
+VALID_STEPS = frozenset([*range(0, 101), *range(101, 108), *range(201, 209)])
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    dev_id: int
+    manuf: str | None = None
+    model: str | None = None
+    fota_version: str | None = None
+    sota_version: str | None = None
+    signal: int | None = None
+    power: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressReport:
+    dev_id: int
+    campaign: int
+    step: int
+    version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: str
+    detail: str
+    topic: str
+
+
+Parsed = StatusReport | ProgressReport | Rejection
+
+
+class _Bad(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_dev_id(text: str) -> int | None:
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        return None
+    value = int(text)
+    return value if 0 < value <= INT64_MAX else None
+
+
+def _int(obj: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad("bad_type", f"{key}: expected an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise _Bad("out_of_range", f"{key}: {value} not in [{lo}, {hi}]")
+    return value
+
+
+def _text(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Bad("bad_type", f"{key}: expected a string, got {type(value).__name__}")
+    if not value.strip() or len(value) > TEXT_MAX or not value.isprintable():
+        raise _Bad("bad_text", f"{key}: must be 1-{TEXT_MAX} printable characters")
+    return value
+
+
+def _version(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not is_valid_version(value):
+        raise _Bad("bad_version", f"{key}: {str(value)[:40]!r} is not a valid version")
+    assert isinstance(value, str)
+    return value
+
+
+def _object(payload: bytes) -> dict[str, Any]:
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Bad("not_utf8", "payload is not UTF-8") from None
+    if not text.strip():
+        raise _Bad("empty", "empty payload")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        raise _Bad("bad_json", "payload is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise _Bad("not_object", f"payload is a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def parse_status(dev_id: int, payload: bytes) -> StatusReport:
+    obj = _object(payload)
+    return StatusReport(
+        dev_id=dev_id,
+        manuf=_text(obj, "manuf"),
+        model=_text(obj, "model"),
+        fota_version=_version(obj, "fota_version"),
+        sota_version=_version(obj, "sota_version"),
+        signal=_int(obj, "signal", *SIGNAL_RANGE),
+        power=_int(obj, "power", *POWER_RANGE),
+    )
+
+
+def parse_progress(dev_id: int, payload: bytes) -> ProgressReport:
+    obj = _object(payload)
+    campaign = _int(obj, "campaign", 1, INT64_MAX)
+    step = _int(obj, "step", 0, 208)
+    if campaign is None:
+        raise _Bad("missing_field", "campaign: required")
+    if step is None:
+        raise _Bad("missing_field", "step: required")
+    if step not in VALID_STEPS:
+        raise _Bad("out_of_range", f"step: {step} is not a OneNET step code")
+    return ProgressReport(dev_id, campaign, step, _version(obj, "version"))
+
+
+def parse_message(prefix: str, topic: str, payload: bytes) -> Parsed:
+    """Validate one device message. Never raises."""
+    parts = topic.split("/")
+    if len(parts) != 3 or parts[0] != prefix or parts[2] not in ("status", "progress"):
+        return Rejection("bad_topic", f"unexpected topic {topic[:80]!r}", topic)
+    dev_id = parse_dev_id(parts[1])
+    if dev_id is None:
+        return Rejection("bad_dev_id", f"device id {parts[1][:40]!r} is not a positive integer",
+                         topic)
+    try:
+        if parts[2] == "status":
+            return parse_status(dev_id, payload)
+        return parse_progress(dev_id, payload)
+    except _Bad as bad:
+        return Rejection(bad.reason, bad.detail, topic)

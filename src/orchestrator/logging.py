@@ -1,0 +1,80 @@
+"""structlog set-up: JSON off a terminal, console on one; stdlib loggers share the chain.
+
+Secrets never leave: keys that look like credentials are masked, and DSN/URL passwords
+and Authorization values inside strings are scrubbed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_KEYS = re.compile(r"(password|passwd|secret|token|authorization|access_key|api_key)",
+                          re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@", re.IGNORECASE)
+_AUTH_SIGN = re.compile(r"(sign=)[^&\s\"']+", re.IGNORECASE)
+_BEARER = re.compile(r"(Bearer\s+)\S+", re.IGNORECASE)
+_NOT_SECRET = {"token_expires_at", "tokens", "token_count"}
+
+
+def scrub(text: str) -> str:
+    text = _URL_PASSWORD.sub(r"\g<pre>***@", text)
+    text = _AUTH_SIGN.sub(r"\1***", text)
+    return _BEARER.sub(r"\1***", text)
+
+
+def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in list(event.items()):
+        if key not in _NOT_SECRET and _SECRET_KEYS.search(key) and value is not None:
+            event[key] = "***"
+        elif isinstance(value, str):
+            event[key] = scrub(value)
+    return event
+
+
+def configure(fmt: str | None = None, level: str = "info") -> None:
+    """Configure structlog and the standard library once, at start-up."""
+    if fmt is None:
+        fmt = "console" if sys.stdout.isatty() else "json"
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared[:-1], structlog.stdlib.ExtraAdder(), redact],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info if fmt == "json" else _identity,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # paho logs every packet at DEBUG; keep it at WARNING unless asked
+    logging.getLogger("mqtt").setLevel(max(logging.WARNING, root.level))
+
+
+def _identity(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    return event

@@ -1,0 +1,37 @@
+"""Prometheus metrics, one registry per service instance (tests run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.ingest_messages = Counter(
+            "orch_ingest_messages", "Device messages applied", ["kind"], registry=r)
+        self.ingest_rejected = Counter(
+            "orch_ingest_rejected", "Device messages rejected, by reason", ["reason"], registry=r)
+        self.ingest_batches = Counter("orch_ingest_batches", "Ingest batches written", registry=r)
+        self.ingest_batch_seconds = Histogram(
+            "orch_ingest_batch_seconds", "Time to write one ingest batch", registry=r)
+        self.mqtt_reconnects = Counter("orch_mqtt_reconnects", "MQTT reconnects", registry=r)
+        self.checks = Counter("orch_checks", "OneNET check calls, by errno (-1 transport)",
+                              ["errno"], registry=r)
+        self.dispatches = Counter("orch_dispatches", "Upgrade commands published", registry=r)
+        self.progress = Counter("orch_progress", "Progress reports, by step", ["step"],
+                                registry=r)
+        self.due_backlog = Gauge("orch_due_backlog", "Devices due now and not claimed",
+                                 registry=r)
+        self.claim_lag = Gauge("orch_claim_lag_seconds",
+                               "Age of the oldest due device at the last claim", registry=r)
+        self.breaker_open = Gauge("orch_onenet_breaker_open",
+                                  "1 while the check endpoint circuit breaker is open",
+                                  registry=r)
+
+    def rejected(self, reason: str) -> float:
+        value = self.registry.get_sample_value("orch_ingest_rejected_total", {"reason": reason})
+        return value or 0.0
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""MQTT adapter: topics, batched ingest, command publishing."""

@@ -1,0 +1,150 @@
+-- 001: device registry, campaigns, per-device campaign state, events, counters, views.
+-- All objects live in the schema "ota". Views are the dashboard contract; tables may change.
+
+CREATE TABLE ota.devices (
+    dev_id        bigint PRIMARY KEY CHECK (dev_id > 0),
+    manuf         text,
+    model         text,
+    fota_version  text,
+    sota_version  text,
+    signal        integer,
+    power         integer,
+    status_at     timestamptz,          -- when signal/power were last reported
+    last_seen     timestamptz,          -- any message from the device
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX devices_model_idx ON ota.devices (manuf, model);
+
+CREATE TABLE ota.campaigns (
+    campaign_id         bigserial PRIMARY KEY,
+    name                text NOT NULL,
+    status              text NOT NULL DEFAULT 'draft'
+        CHECK (status IN ('draft', 'running', 'paused', 'completed', 'cancelled', 'aborted')),
+    type                text NOT NULL CHECK (type IN ('fota', 'sota')),
+    target_version      text NOT NULL,
+    selector            jsonb NOT NULL DEFAULT '{}',
+    waves               integer[] NOT NULL DEFAULT '{100}',
+    wave_success_pct    numeric NOT NULL DEFAULT 0,
+    current_wave        integer NOT NULL DEFAULT 0,
+    max_per_minute      integer CHECK (max_per_minute > 0),
+    abort_failure_pct   numeric CHECK (abort_failure_pct >= 0 AND abort_failure_pct <= 100),
+    abort_min_finished  integer NOT NULL DEFAULT 1,
+    continuous          boolean NOT NULL DEFAULT false,
+    status_reason       text,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    started_at          timestamptz,
+    finished_at         timestamptz,
+    updated_at          timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE ota.campaign_devices (
+    campaign_id       bigint NOT NULL REFERENCES ota.campaigns ON DELETE CASCADE,
+    dev_id            bigint NOT NULL REFERENCES ota.devices,
+    wave              integer NOT NULL DEFAULT 0,
+    state             text NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'checking', 'gated', 'dispatched', 'downloading',
+                         'upgrading', 'succeeded', 'failed', 'no_task', 'cancelled')),
+    attempts          integer NOT NULL DEFAULT 0,     -- task retry budget used
+    transient_errors  integer NOT NULL DEFAULT 0,     -- errno 7 / transport, own budget
+    next_attempt_at   timestamptz,
+    lease_owner       text,
+    lease_until       timestamptz,
+    last_errno        integer,
+    last_step         integer,
+    last_error        text,
+    task              jsonb,                          -- the check answer's data
+    token_expires_at  timestamptz,
+    dispatched_at     timestamptz,
+    report_asked_at   timestamptz,
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (campaign_id, dev_id)
+);
+-- due work, claimed with FOR UPDATE SKIP LOCKED by this index
+CREATE INDEX campaign_devices_due_idx ON ota.campaign_devices (next_attempt_at)
+    WHERE state IN ('pending', 'checking', 'gated', 'dispatched', 'downloading', 'upgrading');
+CREATE INDEX campaign_devices_dev_idx ON ota.campaign_devices (dev_id);
+
+-- append-only audit log: every transition, with its reason
+CREATE TABLE ota.events (
+    event_id     bigserial PRIMARY KEY,
+    at           timestamptz NOT NULL DEFAULT now(),
+    campaign_id  bigint,
+    dev_id       bigint,
+    kind         text NOT NULL,
+    from_state   text,
+    to_state     text,
+    reason       text,
+    actor        text,
+    detail       jsonb
+);
+CREATE INDEX events_campaign_idx ON ota.events (campaign_id, at);
+
+-- kept counts, so progress never re-counts a million rows
+CREATE TABLE ota.campaign_counts (
+    campaign_id  bigint NOT NULL REFERENCES ota.campaigns ON DELETE CASCADE,
+    state        text NOT NULL,
+    n            bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (campaign_id, state)
+);
+
+CREATE TABLE ota.check_counts (
+    campaign_id  bigint NOT NULL REFERENCES ota.campaigns ON DELETE CASCADE,
+    errno        integer NOT NULL,       -- -1: transport error or timeout
+    calls        bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (campaign_id, errno)
+);
+
+CREATE FUNCTION ota.count_states() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO ota.campaign_counts AS c (campaign_id, state, n)
+        SELECT campaign_id, state, count(*) FROM new_rows GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (campaign_id, state) DO UPDATE SET n = c.n + EXCLUDED.n;
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO ota.campaign_counts AS c (campaign_id, state, n)
+        SELECT campaign_id, state, sum(d) FROM (
+            SELECT campaign_id, state, 1 AS d FROM new_rows
+            UNION ALL
+            SELECT campaign_id, state, -1 AS d FROM old_rows
+        ) x GROUP BY 1, 2 HAVING sum(d) <> 0 ORDER BY 1, 2
+        ON CONFLICT (campaign_id, state) DO UPDATE SET n = c.n + EXCLUDED.n;
+    ELSE
+        UPDATE ota.campaign_counts c SET n = c.n - x.k
+        FROM (SELECT campaign_id, state, count(*) AS k FROM old_rows GROUP BY 1, 2) x
+        WHERE c.campaign_id = x.campaign_id AND c.state = x.state;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER campaign_devices_count_ins AFTER INSERT ON ota.campaign_devices
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION ota.count_states();
+CREATE TRIGGER campaign_devices_count_upd AFTER UPDATE ON ota.campaign_devices
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION ota.count_states();
+CREATE TRIGGER campaign_devices_count_del AFTER DELETE ON ota.campaign_devices
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION ota.count_states();
+
+-- dashboard contract (contract.md section 4)
+CREATE VIEW ota.campaign_progress AS
+SELECT c.campaign_id, c.name, c.status, c.type, c.target_version,
+       coalesce(sum(k.n), 0)::bigint AS total,
+       coalesce(sum(k.n) FILTER (WHERE k.state = 'pending'), 0)::bigint AS pending,
+       coalesce(sum(k.n) FILTER (WHERE k.state IN ('checking', 'gated', 'dispatched',
+                                                  'downloading', 'upgrading')), 0)::bigint
+           AS in_progress,
+       coalesce(sum(k.n) FILTER (WHERE k.state = 'succeeded'), 0)::bigint AS succeeded,
+       coalesce(sum(k.n) FILTER (WHERE k.state = 'failed'), 0)::bigint AS failed,
+       coalesce(sum(k.n) FILTER (WHERE k.state = 'no_task'), 0)::bigint AS no_task,
+       coalesce(sum(k.n) FILTER (WHERE k.state = 'cancelled'), 0)::bigint AS cancelled,
+       c.started_at, c.finished_at
+FROM ota.campaigns c
+LEFT JOIN ota.campaign_counts k ON k.campaign_id = c.campaign_id
+GROUP BY c.campaign_id;
+
+CREATE VIEW ota.device_progress AS
+SELECT campaign_id, dev_id, state, attempts, last_errno, last_step, next_attempt_at, updated_at
+FROM ota.campaign_devices;
+
+CREATE VIEW ota.check_outcomes AS
+SELECT campaign_id, errno, calls FROM ota.check_counts;

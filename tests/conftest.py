@@ -1,0 +1,195 @@
+"""Shared fixtures: a real PostgreSQL and a real MQTT broker.
+
+Defaults are the local services on their standard ports; ``ORCH_TEST_DATABASE_URL`` and
+``ORCH_TEST_MQTT_URL`` point elsewhere. A template database is migrated once per session
+and every test gets its own database created from it, and its own topic prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from orchestrator.config import Settings, parse_mqtt_url
+from orchestrator.store.migrate import migrate
+
+ADMIN_URL = os.environ.get("ORCH_TEST_DATABASE_URL",
+                           "postgresql://postgres@127.0.0.1:5432/postgres")
+MQTT_URL = os.environ.get("ORCH_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
+
+
+def db_url(name: str) -> str:
+    parts = urlsplit(ADMIN_URL)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def template_db() -> Iterator[str]:
+    name = f"orch_tmpl_{os.getpid()}"
+
+    async def setup() -> None:
+        conn = await asyncpg.connect(ADMIN_URL)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        await migrate(db_url(name))
+
+    async def teardown() -> None:
+        conn = await asyncpg.connect(ADMIN_URL)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(setup())
+    yield name
+    asyncio.run(teardown())
+
+
+async def _create_db(template: str | None) -> str:
+    name = f"orch_t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        tmpl = f' TEMPLATE "{template}"' if template else ""
+        await conn.execute(f'CREATE DATABASE "{name}"{tmpl}')
+    finally:
+        await conn.close()
+    return name
+
+
+async def _drop_db(name: str) -> None:
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def database(template_db: str) -> AsyncIterator[str]:
+    """DSN of a fresh, migrated database of this test's own."""
+    name = await _create_db(template_db)
+    yield db_url(name)
+    await _drop_db(name)
+
+
+@pytest.fixture
+async def empty_database() -> AsyncIterator[str]:
+    """DSN of a fresh database with no schema."""
+    name = await _create_db(None)
+    yield db_url(name)
+    await _drop_db(name)
+
+
+@pytest.fixture
+async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
+    from orchestrator.store.db import create_pool
+
+    p = await create_pool(database, max_size=6)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings(database: str, prefix: str) -> Settings:
+    return Settings(
+        database_url=database,
+        mqtt_url=parse_mqtt_url(MQTT_URL),
+        mqtt_topic_prefix=prefix,
+        mqtt_client_id=f"orch-{prefix}",
+        ingest_flush_interval=0.02,
+        log_format="json",
+    )
+
+
+def orchestrator_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "ORCH_DATABASE_URL": settings.database_url or "",
+        "ORCH_MQTT_URL": f"mqtt://{settings.mqtt_url.host}:{settings.mqtt_url.port}",
+        "ORCH_MQTT_TOPIC_PREFIX": settings.mqtt_topic_prefix,
+        "ORCH_MQTT_CLIENT_ID": settings.mqtt_client_id,
+        "ORCH_LOG_FORMAT": "json",
+    })
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, input=input)
+
+
+class Mosquitto:
+    """A private Mosquitto broker with persistence, for tests that restart the broker."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        # as root, mosquitto drops to the mosquitto user, who cannot write our temp dir
+        user = "user root\n" if os.geteuid() == 0 else ""
+        self.conf.write_text(
+            user + f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {workdir}/\nmax_queued_messages 100000\n"
+            "max_inflight_messages 0\n"
+            f"log_dest file {workdir}/mosquitto.log\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen([binary, "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
+        pytest.skip("mosquitto binary not installed")
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()

@@ -193,3 +193,36 @@ def private_broker(tmp_path: Path) -> Iterator[Mosquitto]:
     broker.start()
     yield broker
     broker.stop()
+
+
+SIM_KEY = "mjgvkTCYTBF6DguxMmm+aV9EkDp2CYfL5jzRTph5Th6KhU8gqZz/cBivPTA7tfY5"
+
+
+class SimServer:
+    """The OneNET simulator, served on a free local port by this test's event loop."""
+
+    def __init__(self, sim: object, runner: object, url: str) -> None:
+        self.sim = sim
+        self.runner = runner
+        self.url = url
+
+
+@pytest.fixture
+async def start_sim() -> AsyncIterator[object]:
+    from orchestrator.onenet.scenario import parse_scenario
+    from orchestrator.onenet.simulator import Simulator, serve
+
+    runners = []
+
+    async def start(data: dict | None = None, **kwargs: object) -> SimServer:
+        data = dict(data or {})
+        data.setdefault("credentials", {"product_id": "123123", "access_key": SIM_KEY})
+        sim = Simulator(parse_scenario(data), **kwargs)  # type: ignore[arg-type]
+        runner = await serve(sim, "127.0.0.1", 0)
+        runners.append(runner)
+        host, port = runner.addresses[0][:2]
+        return SimServer(sim, runner, f"http://{host}:{port}")
+
+    yield start
+    for r in runners:
+        await r.cleanup()

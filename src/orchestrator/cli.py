@@ -176,7 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXTENSIONS: list[Callable[[Any], None]] = []
+def _extensions() -> list[Callable[[Any], None]]:
+    from orchestrator import cli_sim
+
+    return [cli_sim.register]
+
+
+EXTENSIONS = _extensions()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

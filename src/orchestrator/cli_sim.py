@@ -1,0 +1,78 @@
+"""``orchestrator simulate onenet``: the OneNET OTA simulator as a standalone server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import signal
+from typing import Any
+
+from orchestrator.config import Settings
+
+
+def cmd_simulate_onenet(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.cli import UsageError
+    from orchestrator.onenet.scenario import Faults, Scenario, ScenarioError, load_scenario
+    from orchestrator.onenet.simulator import Simulator, serve
+
+    try:
+        scenario = load_scenario(args.scenario) if args.scenario else Scenario()
+    except ScenarioError as exc:
+        raise UsageError(str(exc)) from None
+    changes: dict[str, Any] = {}
+    if args.product_id:
+        changes["product_id"] = args.product_id
+    if args.access_key:
+        changes["access_key"] = args.access_key
+    if args.no_auth:
+        changes["auth"] = False
+    if args.auto_register:
+        changes["auto_register"] = True
+    if args.ip_port:
+        changes["ip_port"] = args.ip_port
+    scenario = dataclasses.replace(scenario, **changes)
+    sim = Simulator(scenario)
+    f = scenario.faults
+    sim.set_faults(Faults(
+        args.errno7_rate if args.errno7_rate is not None else f.errno7_rate,
+        args.latency_ms if args.latency_ms is not None else f.latency_ms,
+        args.drop_rate if args.drop_rate is not None else f.drop_rate, f.seed))
+
+    async def main() -> None:
+        runner = await serve(sim, args.host, args.port)
+        host, port = runner.addresses[0][:2]
+        print(f"OneNET OTA simulator on http://{host}:{port}", flush=True)
+        print(f"export ORCH_ONENET_URL=http://{host}:{port} "
+              f"ORCH_ONENET_PRODUCT_ID={sim.product_id} "
+              f"ORCH_ONENET_ACCESS_KEY={sim.access_key}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(main())
+    return 0
+
+
+def register(sub: Any) -> None:
+    sim = sub.add_parser("simulate", help="simulators for staging and tests").add_subparsers(
+        dest="sim_command", required=True, metavar="WHAT")
+    p = sim.add_parser("onenet", help="a faithful simulator of OneNET's OTA southbound API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--scenario", help="scenario file (.toml or .json); see deploy/")
+    p.add_argument("--product-id")
+    p.add_argument("--access-key", help="base64 key (default: the scenario's, else random)")
+    p.add_argument("--no-auth", action="store_true", help="accept any Authorization")
+    p.add_argument("--auto-register", action="store_true",
+                   help="accept checks from devices the scenario does not list")
+    p.add_argument("--ip-port", help="download address announced in tasks (ipPort)")
+    p.add_argument("--errno7-rate", type=float, help="share of checks answered errno 7")
+    p.add_argument("--latency-ms", type=float, help="delay added to every call")
+    p.add_argument("--drop-rate", type=float, help="share of calls whose connection is dropped")
+    p.set_defaults(handler=cmd_simulate_onenet)

@@ -135,7 +135,13 @@ def orchestrator_env(settings: Settings) -> dict[str, str]:
         "ORCH_MQTT_TOPIC_PREFIX": settings.mqtt_topic_prefix,
         "ORCH_MQTT_CLIENT_ID": settings.mqtt_client_id,
         "ORCH_LOG_FORMAT": "json",
+        "ORCH_API_LISTEN": "127.0.0.1:0",
+        "ORCH_ONENET_URL": settings.onenet_url,
     })
+    for key in ("onenet_product_id", "onenet_access_key", "onenet_authorization"):
+        value = getattr(settings, key)
+        if value:
+            env["ORCH_" + key.upper()] = value
     return env
 
 

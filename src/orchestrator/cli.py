@@ -177,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extensions() -> list[Callable[[Any], None]]:
-    from orchestrator import cli_sim
+    from orchestrator import cli_campaign, cli_sim
 
-    return [cli_sim.register]
+    return [cli_campaign.register, cli_sim.register]
 
 
 EXTENSIONS = _extensions()
@@ -199,8 +199,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from orchestrator.store.campaigns import CampaignError
+
+        if isinstance(exc, CampaignError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        import asyncpg
+
+        if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+            print(f"error: database: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, OSError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         return 130
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1

@@ -57,7 +57,7 @@ class Settings:
     onenet_timeout: float = 10.0
     onenet_concurrency: int = 64
     onenet_progress_relay: bool = True
-    download_url_template: str = "http://{ipPort}/ota/south/download/{token}"
+    download_url_template: str = "http://{ipPort}/ota/download/{token}"
     api_listen: str = "127.0.0.1:8080"
     api_token: str | None = dataclasses.field(default=None, repr=False)
     log_format: str | None = None

@@ -32,6 +32,9 @@ CREATE TABLE ota.campaigns (
     abort_min_finished  integer NOT NULL DEFAULT 1,
     continuous          boolean NOT NULL DEFAULT false,
     status_reason       text,
+    rate_tokens         double precision NOT NULL DEFAULT 0,
+    rate_at             timestamptz NOT NULL DEFAULT now(),
+    wave_bounds         integer[] NOT NULL DEFAULT '{}',
     created_at          timestamptz NOT NULL DEFAULT now(),
     started_at          timestamptz,
     finished_at         timestamptz,
@@ -57,11 +60,12 @@ CREATE TABLE ota.campaign_devices (
     token_expires_at  timestamptz,
     dispatched_at     timestamptz,
     report_asked_at   timestamptz,
+    rev               integer NOT NULL DEFAULT 0,     -- optimistic concurrency
     updated_at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (campaign_id, dev_id)
 );
 -- due work, claimed with FOR UPDATE SKIP LOCKED by this index
-CREATE INDEX campaign_devices_due_idx ON ota.campaign_devices (next_attempt_at)
+CREATE INDEX campaign_devices_due_idx ON ota.campaign_devices (campaign_id, next_attempt_at)
     WHERE state IN ('pending', 'checking', 'gated', 'dispatched', 'downloading', 'upgrading');
 CREATE INDEX campaign_devices_dev_idx ON ota.campaign_devices (dev_id);
 
@@ -80,39 +84,52 @@ CREATE TABLE ota.events (
 );
 CREATE INDEX events_campaign_idx ON ota.events (campaign_id, at);
 
--- kept counts, so progress never re-counts a million rows
+-- kept counts, so progress never re-counts a million rows. Writers append deltas (no hot
+-- row, no lock order to get wrong); the controller folds them into campaign_counts.
 CREATE TABLE ota.campaign_counts (
     campaign_id  bigint NOT NULL REFERENCES ota.campaigns ON DELETE CASCADE,
+    wave         integer NOT NULL,
     state        text NOT NULL,
     n            bigint NOT NULL DEFAULT 0,
-    PRIMARY KEY (campaign_id, state)
+    PRIMARY KEY (campaign_id, wave, state)
+);
+CREATE TABLE ota.campaign_count_deltas (
+    campaign_id  bigint NOT NULL,
+    wave         integer NOT NULL,
+    state        text NOT NULL,
+    n            bigint NOT NULL
 );
 
 CREATE TABLE ota.check_counts (
     campaign_id  bigint NOT NULL REFERENCES ota.campaigns ON DELETE CASCADE,
-    errno        integer NOT NULL,       -- -1: transport error or timeout
+    errno        integer NOT NULL,       -- -1: transport error, timeout or garbage answer
     calls        bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (campaign_id, errno)
+);
+
+-- commands to publish (cancel), written in the transaction that decides them
+CREATE TABLE ota.outbox (
+    id           bigserial PRIMARY KEY,
+    dev_id       bigint NOT NULL,
+    payload      jsonb NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE FUNCTION ota.count_states() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO ota.campaign_counts AS c (campaign_id, state, n)
-        SELECT campaign_id, state, count(*) FROM new_rows GROUP BY 1, 2 ORDER BY 1, 2
-        ON CONFLICT (campaign_id, state) DO UPDATE SET n = c.n + EXCLUDED.n;
+        INSERT INTO ota.campaign_count_deltas (campaign_id, wave, state, n)
+        SELECT campaign_id, wave, state, count(*) FROM new_rows GROUP BY 1, 2, 3;
     ELSIF TG_OP = 'UPDATE' THEN
-        INSERT INTO ota.campaign_counts AS c (campaign_id, state, n)
-        SELECT campaign_id, state, sum(d) FROM (
-            SELECT campaign_id, state, 1 AS d FROM new_rows
+        INSERT INTO ota.campaign_count_deltas (campaign_id, wave, state, n)
+        SELECT campaign_id, wave, state, sum(d) FROM (
+            SELECT campaign_id, wave, state, 1 AS d FROM new_rows
             UNION ALL
-            SELECT campaign_id, state, -1 AS d FROM old_rows
-        ) x GROUP BY 1, 2 HAVING sum(d) <> 0 ORDER BY 1, 2
-        ON CONFLICT (campaign_id, state) DO UPDATE SET n = c.n + EXCLUDED.n;
+            SELECT campaign_id, wave, state, -1 AS d FROM old_rows
+        ) x GROUP BY 1, 2, 3 HAVING sum(d) <> 0;
     ELSE
-        UPDATE ota.campaign_counts c SET n = c.n - x.k
-        FROM (SELECT campaign_id, state, count(*) AS k FROM old_rows GROUP BY 1, 2) x
-        WHERE c.campaign_id = x.campaign_id AND c.state = x.state;
+        INSERT INTO ota.campaign_count_deltas (campaign_id, wave, state, n)
+        SELECT campaign_id, wave, state, -count(*) FROM old_rows GROUP BY 1, 2, 3;
     END IF;
     RETURN NULL;
 END $$;
@@ -124,6 +141,14 @@ CREATE TRIGGER campaign_devices_count_upd AFTER UPDATE ON ota.campaign_devices
     FOR EACH STATEMENT EXECUTE FUNCTION ota.count_states();
 CREATE TRIGGER campaign_devices_count_del AFTER DELETE ON ota.campaign_devices
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION ota.count_states();
+
+-- counts by campaign, wave and state: folded counts plus deltas not yet folded
+CREATE VIEW ota.campaign_state_counts AS
+SELECT campaign_id, wave, state, sum(n)::bigint AS n FROM (
+    SELECT campaign_id, wave, state, n FROM ota.campaign_counts
+    UNION ALL
+    SELECT campaign_id, wave, state, n FROM ota.campaign_count_deltas
+) x GROUP BY 1, 2, 3;
 
 -- dashboard contract (contract.md section 4)
 CREATE VIEW ota.campaign_progress AS
@@ -139,7 +164,7 @@ SELECT c.campaign_id, c.name, c.status, c.type, c.target_version,
        coalesce(sum(k.n) FILTER (WHERE k.state = 'cancelled'), 0)::bigint AS cancelled,
        c.started_at, c.finished_at
 FROM ota.campaigns c
-LEFT JOIN ota.campaign_counts k ON k.campaign_id = c.campaign_id
+LEFT JOIN ota.campaign_state_counts k ON k.campaign_id = c.campaign_id
 GROUP BY c.campaign_id;
 
 CREATE VIEW ota.device_progress AS

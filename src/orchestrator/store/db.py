@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -24,3 +27,19 @@ async def connect(dsn: str) -> Any:
     conn = await asyncpg.connect(dsn)
     await _init(conn)
     return conn
+
+
+T = TypeVar("T")
+RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+async def with_retries(pool: Any, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``fn(conn)`` in a transaction, again after a deadlock or serialization failure."""
+    for attempt in range(8):
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                return await fn(conn)
+        except RETRYABLE:
+            await asyncio.sleep(random.uniform(0, 0.02 * 2 ** attempt))
+    async with pool.acquire() as conn, conn.transaction():
+        return await fn(conn)

@@ -1,0 +1,1 @@
+"""The ops HTTP API (aiohttp)."""

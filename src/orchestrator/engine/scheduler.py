@@ -1,0 +1,177 @@
+"""The scheduler: claims due devices in batches (SKIP LOCKED, leased), checks them with
+OneNET, applies the domain's decisions, publishes commands, records everything."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+import asyncpg
+import structlog
+
+from orchestrator.config import Settings
+from orchestrator.domain.engine import Decision, Policy, on_check, on_claim
+from orchestrator.domain.onenet import TYPE_CODES, CheckOutcome, Failed, Retryable, outcome_errno
+from orchestrator.domain.rollout import rate_tokens
+from orchestrator.engine.commands import download_url, report_command, upgrade_command
+from orchestrator.metrics import Metrics
+from orchestrator.mqtt.publisher import Publisher
+from orchestrator.onenet.client import CheckRequest, OneNetClient
+from orchestrator.store import campaigns as store
+from orchestrator.store.campaigns import Claimed, Write
+from orchestrator.store.db import with_retries
+
+log = structlog.get_logger(__name__)
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(status_max_age=settings.status_max_age,
+                  dispatch_timeout=settings.dispatch_timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class RunningCampaign:
+    campaign_id: int
+    type: str
+    current_wave: int
+    max_per_minute: int | None
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, pool: Any, client: OneNetClient,
+                 publisher: Publisher, metrics: Metrics, owner: str,
+                 policy: Policy | None = None) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.client = client
+        self.publisher = publisher
+        self.metrics = metrics
+        self.owner = owner
+        self.policy = policy or policy_from(settings)
+        self.processed = 0
+
+    async def run(self, stop: asyncio.Event, workers: int = 2) -> None:
+        await asyncio.gather(*(self._worker(stop, i) for i in range(workers)))
+
+    async def _worker(self, stop: asyncio.Event, index: int) -> None:
+        while not stop.is_set():
+            try:
+                done = await self.tick()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("scheduler tick failed", error=str(exc)[:300])
+                done = 0
+            if not done:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.scheduler_poll_interval)
+
+    async def running(self) -> list[RunningCampaign]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT campaign_id, type, current_wave, max_per_minute FROM ota.campaigns"
+                " WHERE status = 'running' ORDER BY campaign_id")
+        return [RunningCampaign(**dict(r)) for r in rows]
+
+    async def tick(self) -> int:
+        """One round over the running campaigns; returns how many devices were handled."""
+        if self.client.breaker_open():
+            self.metrics.breaker_open.set(1)
+            return 0
+        self.metrics.breaker_open.set(0)
+        total = 0
+        for campaign in await self.running():
+            claimed = await with_retries(self.pool, functools.partial(self._claim, c=campaign))
+            if claimed:
+                await self.process(campaign, claimed)
+                total += len(claimed)
+        return total
+
+    async def _claim(self, conn: Any, c: RunningCampaign) -> list[Claimed]:
+        limit = self.settings.scheduler_batch_size
+        if c.max_per_minute is None:
+            return await store.claim(conn, c.campaign_id, c.current_wave, limit,
+                                     self.settings.claim_lease, self.owner)
+        row = await conn.fetchrow(
+            "SELECT rate_tokens, extract(epoch FROM now() - rate_at)::float8 AS elapsed"
+            " FROM ota.campaigns WHERE campaign_id = $1 FOR UPDATE", c.campaign_id)
+        tokens = rate_tokens(row["rate_tokens"], c.max_per_minute, row["elapsed"])
+        claimed = await store.claim(conn, c.campaign_id, c.current_wave,
+                                    min(limit, math.floor(tokens)),
+                                    self.settings.claim_lease, self.owner)
+        await conn.execute(
+            "UPDATE ota.campaigns SET rate_tokens = $2, rate_at = now() WHERE campaign_id = $1",
+            c.campaign_id, tokens - len(claimed))
+        return claimed
+
+    def _request(self, c: Claimed, kind: str) -> CheckRequest | Failed:
+        if not c.manuf or not c.model:
+            return Failed(2, "device has not reported its manufacturer and model", local=True)
+        if not c.version:
+            return Failed(27, f"device has not reported its {kind} version", local=True)
+        return CheckRequest(c.dev_id, c.manuf, c.model, TYPE_CODES[kind], c.version,
+                            cdn=True, signals=c.status.signal, powers=c.status.power)
+
+    async def _check(self, req: CheckRequest | Failed) -> CheckOutcome:
+        if isinstance(req, Failed):
+            return req
+        return await self.client.check(req)
+
+    async def process(self, campaign: RunningCampaign, claimed: Sequence[Claimed]) -> None:
+        now = time.time()
+        writes: list[Write] = []
+        to_check: list[tuple[Claimed, Decision]] = []
+        for c in claimed:
+            d = on_claim(c.row, now)
+            if d.row.state == "checking":
+                to_check.append((c, d))
+            else:
+                writes.append(Write(c.campaign_id, c.dev_id, c.rev, c.row.state, d.row,
+                                    d.reason))
+        outcomes = await asyncio.gather(*(self._check(self._request(c, campaign.type))
+                                          for c, _ in to_check))
+        now = time.time()
+        counts: Counter[tuple[int, int]] = Counter()
+        commands: list[tuple[int, dict[str, Any]]] = []
+        for (c, claimed_decision), outcome in zip(to_check, outcomes, strict=True):
+            errno = outcome_errno(outcome)
+            called = not ((isinstance(outcome, Failed) and outcome.local) or
+                          (isinstance(outcome, Retryable) and outcome.reason == "breaker_open"))
+            if called:
+                counts[(c.campaign_id, errno)] += 1
+                self.metrics.checks.labels(str(errno)).inc()
+            d = on_check(claimed_decision.row, outcome, c.status, now, self.policy)
+            if d.command is not None and d.command.op == "upgrade":
+                assert d.row.task is not None
+                url = download_url(self.settings.download_url_template, d.row.task,
+                                   self.settings.onenet_url)
+                commands.append((c.dev_id, upgrade_command(
+                    c.campaign_id, campaign.type, d.row.task, url, d.row.token_expires_at)))
+            elif d.command is not None and d.command.op == "report":
+                commands.append((c.dev_id, report_command()))
+            reason = d.reason if claimed_decision.reason == "claimed" else \
+                f"{claimed_decision.reason}; {d.reason}"
+            writes.append(Write(c.campaign_id, c.dev_id, c.rev, c.row.state, d.row, reason))
+        if commands:
+            try:
+                await self.publisher.publish_many(commands)
+                self.metrics.dispatches.inc(sum(1 for _, p in commands if p["op"] == "upgrade"))
+            except aiomqtt.MqttError as exc:
+                # nothing recorded for these devices: their lease runs out and they are
+                # checked again (at-least-once, never lost)
+                log.warning("command publish failed; devices will be re-checked",
+                            error=str(exc), devices=len(commands))
+                unsent = {dev for dev, _ in commands}
+                writes = [w for w in writes if w.dev_id not in unsent]
+
+        async def record(conn: Any) -> None:
+            await store.write_rows(conn, writes, self.owner)
+            await store.count_checks(conn, counts)
+
+        await with_retries(self.pool, record)
+        self.processed += len(claimed)

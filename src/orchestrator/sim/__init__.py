@@ -1,0 +1,1 @@
+"""Simulated devices speaking the MQTT contract."""

@@ -1,0 +1,261 @@
+"""A simulated fleet: thousands of devices in one process, one MQTT connection.
+
+Each device reports its status periodically (signal and power drift), answers
+``{"op": "report"}`` at once, and on ``{"op": "upgrade"}`` downloads the package from the
+commanded URL (taking time in proportion to its size at the configured bandwidth), checks
+its size and MD5, reports progress with OneNET's step codes, installs, and reports success
+(or a configured failure) and its new version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import aiomqtt
+import structlog
+
+from orchestrator.config import MqttUrl
+from orchestrator.domain.payloads import parse_dev_id
+from orchestrator.mqtt import topics
+from orchestrator.mqtt.connection import make_client
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class SimDevice:
+    dev_id: int
+    manuf: str = "China Mobile"
+    model: str = "M5310"
+    fota_version: str = "1.2"
+    sota_version: str = "app-1"
+    signal: int = 20
+    power: int = 80
+    drift: bool = True
+    install_failures: list[int] = field(default_factory=list)   # steps for next installs
+    offline_until: float = 0.0
+    busy: bool = False
+    upgrades: int = 0
+    cancelled: bool = False
+
+    def status(self) -> dict[str, Any]:
+        return {"manuf": self.manuf, "model": self.model, "fota_version": self.fota_version,
+                "sota_version": self.sota_version, "signal": self.signal, "power": self.power}
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    status_interval: float = 30.0
+    bandwidth: float = 1_000_000.0       # bytes per second per device
+    install_time: float = 0.2
+    download_failure_rate: float = 0.0   # reports a random 102..107
+    install_failure_rate: float = 0.0    # reports a random 202..206
+    offline_rate: float = 0.0            # chance per status tick to go offline
+    offline_seconds: float = 30.0
+    progress_every: int = 50             # percent between download progress reports
+    verify_md5: bool = True
+    seed: int | None = None
+
+
+class Fleet:
+    def __init__(self, url: MqttUrl, prefix: str, devices: list[SimDevice],
+                 config: FleetConfig | None = None, client_id: str | None = None) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.devices = {d.dev_id: d for d in devices}
+        self.config = config or FleetConfig()
+        self.rng = random.Random(self.config.seed)
+        self.client_id = client_id
+        self.client: aiomqtt.Client | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self.stats: Counter[str] = Counter()
+        self.commands: list[tuple[int, dict[str, Any]]] = []
+        self.connected = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def publish(self, topic: str, payload: dict[str, Any]) -> None:
+        assert self.client is not None
+        await self.client.publish(topic, json.dumps(payload), qos=1)
+
+    async def report_status(self, dev: SimDevice) -> None:
+        if time.monotonic() < dev.offline_until:
+            return
+        await self.publish(topics.status(self.prefix, dev.dev_id), dev.status())
+        self.stats["status"] += 1
+
+    async def report_all(self, batch: int = 500) -> None:
+        devs = list(self.devices.values())
+        for i in range(0, len(devs), batch):
+            await asyncio.gather(*(self.report_status(d) for d in devs[i:i + batch]))
+
+    async def progress(self, dev: SimDevice, campaign: int, step: int,
+                       version: str | None = None) -> None:
+        payload: dict[str, Any] = {"campaign": campaign, "step": step}
+        if version:
+            payload["version"] = version
+        await self.publish(topics.progress(self.prefix, dev.dev_id), payload)
+        self.stats[f"step_{step}"] += 1
+
+    async def run(self, stop: asyncio.Event) -> None:
+        timeout = aiohttp.ClientTimeout(total=600, sock_connect=10)
+        async with aiohttp.ClientSession(timeout=timeout) as http, \
+                make_client(self.url, self.client_id, max_inflight_messages=1000,
+                            max_queued_outgoing_messages=0) as client:
+            self.http, self.client = http, client
+            await client.subscribe(topics.command(self.prefix), qos=1)
+            self.connected.set()
+            await self.report_all()
+            ticker = asyncio.create_task(self._ticker(stop))
+            reader = asyncio.create_task(self._reader())
+            await stop.wait()
+            ticker.cancel()
+            reader.cancel()
+            for t in list(self._tasks):
+                t.cancel()
+            await asyncio.gather(ticker, reader, *self._tasks, return_exceptions=True)
+            self.connected.clear()
+
+    async def _ticker(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        while not stop.is_set():
+            await asyncio.sleep(cfg.status_interval)
+            now = time.monotonic()
+            for dev in self.devices.values():
+                if dev.drift:
+                    dev.signal = max(0, min(31, dev.signal + self.rng.randint(-2, 2)))
+                    dev.power = max(1, min(100, dev.power + self.rng.randint(-1, 1)))
+                if cfg.offline_rate and now >= dev.offline_until \
+                        and self.rng.random() < cfg.offline_rate:
+                    dev.offline_until = now + cfg.offline_seconds
+                    self.stats["offline"] += 1
+            await self.report_all()
+
+    async def _reader(self) -> None:
+        assert self.client is not None
+        async for message in self.client.messages:
+            parts = message.topic.value.split("/")
+            dev_id = parse_dev_id(parts[1]) if len(parts) == 3 else None
+            dev = self.devices.get(dev_id) if dev_id else None
+            try:
+                payload = json.loads(message.payload)
+            except (ValueError, TypeError):
+                continue
+            if dev is None or not isinstance(payload, dict):
+                continue
+            self.commands.append((dev.dev_id, payload))
+            self.stats[f"cmd_{payload.get('op')}"] += 1
+            task = asyncio.create_task(self._handle(dev, payload))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, dev: SimDevice, cmd: dict[str, Any]) -> None:
+        if time.monotonic() < dev.offline_until:
+            return
+        op = cmd.get("op")
+        try:
+            if op == "report":
+                await self.report_status(dev)
+            elif op == "cancel":
+                dev.cancelled = True
+            elif op == "upgrade" and not dev.busy:
+                dev.busy, dev.cancelled = True, False
+                try:
+                    await self._upgrade(dev, cmd)
+                finally:
+                    dev.busy = False
+        except aiomqtt.MqttError as exc:
+            log.warning("fleet publish failed", dev_id=dev.dev_id, error=str(exc))
+
+    async def _upgrade(self, dev: SimDevice, cmd: dict[str, Any]) -> None:
+        cfg = self.config
+        campaign = int(cmd.get("campaign", 0))
+        dev.upgrades += 1
+        await self.progress(dev, campaign, 0)
+        ok = await self._download(dev, cmd, campaign)
+        if not ok or dev.cancelled:
+            return
+        if cfg.download_failure_rate and self.rng.random() < cfg.download_failure_rate:
+            await self.progress(dev, campaign, self.rng.randint(102, 107))
+            return
+        await self.progress(dev, campaign, 101)
+        await asyncio.sleep(cfg.install_time)
+        if dev.cancelled:
+            return
+        if dev.install_failures:
+            await self.progress(dev, campaign, dev.install_failures.pop(0))
+            return
+        if cfg.install_failure_rate and self.rng.random() < cfg.install_failure_rate:
+            await self.progress(dev, campaign, self.rng.randint(202, 206))
+            return
+        target = str(cmd.get("target"))
+        if cmd.get("type") == "sota":
+            dev.sota_version = target
+        else:
+            dev.fota_version = target
+        await self.progress(dev, campaign, 201, target)
+        await self.report_status(dev)
+        self.stats["upgraded"] += 1
+
+    async def _download(self, dev: SimDevice, cmd: dict[str, Any], campaign: int) -> bool:
+        """Fetch the package; the time it takes follows its size and the bandwidth."""
+        assert self.http is not None
+        cfg = self.config
+        size = int(cmd.get("size", 0))
+        digest = hashlib.md5()
+        got = 0
+        started = time.monotonic()
+        next_report = cfg.progress_every
+        try:
+            async with self.http.get(str(cmd.get("url"))) as resp:
+                if resp.status != 200:
+                    await self.progress(dev, campaign, 107)
+                    return False
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    digest.update(chunk)
+                    got += len(chunk)
+                    pct = min(99, int(100 * got / size)) if size else 99
+                    if pct >= next_report:
+                        await self.progress(dev, campaign, pct)
+                        next_report = pct + cfg.progress_every
+                    wait = got / cfg.bandwidth - (time.monotonic() - started)
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    if dev.cancelled:
+                        return False
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.stats["download_errors"] += 1
+            log.info("download failed", dev_id=dev.dev_id, error=str(exc)[:100])
+            await self.progress(dev, campaign, 104)
+            return False
+        if got != size:
+            self.stats["size_mismatch"] += 1
+            await self.progress(dev, campaign, 107)
+            return False
+        if cfg.verify_md5 and digest.hexdigest() != cmd.get("md5"):
+            self.stats["md5_mismatch"] += 1
+            await self.progress(dev, campaign, 205)
+            return False
+        return True
+
+
+def make_devices(n: int, *, first_id: int = 1, seed: int | None = None,
+                 manuf: str = "China Mobile", model: str = "M5310",
+                 fota_version: str = "1.2") -> list[SimDevice]:
+    rng = random.Random(seed)
+    return [SimDevice(first_id + i, manuf, model, fota_version, "app-1",
+                      signal=rng.randint(12, 31), power=rng.randint(40, 100))
+            for i in range(n)]
+
+
+async def run_fleet(fleet: Fleet, stop: asyncio.Event) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        await fleet.run(stop)

@@ -194,3 +194,70 @@ async def test_pause_resume_cancel(settings: Settings, start_sim: Any) -> None:
             return bool(await stack.fetchval("SELECT count(*) = 0 FROM ota.outbox"))
 
         await until(outbox_empty, 10, "outbox drained")
+
+
+async def test_terminal_errno_paths(settings: Settings, start_sim: Any) -> None:
+    bc = {"manuf": "Quectel Wireless Solutions Co., Ltd.", "model": "BC28"}
+    scenario = {
+        "devices": [
+            {"dev_id": 2, **bc, "fota_version": "1.9"},      # 9: diff for 2.0 only
+            {"dev_id": 3, **bc},                              # 32: never reported
+        ],
+        "packages": [{"id": "d", "version": "2.1", "type": "diff", "from_version": "2.0",
+                      "size": 100}],
+        "tasks": [{"type": "fota", "package": "d", "devices": [2, 3]}],
+    }
+    sim = await start_sim(scenario)
+    devices = [SimDevice(1, **M, fota_version="1.0"),             # 1: unknown to OneNET
+               SimDevice(2, **bc, fota_version="1.9"),
+               SimDevice(3, **bc, fota_version="1.8"),
+               SimDevice(4, manuf="Nokia", model="3310", fota_version="1.0")]  # 2 (local)
+    async with Stack(settings, sim, devices) as stack:
+        await stack.wait_devices(4)
+        conn = await connect(stack.settings.database_url or "")
+        try:
+            cid = await create_campaign(conn, CampaignSpec("e", "fota", "2.1"), start=True)
+        finally:
+            await conn.close()
+        row = await stack.wait_status(cid, "completed")
+        assert row["failed"] == 4
+        errnos = {r["dev_id"]: r["last_errno"] for r in await stack.fetch(
+            "SELECT dev_id, last_errno FROM ota.device_progress WHERE campaign_id = $1", cid)}
+        assert errnos == {1: 1, 2: 9, 3: 32, 4: 2}
+        # the local refusal was never sent
+        outcomes = {r["errno"]: r["calls"] for r in await stack.fetch(
+            "SELECT errno, calls FROM ota.check_outcomes WHERE campaign_id = $1", cid)}
+        assert outcomes == {1: 1, 9: 1, 32: 1}
+        reason = await stack.fetchval(
+            "SELECT reason FROM ota.events WHERE campaign_id = $1 AND dev_id = 4"
+            " AND to_state = 'failed'", cid)
+        assert "refused locally" in reason and "Nokia" in reason
+
+
+async def test_endpoint_outage_retries_without_burning_budgets(
+        settings: Settings, start_sim: Any) -> None:
+    from orchestrator.onenet.scenario import Faults
+
+    scenario = {"devices": [{"dev_id": i, **M, "fota_version": "1.2"} for i in (1, 2)],
+                "packages": [{"id": "p", "version": "1.3", "size": 100}],
+                "tasks": [{"type": "fota", "package": "p", "retry": 0}]}
+    sim = await start_sim(scenario)
+    sim.sim.set_faults(Faults(drop_rate=1.0))
+    async with Stack(settings, sim, [SimDevice(1, **M), SimDevice(2, **M)]) as stack:
+        await stack.wait_devices(2)
+        cid = await create(stack.settings)
+
+        async def retried() -> bool:
+            return bool(await stack.fetchval(
+                "SELECT min(transient_errors) >= 1 FROM ota.campaign_devices"
+                " WHERE campaign_id = $1", cid))
+
+        await until(retried, 30, "transient retries")
+        assert await stack.fetchval(
+            "SELECT max(attempts) FROM ota.campaign_devices WHERE campaign_id = $1", cid) == 0
+        sim.sim.set_faults(Faults())
+        row = await stack.wait_status(cid, "completed", timeout=60)
+        assert row["succeeded"] == 2
+        assert await stack.fetchval(
+            "SELECT calls FROM ota.check_outcomes WHERE campaign_id = $1 AND errno = -1",
+            cid) >= 2

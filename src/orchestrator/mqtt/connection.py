@@ -43,7 +43,7 @@ def make_client(
         extra["protocol"] = aiomqtt.ProtocolVersion.V5
     else:
         extra["clean_session"] = not persistent
-    return aiomqtt.Client(
+    client = aiomqtt.Client(
         url.host,
         url.port,
         username=url.username,
@@ -54,3 +54,6 @@ def make_client(
         **extra,
         **kwargs,
     )
+    # we publish in batches on purpose; aiomqtt warns past 10 calls in flight
+    client.pending_calls_threshold = 1_000_000
+    return client

@@ -157,6 +157,8 @@ class Ingest:
             self.metrics.ingest_messages.labels("status").inc(len(statuses))
         if progress:
             self.metrics.ingest_messages.labels("progress").inc(len(progress))
+            for report in progress:
+                self.metrics.progress.labels(str(report.step)).inc()
         for r in rejected:
             self.metrics.ingest_rejected.labels(r.reason).inc()
             log.warning("message rejected", reason=r.reason, detail=r.detail, topic=r.topic)

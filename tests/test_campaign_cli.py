@@ -1,0 +1,78 @@
+import json
+import os
+from pathlib import Path
+
+from conftest import run_cli
+
+
+def env_for(database: str) -> dict[str, str]:
+    return {**os.environ, "ORCH_DATABASE_URL": database, "ORCH_LOG_FORMAT": "json"}
+
+
+def seed(env: dict[str, str], tmp_path: Path) -> None:
+    f = tmp_path / "d.csv"
+    rows = "".join(f"{i},China Mobile,M5310,1.2\n" for i in range(1, 6))
+    f.write_text("dev_id,manuf,model,fota_version\n" + rows + "6,China Mobile,M5311,1.0\n")
+    assert run_cli("device", "import", str(f), env=env).returncode == 0
+
+
+def test_create_prints_the_id_last_and_operate(database: str, tmp_path: Path) -> None:
+    env = env_for(database)
+    seed(env, tmp_path)
+    out = run_cli("campaign", "create", "--name", "m5310", "--type", "fota", "--target", "1.3",
+                  "--model", "M5310", "--from-version", "1.2", "--waves", "20,100",
+                  "--max-per-minute", "600", "--abort-failure-pct", "5",
+                  "--abort-min-finished", "3", env=env)
+    assert out.returncode == 0, out.stderr
+    cid = int(out.stdout.strip().splitlines()[-1])
+    assert "5 device(s) enrolled" in out.stdout
+    shown = json.loads(run_cli("campaign", "show", str(cid), "--json", "--devices", "10",
+                               env=env).stdout)
+    assert (shown["status"], shown["total"], shown["waves"]) == ("draft", 5, [20, 100])
+    assert shown["max_per_minute"] == 600 and len(shown["devices"]) == 5
+    for action, status in [("start", "running"), ("pause", "paused"), ("resume", "running")]:
+        out = run_cli("campaign", action, str(cid), env=env)
+        assert out.returncode == 0 and f"campaign {cid}: {status}" in out.stdout
+    again = run_cli("campaign", "resume", str(cid), env=env)
+    assert again.returncode == 1 and "cannot resume" in again.stderr
+    listed = json.loads(run_cli("campaign", "list", "--json", env=env).stdout)
+    assert [c["campaign_id"] for c in listed] == [cid]
+    assert "m5310" in run_cli("campaign", "list", env=env).stdout
+    assert run_cli("campaign", "cancel", str(cid), env=env).returncode == 0
+    watched = run_cli("campaign", "watch", str(cid), env=env, timeout=20)
+    assert watched.returncode == 0
+    assert "[cancelled]" in watched.stdout and "cancelled" in watched.stdout
+    assert "100.0%" in watched.stdout
+
+
+def test_devices_file_selector(database: str, tmp_path: Path) -> None:
+    env = env_for(database)
+    seed(env, tmp_path)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# pilot\n2\n4\n")
+    out = run_cli("campaign", "create", "--name", "pilot", "--type", "fota", "--target", "1.3",
+                  "--devices", str(ids), "--start", env=env)
+    assert out.returncode == 0, out.stderr
+    cid = out.stdout.strip().splitlines()[-1]
+    shown = json.loads(run_cli("campaign", "show", cid, "--json", env=env).stdout)
+    assert shown["total"] == 2 and shown["status"] == "running"
+    ids.write_text("2\n999\n")
+    out = run_cli("campaign", "create", "--name", "p", "--type", "fota", "--target", "1.3",
+                  "--devices", str(ids), env=env)
+    assert out.returncode == 1 and "not in the registry: 999" in out.stderr
+
+
+def test_bad_flags_are_clear(database: str, tmp_path: Path) -> None:
+    env = env_for(database)
+    base = ["campaign", "create", "--name", "x", "--type", "fota"]
+    out = run_cli(*base, "--target", "1.3", "--waves", "50,10", env=env)
+    assert out.returncode == 2 and "waves" in out.stderr
+    out = run_cli(*base, "--target", "1 3", env=env)
+    assert out.returncode == 1 and "target" in out.stderr
+    out = run_cli(*base, "--target", "1.3", "--devices", str(tmp_path / "none"), env=env)
+    assert out.returncode == 2 and "cannot read" in out.stderr
+    (tmp_path / "bad").write_text("12\nabc\n")
+    out = run_cli(*base, "--target", "1.3", "--devices", str(tmp_path / "bad"), env=env)
+    assert out.returncode == 2 and "bad:2" in out.stderr
+    out = run_cli("campaign", "show", "42", env=env)
+    assert out.returncode == 1 and "not found" in out.stderr

@@ -57,6 +57,19 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- demo ----------------------------------------------------------------------------------
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.demo import run_demo
+
+    if not 1 <= args.devices <= 100_000:
+        raise UsageError("--devices: 1 to 100000")
+    configure(settings.log_format, "error" if settings.log_level == "info" else
+              settings.log_level)
+    return int(asyncio.run(run_demo(args.devices, settings, seed=args.seed,
+                                    timeout=args.timeout)))
+
+
 # --- device --------------------------------------------------------------------------------
 
 async def _with_conn(settings: Settings, fn: Callable[[Any], Any]) -> Any:
@@ -151,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_migrate)
     p = sub.add_parser("run", help="the service: ingest, scheduler, ops API")
     p.set_defaults(handler=cmd_run)
+    p = sub.add_parser("demo", help="the whole system on this machine, one campaign, a summary")
+    p.add_argument("--devices", type=int, default=500)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="give up (exit 1) if the campaign has not finished by then")
+    p.set_defaults(handler=cmd_demo)
 
     dev = sub.add_parser("device", help="the device registry").add_subparsers(
         dest="device_command", required=True, metavar="ACTION")

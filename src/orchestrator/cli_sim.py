@@ -76,3 +76,63 @@ def register(sub: Any) -> None:
     p.add_argument("--latency-ms", type=float, help="delay added to every call")
     p.add_argument("--drop-rate", type=float, help="share of calls whose connection is dropped")
     p.set_defaults(handler=cmd_simulate_onenet)
+    register_fleet(sim)
+
+
+def cmd_simulate_fleet(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.sim.fleet import Fleet, FleetConfig, make_devices
+
+    if args.devices <= 0:
+        from orchestrator.cli import UsageError
+
+        raise UsageError("--devices: at least 1")
+    config = FleetConfig(
+        status_interval=args.status_interval, bandwidth=args.bandwidth,
+        install_time=args.install_time, download_failure_rate=args.download_failure_rate,
+        install_failure_rate=args.install_failure_rate, offline_rate=args.offline_rate,
+        offline_seconds=args.offline_seconds, seed=args.seed)
+    devices = make_devices(args.devices, first_id=args.first_id, seed=args.seed,
+                           manuf=args.manuf, model=args.model, fota_version=args.version)
+    fleet = Fleet(settings.mqtt_url, settings.mqtt_topic_prefix, devices, config,
+                  client_id=None, v5=settings.mqtt_v5)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        task = asyncio.create_task(fleet.run(stop))
+        await fleet.connected.wait()
+        print(f"{len(devices)} simulated devices ({devices[0].dev_id}..{devices[-1].dev_id}) "
+              f"on {settings.mqtt_url!r}, prefix {settings.mqtt_topic_prefix!r}", flush=True)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 10)
+            print("fleet: " + ", ".join(f"{k}={v}" for k, v in sorted(fleet.stats.items())),
+                  flush=True)
+        await task
+
+    asyncio.run(main())
+    return 0
+
+
+def register_fleet(sim: Any) -> None:
+    p = sim.add_parser("fleet", help="simulated devices speaking the MQTT contract")
+    p.add_argument("--devices", type=int, default=1000)
+    p.add_argument("--first-id", type=int, default=1)
+    p.add_argument("--manuf", default="China Mobile")
+    p.add_argument("--model", default="M5310")
+    p.add_argument("--version", default="1.2", help="the devices' FOTA version")
+    p.add_argument("--status-interval", type=float, default=30.0,
+                   help="seconds between status reports")
+    p.add_argument("--bandwidth", type=float, default=1_000_000,
+                   help="download bytes per second per device")
+    p.add_argument("--install-time", type=float, default=0.5)
+    p.add_argument("--download-failure-rate", type=float, default=0.0)
+    p.add_argument("--install-failure-rate", type=float, default=0.0)
+    p.add_argument("--offline-rate", type=float, default=0.0,
+                   help="chance per status tick that a device goes offline")
+    p.add_argument("--offline-seconds", type=float, default=30.0)
+    p.add_argument("--seed", type=int, help="for reproducible runs")
+    p.set_defaults(handler=cmd_simulate_fleet)

@@ -45,6 +45,7 @@ class Settings:
         default_factory=lambda: MqttUrl("mqtt", "127.0.0.1", 1883)
     )
     mqtt_topic_prefix: str = "ota"
+    mqtt_protocol: str = "5"
     mqtt_shared_group: str | None = None
     mqtt_client_id: str = "orchestrator"
     onenet_url: str = "http://ota.heclouds.com"
@@ -69,6 +70,10 @@ class Settings:
     ingest_flush_interval: float = 0.05
     scheduler_batch_size: int = 500
     scheduler_poll_interval: float = 0.5
+
+    @property
+    def mqtt_v5(self) -> bool:
+        return self.mqtt_protocol == "5"
 
     @property
     def api_host(self) -> str:
@@ -182,6 +187,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "database_url": _parse_dsn,
     "mqtt_url": lambda n, v: parse_mqtt_url(v, n),
     "mqtt_topic_prefix": _prefix,
+    "mqtt_protocol": _choice("5", "3.1.1"),
     "mqtt_shared_group": _prefix,
     "mqtt_client_id": _text,
     "onenet_url": _http_url,

@@ -8,11 +8,12 @@ import contextlib
 import time
 from typing import Any
 
-import aiomqtt
 import asyncpg
 import structlog
 
 from orchestrator.domain.rollout import decide
+from orchestrator.engine import outbox
+from orchestrator.engine.outbox import OutboxNotSent
 from orchestrator.metrics import Metrics
 from orchestrator.mqtt.publisher import Publisher
 from orchestrator.store import campaigns as store
@@ -21,10 +22,6 @@ log = structlog.get_logger(__name__)
 
 LOCK_KEY = int.from_bytes(b"ota-ctrl", "big", signed=True)
 ENROLL_EVERY = 5.0
-
-
-class OutboxNotSent(Exception):
-    """The broker did not take the outbox batch; it stays queued."""
 
 
 class Controller:
@@ -110,19 +107,4 @@ class Controller:
             log.info("campaign completed", campaign=campaign_id)
 
     async def drain_outbox(self) -> int:
-        """Publish queued commands; they leave the outbox only once the broker has them."""
-        sent = 0
-        while True:
-            async with self.pool.acquire() as conn, conn.transaction():
-                rows = await conn.fetch(
-                    "DELETE FROM ota.outbox WHERE id IN (SELECT id FROM ota.outbox ORDER BY id"
-                    " LIMIT 500 FOR UPDATE SKIP LOCKED) RETURNING dev_id, payload")
-                if not rows:
-                    return sent
-                try:
-                    await self.publisher.publish_many([(r["dev_id"], r["payload"])
-                                                       for r in rows])
-                except aiomqtt.MqttError as exc:
-                    # leaving the block by an exception rolls the DELETE back
-                    raise OutboxNotSent(str(exc)) from exc
-                sent += len(rows)
+        return await outbox.drain(self.pool, self.publisher)

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiomqtt
 import asyncpg
 import structlog
 
@@ -21,7 +20,9 @@ from orchestrator.config import Settings
 from orchestrator.domain.engine import Decision, Policy, on_check, on_claim
 from orchestrator.domain.onenet import TYPE_CODES, CheckOutcome, Failed, Retryable, outcome_errno
 from orchestrator.domain.rollout import rate_tokens
+from orchestrator.engine import outbox
 from orchestrator.engine.commands import download_url, report_command, upgrade_command
+from orchestrator.engine.outbox import OutboxNotSent
 from orchestrator.metrics import Metrics
 from orchestrator.mqtt.publisher import Publisher
 from orchestrator.onenet.client import CheckRequest, OneNetClient
@@ -137,7 +138,7 @@ class Scheduler:
                                           for c, _ in to_check))
         now = time.time()
         counts: Counter[tuple[int, int]] = Counter()
-        commands: list[tuple[int, dict[str, Any]]] = []
+        commands: list[tuple[int, int, dict[str, Any]]] = []
         for (c, claimed_decision), outcome in zip(to_check, outcomes, strict=True):
             errno = outcome_errno(outcome)
             called = not ((isinstance(outcome, Failed) and outcome.local) or
@@ -150,28 +151,26 @@ class Scheduler:
                 assert d.row.task is not None
                 url = download_url(self.settings.download_url_template, d.row.task,
                                    self.settings.onenet_url)
-                commands.append((c.dev_id, upgrade_command(
+                commands.append((c.campaign_id, c.dev_id, upgrade_command(
                     c.campaign_id, campaign.type, d.row.task, url, d.row.token_expires_at)))
             elif d.command is not None and d.command.op == "report":
-                commands.append((c.dev_id, report_command()))
+                commands.append((c.campaign_id, c.dev_id, report_command()))
             reason = d.reason if claimed_decision.reason == "claimed" else \
                 f"{claimed_decision.reason}; {d.reason}"
             writes.append(Write(c.campaign_id, c.dev_id, c.rev, c.row.state, d.row, reason))
-        if commands:
-            try:
-                await self.publisher.publish_many(commands)
-                self.metrics.dispatches.inc(sum(1 for _, p in commands if p["op"] == "upgrade"))
-            except aiomqtt.MqttError as exc:
-                # nothing recorded for these devices: their lease runs out and they are
-                # checked again (at-least-once, never lost)
-                log.warning("command publish failed; devices will be re-checked",
-                            error=str(exc), devices=len(commands))
-                unsent = {dev for dev, _ in commands}
-                writes = [w for w in writes if w.dev_id not in unsent]
 
-        async def record(conn: Any) -> None:
-            await store.write_rows(conn, writes, self.owner)
+        async def record(conn: Any) -> list[int]:
+            written = await store.write_rows(conn, writes, self.owner)
             await store.count_checks(conn, counts)
+            return await outbox.enqueue(conn, [(dev, payload) for cid, dev, payload in commands
+                                               if (cid, dev) in written])
 
-        await with_retries(self.pool, record)
+        ids = await with_retries(self.pool, record)
         self.processed += len(claimed)
+        try:
+            await outbox.send(self.pool, self.publisher, ids)
+            self.metrics.dispatches.inc(sum(1 for _, _, p in commands if p["op"] == "upgrade"))
+        except OutboxNotSent as exc:
+            # recorded and queued: the controller's drain publishes them when it can
+            log.warning("command publish failed; left in the outbox", error=str(exc),
+                        devices=len(ids))

@@ -69,7 +69,7 @@ class Ingest:
 
     async def _session(self, stop: asyncio.Event) -> None:
         s = self.settings
-        client = make_client(s.mqtt_url, s.mqtt_client_id, persistent=True,
+        client = make_client(s.mqtt_url, s.mqtt_client_id, persistent=True, v5=s.mqtt_v5,
                              max_queued_incoming_messages=0)
         # acknowledge only after the batch is committed
         client._client.manual_ack_set(True)

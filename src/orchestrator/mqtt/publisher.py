@@ -32,7 +32,7 @@ class Publisher:
             attempt = 0
             while True:
                 client = make_client(self.settings.mqtt_url, self.client_id,
-                                     max_inflight_messages=1000)
+                                     v5=self.settings.mqtt_v5, max_inflight_messages=1000)
                 try:
                     await client.__aenter__()
                     self._client = client

@@ -68,13 +68,15 @@ class FleetConfig:
 
 class Fleet:
     def __init__(self, url: MqttUrl, prefix: str, devices: list[SimDevice],
-                 config: FleetConfig | None = None, client_id: str | None = None) -> None:
+                 config: FleetConfig | None = None, client_id: str | None = None,
+                 v5: bool = True) -> None:
         self.url = url
         self.prefix = prefix
         self.devices = {d.dev_id: d for d in devices}
         self.config = config or FleetConfig()
         self.rng = random.Random(self.config.seed)
         self.client_id = client_id
+        self.v5 = v5
         self.client: aiomqtt.Client | None = None
         self.http: aiohttp.ClientSession | None = None
         self.stats: Counter[str] = Counter()
@@ -108,8 +110,8 @@ class Fleet:
     async def run(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=600, sock_connect=10)
         async with aiohttp.ClientSession(timeout=timeout) as http, \
-                make_client(self.url, self.client_id, max_inflight_messages=1000,
-                            max_queued_outgoing_messages=0) as client:
+                make_client(self.url, self.client_id, v5=self.v5,
+                            max_inflight_messages=1000) as client:
             self.http, self.client = http, client
             await client.subscribe(topics.command(self.prefix), qos=1)
             self.connected.set()

@@ -57,6 +57,19 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- bench ---------------------------------------------------------------------------------
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.bench import run_bench
+
+    settings.require_database()
+    if args.size is not None and args.size < 10:
+        raise UsageError("--size: at least 10")
+    configure(settings.log_format, "error" if settings.log_level == "info" else
+              settings.log_level)
+    return run_bench(args.which, settings, args.size)
+
+
 # --- demo ----------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -164,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_migrate)
     p = sub.add_parser("run", help="the service: ingest, scheduler, ops API")
     p.set_defaults(handler=cmd_run)
+    p = sub.add_parser("bench", help="throughput benchmarks beside the raw limits")
+    p.add_argument("which", choices=("ingest", "checks", "enroll", "campaign"))
+    p.add_argument("--size", type=int, help="messages or devices (default per bench)")
+    p.set_defaults(handler=cmd_bench)
     p = sub.add_parser("demo", help="the whole system on this machine, one campaign, a summary")
     p.add_argument("--devices", type=int, default=500)
     p.add_argument("--seed", type=int, default=7)

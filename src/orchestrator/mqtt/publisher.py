@@ -17,6 +17,8 @@ from orchestrator.mqtt.connection import backoff, make_client
 
 log = structlog.get_logger(__name__)
 
+CHUNK = 64
+
 
 class Publisher:
     def __init__(self, settings: Settings, client_id: str) -> None:
@@ -52,9 +54,12 @@ class Publisher:
         client = await self._connected()
         prefix = self.settings.mqtt_topic_prefix
         try:
-            await asyncio.gather(*(
-                client.publish(topics.command(prefix, dev_id), json.dumps(payload), qos=1)
-                for dev_id, payload in commands))
+            # aiomqtt and paho scan every pending publish on each call and acknowledgement:
+            # a few dozen at a time keeps that linear
+            for start in range(0, len(commands), CHUNK):
+                await asyncio.gather(*(
+                    client.publish(topics.command(prefix, dev_id), json.dumps(payload), qos=1)
+                    for dev_id, payload in commands[start:start + CHUNK]))
         except aiomqtt.MqttError:
             await self.close()
             raise

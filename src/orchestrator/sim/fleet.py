@@ -94,7 +94,7 @@ class Fleet:
         await self.publish(topics.status(self.prefix, dev.dev_id), dev.status())
         self.stats["status"] += 1
 
-    async def report_all(self, batch: int = 500) -> None:
+    async def report_all(self, batch: int = 64) -> None:
         devs = list(self.devices.values())
         for i in range(0, len(devs), batch):
             await asyncio.gather(*(self.report_status(d) for d in devs[i:i + batch]))

@@ -1,0 +1,91 @@
+"""The demo on embedded services (a short run, and a clean Ctrl-C), and each benchmark run
+tiny: benchmarks are not timed tests, these only prove they run and report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ADMIN_URL, MQTT_URL
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env["ORCH_LOG_FORMAT"] = "json"
+    return env
+
+
+def demo_postgres_running() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines()
+            if "postgres" in line and "orchestrator-demo-" in line]
+
+
+@pytest.mark.timeout(300)
+def test_demo_runs_on_embedded_services_and_exits_zero() -> None:
+    out = subprocess.run([sys.executable, "-m", "orchestrator", "demo", "--devices", "40"],
+                         env=clean_env(), capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "embedded PostgreSQL" in out.stdout and "amqtt" in out.stdout
+    summary = out.stdout[out.stdout.index("summary of campaign"):]
+    assert "(completed)" in summary
+    succeeded = int(summary.split("succeeded")[1].split()[0])
+    no_task = int(summary.split("no task")[1].split()[0])
+    assert succeeded == 38 and no_task == 2
+    assert "gate retries" in summary and "duration" in summary
+    assert not demo_postgres_running()
+
+
+@pytest.mark.timeout(120)
+def test_demo_ctrl_c_stops_everything() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "demo", "--devices", "200"],
+                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("campaign "):
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, "".join(seen) + rest
+    assert "interrupted" in rest
+    assert not demo_postgres_running()
+
+
+def bench(which: str, size: int) -> dict[str, object]:
+    env = {**clean_env(), "ORCH_DATABASE_URL": ADMIN_URL, "ORCH_MQTT_URL": MQTT_URL}
+    out = subprocess.run([sys.executable, "-m", "orchestrator", "bench", which, "--size",
+                          str(size)], env=env, capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["bench"] == which
+    for key in ("unit", "rate", "raw_rate", "ratio"):
+        assert key in result
+    assert result["rate"] > 0 and result["raw_rate"] > 0
+    assert abs(result["ratio"] - result["rate"] / result["raw_rate"]) < 0.01
+    return result
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("which", "size"), [("ingest", 3000), ("checks", 300),
+                                             ("enroll", 2000), ("campaign", 60)])
+def test_bench_smoke(which: str, size: int) -> None:
+    result = bench(which, size)
+    if which == "enroll":
+        assert result["devices"] == 2000
+        assert result["campaign_progress_ms_max"] < 1000
+
+
+def test_bench_needs_a_database() -> None:
+    out = subprocess.run([sys.executable, "-m", "orchestrator", "bench", "enroll"],
+                         env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "ORCH_DATABASE_URL" in out.stderr

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 import structlog
 
 from orchestrator.config import Settings
@@ -16,8 +18,6 @@ from orchestrator.mqtt import topics
 from orchestrator.mqtt.connection import backoff, make_client
 
 log = structlog.get_logger(__name__)
-
-CHUNK = 64
 
 
 class Publisher:
@@ -34,7 +34,7 @@ class Publisher:
             attempt = 0
             while True:
                 client = make_client(self.settings.mqtt_url, self.client_id,
-                                     v5=self.settings.mqtt_v5, max_inflight_messages=1000)
+                                     v5=self.settings.mqtt_v5, max_inflight_messages=5000)
                 try:
                     await client.__aenter__()
                     self._client = client
@@ -46,23 +46,34 @@ class Publisher:
                                 retry_in=round(delay, 2))
                     await asyncio.sleep(delay)
 
-    async def publish_many(self, commands: Sequence[tuple[int, dict[str, Any]]]) -> None:
-        """Publish every command at QoS 1 and wait for the broker's acknowledgements.
-        Raises ``aiomqtt.MqttError`` if the connection fails (the caller retries later)."""
+    async def publish_many(self, commands: Sequence[tuple[int, dict[str, Any]]],
+                           timeout: float = 30.0) -> None:
+        """Publish every command at QoS 1 and return once the broker acknowledged them all.
+        Raises ``aiomqtt.MqttError`` if it does not (the caller keeps them for later).
+
+        The packets go straight to paho and we wait for the acknowledgements together:
+        aiomqtt's per-call bookkeeping scans every pending call on each publish, which made
+        a batch of a few hundred commands cost a second."""
         if not commands:
             return
         client = await self._connected()
+        paho = client._client
         prefix = self.settings.mqtt_topic_prefix
-        try:
-            # aiomqtt and paho scan every pending publish on each call and acknowledgement:
-            # a few dozen at a time keeps that linear
-            for start in range(0, len(commands), CHUNK):
-                await asyncio.gather(*(
-                    client.publish(topics.command(prefix, dev_id), json.dumps(payload), qos=1)
-                    for dev_id, payload in commands[start:start + CHUNK]))
-        except aiomqtt.MqttError:
-            await self.close()
-            raise
+        infos = []
+        for dev_id, payload in commands:
+            info = paho.publish(topics.command(prefix, dev_id), json.dumps(payload), qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                await self.close()
+                raise aiomqtt.MqttError(f"publish failed: {mqtt.error_string(info.rc)}")
+            infos.append(info)
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while not all(i.is_published() for i in infos):
+            if time.monotonic() > deadline or not paho.is_connected():
+                await self.close()
+                raise aiomqtt.MqttError("broker did not acknowledge the commands")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)
 
     async def close(self) -> None:
         client, self._client = self._client, None

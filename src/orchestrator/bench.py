@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from orchestrator import runtime
 from orchestrator.config import Settings
 from orchestrator.metrics import Metrics
 from orchestrator.mqtt import topics
@@ -469,7 +470,7 @@ def run_bench(name: str, settings: Settings, size: int | None) -> int:
         print(text, flush=True)
 
     kwargs = {"n": size} if size else {}
-    asyncio.run(fn(settings, say, **kwargs))
+    runtime.run(fn(settings, say, **kwargs))
     return 0
 
 

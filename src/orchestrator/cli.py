@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator import __version__
+from orchestrator import __version__, runtime
 from orchestrator.config import ConfigError, Settings, load_settings
 from orchestrator.logging import configure
 
@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator.service import run_service
 
     settings.require_database()
-    asyncio.run(run_service(settings))
+    runtime.run(run_service(settings))
     return 0
 
 
@@ -79,7 +79,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("--devices: 1 to 100000")
     configure(settings.log_format, "error" if settings.log_level == "info" else
               settings.log_level)
-    return int(asyncio.run(run_demo(args.devices, settings, seed=args.seed,
+    return int(runtime.run(run_demo(args.devices, settings, seed=args.seed,
                                     timeout=args.timeout)))
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import signal
 from typing import Any
 
+from orchestrator import runtime
 from orchestrator.config import Settings
 
 
@@ -55,7 +56,7 @@ def cmd_simulate_onenet(args: argparse.Namespace, settings: Settings) -> int:
         await stop.wait()
         await runner.cleanup()
 
-    asyncio.run(main())
+    runtime.run(main())
     return 0
 
 
@@ -113,7 +114,7 @@ def cmd_simulate_fleet(args: argparse.Namespace, settings: Settings) -> int:
                   flush=True)
         await task
 
-    asyncio.run(main())
+    runtime.run(main())
     return 0
 
 

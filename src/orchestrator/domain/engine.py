@@ -167,14 +167,16 @@ def on_check(row: DeviceRow, outcome: CheckOutcome, status: Status, now: float,
     task = outcome.task
     expires = row.token_expires_at if (row.task and row.task.token == task.token
                                        and row.token_expires_at) else now + TOKEN_LIFETIME
-    row = row.replace(task=task, token_expires_at=expires, last_errno=0, transient_errors=0)
     verdict = gate(task, status, now, policy.status_max_age)
+    found = {"task": task, "token_expires_at": expires, "last_errno": 0,
+             "transient_errors": 0}
     if verdict == "pass":
         deadline = min(now + policy.dispatch_timeout, expires - TOKEN_MARGIN)
-        return Decision(row.replace(state="dispatched", dispatched_at=now,
+        return Decision(row.replace(**found, state="dispatched", dispatched_at=now,
                                     next_attempt_at=max(deadline, now + 1.0),
                                     report_asked_at=None, last_error=None),
                         "gate passed; upgrade commanded", Command("upgrade"))
+    row = row.replace(**found)
     if verdict in ("stale", "unknown") and (row.report_asked_at is None
                                             or (status.status_at or 0) > row.report_asked_at):
         return Decision(row.replace(state="gated", report_asked_at=now,

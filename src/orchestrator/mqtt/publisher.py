@@ -12,12 +12,29 @@ from typing import Any
 import aiomqtt
 import paho.mqtt.client as mqtt
 import structlog
+from paho.mqtt.enums import MQTTErrorCode
 
 from orchestrator.config import Settings
 from orchestrator.mqtt import topics
 from orchestrator.mqtt.connection import backoff, make_client
 
 log = structlog.get_logger(__name__)
+
+INFLIGHT = 5000
+
+
+def _skip_idle_inflight_scan(paho: mqtt.Client) -> None:
+    """paho walks every outgoing message on each acknowledgement to release queued ones.
+    While no more are outstanding than the in-flight limit, none can be queued (each was
+    sent when published), so the walk is skipped: it made a batch quadratic."""
+    walk = paho._update_inflight
+
+    def update() -> MQTTErrorCode:
+        if len(paho._out_messages) <= paho._max_inflight_messages:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return walk()
+
+    paho._update_inflight = update  # type: ignore[method-assign]
 
 
 class Publisher:
@@ -33,8 +50,11 @@ class Publisher:
                 return self._client
             attempt = 0
             while True:
-                client = make_client(self.settings.mqtt_url, self.client_id,
-                                     v5=self.settings.mqtt_v5, max_inflight_messages=5000)
+                # commands need nothing of MQTT 5; 3.1.1 spares paho a properties object
+                # and a reason code per message
+                client = make_client(self.settings.mqtt_url, self.client_id, v5=False,
+                                     max_inflight_messages=INFLIGHT)
+                _skip_idle_inflight_scan(client._client)
                 try:
                     await client.__aenter__()
                     self._client = client

@@ -6,6 +6,7 @@ concurrency, a circuit breaker. Every answer becomes a typed outcome; nothing ra
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -161,8 +162,8 @@ class OneNetClient:
                     ctx = self.session.get(url, params=params, headers=self._headers(False),
                                            timeout=self.timeout)
                 else:
-                    ctx = self.session.post(url, json=body, headers=self._headers(),
-                                            timeout=self.timeout)
+                    ctx = self.session.post(url, data=json.dumps(body).encode(),
+                                            headers=self._headers(), timeout=self.timeout)
                 async with ctx as resp:
                     data = await resp.read()
                     return parse_check_response(resp.status, data)

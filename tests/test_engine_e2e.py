@@ -261,3 +261,53 @@ async def test_endpoint_outage_retries_without_burning_budgets(
         assert await stack.fetchval(
             "SELECT calls FROM ota.check_outcomes WHERE campaign_id = $1 AND errno = -1",
             cid) >= 2
+
+
+async def test_rate_limit_holds(settings: Settings, start_sim: Any) -> None:
+    n = 30
+    scenario = {"devices": [{"dev_id": i, **M, "fota_version": "1.2"} for i in range(1, n + 1)],
+                "packages": [{"id": "p", "version": "1.3", "size": 100}],
+                "tasks": [{"type": "fota", "package": "p"}]}
+    sim = await start_sim(scenario)
+    async with Stack(settings, sim, [SimDevice(i, **M) for i in range(1, n + 1)]) as stack:
+        await stack.wait_devices(n)
+        cid = await create(stack.settings, max_per_minute=120)   # 2/s, a bucket of 10
+        await asyncio.sleep(3.0)
+        checked = await stack.fetchval(
+            "SELECT count(DISTINCT dev_id) FROM ota.events WHERE campaign_id = $1"
+            " AND kind = 'transition' AND to_state <> 'checking'", cid)
+        # the first bucket (10) plus 2 a second: never the whole campaign at once
+        assert 5 <= checked <= 10 + 2 * 3 + 2, checked
+        calls = sum(sim.sim.checks.values())
+        assert calls <= 10 + 2 * 3 + 2
+
+
+async def test_continuous_campaign_takes_late_devices(settings: Settings, start_sim: Any
+                                                      ) -> None:
+    scenario = {"server": {"auto_register": True},
+                "packages": [{"id": "p", "version": "1.3", "size": 100}],
+                "strategies": [{"type": "fota", "package": "p"}]}
+    sim = await start_sim(scenario)
+    late = SimDevice(50, **M)
+    async with Stack(settings, sim, [SimDevice(1, **M)]) as stack:
+        await stack.wait_devices(1)
+        cid = await create(stack.settings, continuous=True)
+
+        async def first_done() -> bool:
+            return bool(await stack.fetchval(
+                "SELECT succeeded = 1 FROM ota.campaign_progress WHERE campaign_id = $1", cid))
+
+        await until(first_done, 30, "first device upgraded")
+        stack.fleet.devices[late.dev_id] = late            # a device registers later
+        await stack.fleet.report_status(late)
+
+        async def late_done() -> bool:
+            return bool(await stack.fetchval(
+                "SELECT succeeded = 2 FROM ota.campaign_progress WHERE campaign_id = $1", cid))
+
+        await until(late_done, 30, "late device upgraded")
+        assert late.fota_version == "1.3"
+        assert await stack.fetchval(
+            "SELECT status FROM ota.campaigns WHERE campaign_id = $1", cid) == "running"
+        # the simulator saw the device's progress relayed to its progress endpoint
+        assert (50, 201) in sim.sim.progress_reports

@@ -285,13 +285,18 @@ class Simulator:
             return None, 22
         return task, 0
 
-    async def token_check(self, request: web.Request) -> web.Response:
+    def _token_call(self, request: web.Request) -> TaskState | web.Response:
+        """The task a token call is about, or the answer refusing the call."""
         if not self.authorized(request):
             return self.answer(1)
         task, errno = self._task_for_token(request.match_info["token"],
                                            _int_param(request.query.get("dev_id")))
-        if task is None:
-            return self.answer(errno)
+        return self.answer(errno) if task is None else task
+
+    async def token_check(self, request: web.Request) -> web.Response:
+        task = self._token_call(request)
+        if isinstance(task, web.Response):
+            return task
         if task.state not in ("to_be_upgraded", "downloading"):
             return self.answer(17, "invalid state")
         task.move("downloading")
@@ -300,12 +305,9 @@ class Simulator:
     # --- progress --------------------------------------------------------------------------
 
     async def progress(self, request: web.Request) -> web.Response:
-        if not self.authorized(request):
-            return self.answer(1)
-        task, errno = self._task_for_token(request.match_info["token"],
-                                           _int_param(request.query.get("dev_id")))
-        if task is None:
-            return self.answer(errno)
+        task = self._token_call(request)
+        if isinstance(task, web.Response):
+            return task
         try:
             body = json.loads(await request.read())
             step = body["step"]

@@ -218,7 +218,7 @@ async def enroll(conn: Any, campaign_id: int, kind: str, target: str, sel: Selec
         FROM (SELECT d.dev_id, row_number() OVER (ORDER BY hashint8(d.dev_id), d.dev_id) - 1
                   AS rn {_selection(kind, fresh)}) ranked
         ORDER BY dev_id  -- index order: random-order B-tree inserts cost twice as much
-        ON CONFLICT DO NOTHING""", *args, *extra)
+        {"" if fresh else "ON CONFLICT DO NOTHING"}""", *args, *extra)
     return int(status.split()[-1])
 
 

@@ -46,8 +46,7 @@ async def apply_progress(conn: Any, reports: Sequence[ProgressReport], policy: P
             by_version = on_version(decision.row, r.version, target)
             if by_version.row.state == "succeeded":
                 decision = by_version
-        if row.task is not None and row.state not in ("succeeded", "failed", "no_task",
-                                                      "cancelled"):
+        if row.task is not None:   # what the device did, whatever we decided of it
             relays.append(Relay(row.task.token, r.dev_id, r.step))
         current[key] = decision.row
         reasons.setdefault(key, []).append(decision.reason)

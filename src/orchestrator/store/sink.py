@@ -25,11 +25,13 @@ class PgSink:
         async def write(conn: Any) -> tuple[list[Rejection], list[Relay]]:
             rejected: list[Rejection] = []
             relays: list[Relay] = []
+            # progress first: a device's 201 and its new version often share a batch, and
+            # the step is the more precise record
+            if reports:
+                rejected, relays = await progress.apply_progress(conn, reports, self.policy)
             if statuses:
                 await devices.upsert_status(conn, statuses)
                 await progress.complete_by_version(conn, statuses)
-            if reports:
-                rejected, relays = await progress.apply_progress(conn, reports, self.policy)
             return rejected, relays
 
         rejected, relays = await with_retries(self.pool, write)

@@ -301,6 +301,8 @@ class Breaker:
 
     def record(self, ok: bool, now: float) -> Breaker:
         if ok:
+            if self.failures == 0 and not self.probing:
+                return self    # the common case: nothing to change
             return _replace(self, failures=0, open_until=0.0, opened=0, probing=False)
         failures = self.failures + 1
         if failures < self.threshold:

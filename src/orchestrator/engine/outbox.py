@@ -22,11 +22,13 @@ class OutboxNotSent(Exception):
 
 
 async def enqueue(conn: Any, commands: Sequence[tuple[int, dict[str, Any]]]) -> list[int]:
+    """Queue commands; each payload is encoded once here and published as stored."""
     if not commands:
         return []
     rows = await conn.fetch(
-        "INSERT INTO ota.outbox (dev_id, payload) SELECT * FROM unnest($1::bigint[], $2::jsonb[])"
-        " RETURNING id", [c[0] for c in commands], [c[1] for c in commands])
+        "INSERT INTO ota.outbox (dev_id, payload)"
+        " SELECT d, p::jsonb FROM unnest($1::bigint[], $2::text[]) AS u(d, p) RETURNING id",
+        [c[0] for c in commands], [json.dumps(c[1]) for c in commands])
     return [r["id"] for r in rows]
 
 
@@ -34,15 +36,11 @@ async def _send(conn: Any, publisher: Publisher, rows: Sequence[Any]) -> int:
     if not rows:
         return 0
     try:
-        await publisher.publish_many([(r["dev_id"], _payload(r["payload"])) for r in rows])
+        await publisher.publish_many([(r["dev_id"], r["payload"]) for r in rows])
     except aiomqtt.MqttError as exc:
         # leaving the transaction by an exception rolls the DELETE back
         raise OutboxNotSent(str(exc)) from exc
     return len(rows)
-
-
-def _payload(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else dict(json.loads(value))
 
 
 async def send(pool: Any, publisher: Publisher, ids: Sequence[int]) -> int:
@@ -52,7 +50,7 @@ async def send(pool: Any, publisher: Publisher, ids: Sequence[int]) -> int:
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
             "DELETE FROM ota.outbox WHERE id IN (SELECT id FROM ota.outbox WHERE id = ANY($1)"
-            " ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING dev_id, payload", list(ids))
+            " ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING dev_id, payload::text", list(ids))
         return await _send(conn, publisher, rows)
 
 
@@ -63,7 +61,7 @@ async def drain(pool: Any, publisher: Publisher, batch: int = 500) -> int:
         async with pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "DELETE FROM ota.outbox WHERE id IN (SELECT id FROM ota.outbox ORDER BY id"
-                " LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING dev_id, payload", batch)
+                " LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING dev_id, payload::text", batch)
             if not rows:
                 return sent
             sent += await _send(conn, publisher, rows)

@@ -66,7 +66,7 @@ class Publisher:
                                 retry_in=round(delay, 2))
                     await asyncio.sleep(delay)
 
-    async def publish_many(self, commands: Sequence[tuple[int, dict[str, Any]]],
+    async def publish_many(self, commands: Sequence[tuple[int, str | dict[str, Any]]],
                            timeout: float = 30.0) -> None:
         """Publish every command at QoS 1 and return once the broker acknowledged them all.
         Raises ``aiomqtt.MqttError`` if it does not (the caller keeps them for later).
@@ -81,7 +81,8 @@ class Publisher:
         prefix = self.settings.mqtt_topic_prefix
         infos = []
         for dev_id, payload in commands:
-            info = paho.publish(topics.command(prefix, dev_id), json.dumps(payload), qos=1)
+            text = payload if isinstance(payload, str) else json.dumps(payload)
+            info = paho.publish(topics.command(prefix, dev_id), text, qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 await self.close()
                 raise aiomqtt.MqttError(f"publish failed: {mqtt.error_string(info.rc)}")

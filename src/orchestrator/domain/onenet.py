@@ -10,9 +10,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import orjson
 
 from orchestrator.domain.versions import is_valid_version
 
@@ -178,7 +179,7 @@ def parse_check_response(status: int, body: bytes) -> CheckOutcome:
     if status != 200:
         return ProtocolError(f"HTTP {status}")
     try:
-        doc = json.loads(body)
+        doc = orjson.loads(body)
     except (ValueError, RecursionError):
         return ProtocolError(f"body is not JSON: {body[:60]!r}")
     if not isinstance(doc, dict):
@@ -207,7 +208,7 @@ def parse_errno_answer(status: int, body: bytes) -> int | None:
     if status != 200:
         return None
     try:
-        doc = json.loads(body)
+        doc = orjson.loads(body)
     except (ValueError, RecursionError):
         return None
     errno = doc.get("errno") if isinstance(doc, dict) else None

@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from orchestrator.domain.versions import is_valid_version
 
@@ -102,7 +103,7 @@ def _object(payload: bytes) -> dict[str, Any]:
     if not text.strip():
         raise _Bad("empty", "empty payload")
     try:
-        obj = json.loads(text)
+        obj = orjson.loads(text)
     except (ValueError, RecursionError):
         raise _Bad("bad_json", "payload is not valid JSON") from None
     if not isinstance(obj, dict):

@@ -8,11 +8,11 @@ crash after the commit leaves the command for any replica to publish (at-least-o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import aiomqtt
+import orjson
 
 from orchestrator.mqtt.publisher import Publisher
 
@@ -28,7 +28,7 @@ async def enqueue(conn: Any, commands: Sequence[tuple[int, dict[str, Any]]]) -> 
     rows = await conn.fetch(
         "INSERT INTO ota.outbox (dev_id, payload)"
         " SELECT d, p::jsonb FROM unnest($1::bigint[], $2::text[]) AS u(d, p) RETURNING id",
-        [c[0] for c in commands], [json.dumps(c[1]) for c in commands])
+        [c[0] for c in commands], [orjson.dumps(c[1]).decode() for c in commands])
     return [r["id"] for r in rows]
 
 

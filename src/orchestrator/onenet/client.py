@@ -6,13 +6,13 @@ concurrency, a circuit breaker. Every answer becomes a typed outcome; nothing ra
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 import structlog
 
 from orchestrator.config import Settings
@@ -162,7 +162,7 @@ class OneNetClient:
                     ctx = self.session.get(url, params=params, headers=self._headers(False),
                                            timeout=self.timeout)
                 else:
-                    ctx = self.session.post(url, data=json.dumps(body).encode(),
+                    ctx = self.session.post(url, data=orjson.dumps(body),
                                             headers=self._headers(), timeout=self.timeout)
                 async with ctx as resp:
                     data = await resp.read()

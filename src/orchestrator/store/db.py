@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import asyncpg
+import orjson
 
 
 async def _init(conn: Any) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,
-                              schema="pg_catalog")
-    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads,
-                              schema="pg_catalog")
+    for kind in ("jsonb", "json"):
+        await conn.set_type_codec(kind, encoder=_dumps, decoder=orjson.loads,
+                                  schema="pg_catalog")
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Any:

@@ -203,3 +203,31 @@ async def test_sigterm_flushes_and_exits_zero(settings: Settings) -> None:
         proc2.send_signal(signal.SIGTERM)
         await asyncio.to_thread(proc2.communicate, timeout=30)
     assert proc2.returncode == 0
+
+
+async def test_a_batch_the_database_refuses_is_counted_and_ingest_goes_on(
+        settings: Settings, pool: Any) -> None:
+    async with pool.acquire() as conn:   # a rule our validation does not know
+        await conn.execute("ALTER TABLE ota.devices ADD CONSTRAINT weak CHECK (signal < 100)")
+    metrics = Metrics()
+    ingest = Ingest(settings, PgSink(pool), metrics)
+    stop = asyncio.Event()
+    task = asyncio.create_task(ingest.run(stop))
+    await asyncio.wait_for(ingest.connected.wait(), 10)
+    p = settings.mqtt_topic_prefix
+    url = f"mqtt://{settings.mqtt_url.host}:{settings.mqtt_url.port}"
+    await publish_all(url, [(f"{p}/1/status", b'{"signal": 150}')])
+
+    async def refused() -> bool:
+        return metrics.rejected("db_error") == 1
+
+    await wait_for(refused)
+    await publish_all(url, [(f"{p}/2/status", status(2))])
+
+    async def applied() -> bool:
+        return await count_devices(settings.database_url or "") == 1
+
+    await wait_for(applied)
+    assert not task.done()
+    stop.set()
+    await task

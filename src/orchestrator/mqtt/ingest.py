@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import aiomqtt
+import asyncpg
 import structlog
 
 from orchestrator.config import Settings
@@ -146,11 +147,21 @@ class Ingest:
                 try:
                     rejected.extend(await self.sink.apply(statuses, progress))
                     break
-                except (TimeoutError, OSError) as exc:
+                except (TimeoutError, OSError, asyncpg.InterfaceError,
+                        asyncpg.PostgresConnectionError) as exc:
                     delay = backoff(attempt, cap=5.0)
                     log.warning("ingest batch failed, retrying", error=str(exc),
                                 retry_in=round(delay, 2))
                     await asyncio.sleep(delay)
+                except asyncpg.PostgresError as exc:
+                    # refused by the database itself: it would be refused again, so the
+                    # batch is counted and logged, not applied, and ingest goes on
+                    log.error("ingest batch refused by the database", error=str(exc)[:300],
+                              messages=len(statuses) + len(progress))
+                    rejected.extend(Rejection("db_error", str(exc)[:200], "batch")
+                                    for _ in range(len(statuses) + len(progress)))
+                    statuses, progress = [], []
+                    break
         self.metrics.ingest_batch_seconds.observe(time.perf_counter() - started)
         self.metrics.ingest_batches.inc()
         if statuses:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import random
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiomqtt
@@ -64,12 +65,26 @@ async def publish_all(url: str, messages: Sequence[tuple[str, bytes]]) -> None:
         await asyncio.gather(*(client.publish(t, p, qos=1) for t, p in messages))
 
 
-async def test_ingest_many_devices_with_garbage(settings: Settings, pool: Any) -> None:
+@contextlib.asynccontextmanager
+async def running(settings: Settings, sink: PgSink) -> AsyncIterator[tuple[Ingest, Metrics]]:
+    """Ingest consuming in this test's loop until the block ends."""
     metrics = Metrics()
-    ingest = Ingest(settings, PgSink(pool), metrics)
+    ingest = Ingest(settings, sink, metrics)
     stop = asyncio.Event()
     task = asyncio.create_task(ingest.run(stop))
     await asyncio.wait_for(ingest.connected.wait(), 10)
+    yield ingest, metrics
+    assert not task.done(), task
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_ingest_many_devices_with_garbage(settings: Settings, pool: Any) -> None:
+    async with running(settings, PgSink(pool)) as (_, metrics):
+        await many_devices_with_garbage(settings, pool, metrics)
+
+
+async def many_devices_with_garbage(settings: Settings, pool: Any, metrics: Metrics) -> None:
     p = settings.mqtt_topic_prefix
     good = [(f"{p}/{i}/status", status(i)) for i in range(100, 2100)]
     bad = [(t.format(p=p), b) for t, b, _ in GARBAGE]
@@ -91,15 +106,14 @@ async def test_ingest_many_devices_with_garbage(settings: Settings, pool: Any) -
     assert (row["model"], row["fota_version"], row["signal"], row["power"]) == (
         "M5310", f"1.{1234 % 7}", 1234 % 30, 1234 % 101)
     assert row["status_at"] is not None
-    stop.set()
-    await asyncio.wait_for(task, 10)
 
 
 async def test_partial_reports_keep_earlier_fields(settings: Settings, pool: Any) -> None:
-    ingest = Ingest(settings, PgSink(pool), Metrics())
-    stop = asyncio.Event()
-    task = asyncio.create_task(ingest.run(stop))
-    await asyncio.wait_for(ingest.connected.wait(), 10)
+    async with running(settings, PgSink(pool)):
+        await partial_reports(settings, pool)
+
+
+async def partial_reports(settings: Settings, pool: Any) -> None:
     p = settings.mqtt_topic_prefix
     url = f"mqtt://{settings.mqtt_url.host}:{settings.mqtt_url.port}"
     await publish_all(url, [(f"{p}/77/status", status(77))])
@@ -119,8 +133,6 @@ async def test_partial_reports_keep_earlier_fields(settings: Settings, pool: Any
     async with pool.acquire() as conn:
         row = await conn.fetchrow("SELECT * FROM ota.devices WHERE dev_id = 77")
     assert row["model"] == "M5310" and row["power"] == 77 and row["fota_version"] == "1.0"
-    stop.set()
-    await task
 
 
 class SlowSink(PgSink):
@@ -136,11 +148,11 @@ async def test_broker_restart_mid_stream_loses_nothing(
         settings: Settings, pool: Any, private_broker: Mosquitto) -> None:
     s = dataclasses.replace(settings, mqtt_url=parse_mqtt_url(private_broker.url),
                             ingest_batch_size=50)
-    metrics = Metrics()
-    ingest = Ingest(s, SlowSink(pool), metrics)
-    stop = asyncio.Event()
-    task = asyncio.create_task(ingest.run(stop))
-    await asyncio.wait_for(ingest.connected.wait(), 10)
+    async with running(s, SlowSink(pool)) as (_, metrics):
+        await restart_mid_stream(s, private_broker, metrics)
+
+
+async def restart_mid_stream(s: Settings, private_broker: Mosquitto, metrics: Metrics) -> None:
     p = s.mqtt_topic_prefix
     first = [(f"{p}/{i}/status", status(i)) for i in range(1, 1501)]
     await publish_all(private_broker.url, first)
@@ -154,13 +166,8 @@ async def test_broker_restart_mid_stream_loses_nothing(
     async def all_in() -> bool:
         return await count_devices(s.database_url or "") == 2000
 
-    try:
-        await wait_for(all_in, 20)
-    finally:
-        print("DEVICES", await count_devices(s.database_url or ""), private_broker.workdir)
+    await wait_for(all_in, 20)
     assert metrics.registry.get_sample_value("orch_mqtt_reconnects_total") >= 1
-    stop.set()
-    await asyncio.wait_for(task, 10)
 
 
 async def start_service(env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]:
@@ -209,11 +216,11 @@ async def test_a_batch_the_database_refuses_is_counted_and_ingest_goes_on(
         settings: Settings, pool: Any) -> None:
     async with pool.acquire() as conn:   # a rule our validation does not know
         await conn.execute("ALTER TABLE ota.devices ADD CONSTRAINT weak CHECK (signal < 100)")
-    metrics = Metrics()
-    ingest = Ingest(settings, PgSink(pool), metrics)
-    stop = asyncio.Event()
-    task = asyncio.create_task(ingest.run(stop))
-    await asyncio.wait_for(ingest.connected.wait(), 10)
+    async with running(settings, PgSink(pool)) as (_, metrics):
+        await refused_then_applied(settings, metrics)
+
+
+async def refused_then_applied(settings: Settings, metrics: Metrics) -> None:
     p = settings.mqtt_topic_prefix
     url = f"mqtt://{settings.mqtt_url.host}:{settings.mqtt_url.port}"
     await publish_all(url, [(f"{p}/1/status", b'{"signal": 150}')])
@@ -228,6 +235,3 @@ async def test_a_batch_the_database_refuses_is_counted_and_ingest_goes_on(
         return await count_devices(settings.database_url or "") == 1
 
     await wait_for(applied)
-    assert not task.done()
-    stop.set()
-    await task

@@ -76,12 +76,6 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _campaign_or_fail(conn: Any, cid: int) -> Any:
-    from orchestrator.store.campaigns import get_campaign
-
-    return get_campaign(conn, cid)
-
-
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator.cli import _print_json, _table, _with_conn
     from orchestrator.store.campaigns import list_campaigns

@@ -10,7 +10,6 @@ its size and MD5, reports progress with OneNET's step codes, installs, and repor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import random
@@ -256,8 +255,3 @@ def make_devices(n: int, *, first_id: int = 1, seed: int | None = None,
     return [SimDevice(first_id + i, manuf, model, fota_version, "app-1",
                       signal=rng.randint(12, 31), power=rng.randint(40, 100))
             for i in range(n)]
-
-
-async def run_fleet(fleet: Fleet, stop: asyncio.Event) -> None:
-    with contextlib.suppress(asyncio.CancelledError):
-        await fleet.run(stop)

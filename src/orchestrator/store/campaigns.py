@@ -4,7 +4,6 @@ writes of decisions, kept counts. Rows become typed values here and nowhere else
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -322,7 +321,7 @@ def _to_dt(value: float | None) -> dt.datetime | None:
     return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC)
 
 
-def _device_row(r: Any) -> DeviceRow:
+def device_row(r: Any) -> DeviceRow:
     task = r["task"]
     return DeviceRow(
         state=r["state"], attempts=r["attempts"], transient_errors=r["transient_errors"],
@@ -369,7 +368,7 @@ async def claim(conn: Any, campaign_id: int, current_wave: int, limit: int, leas
     out = []
     for r in rows:
         out.append(Claimed(
-            r["campaign_id"], r["dev_id"], r["rev"], r["wave"], _device_row(r), r["manuf"],
+            r["campaign_id"], r["dev_id"], r["rev"], r["wave"], device_row(r), r["manuf"],
             r["model"], r["fota_version"] if r["type"] == "fota" else r["sota_version"],
             Status(r["signal"], r["power"], _ts(r["status_at"]))))
     return out
@@ -476,10 +475,6 @@ async def read_rows(conn: Any, keys: Sequence[tuple[int, int]]) -> dict[tuple[in
     return {(r["campaign_id"], r["dev_id"]): r for r in rows}
 
 
-def device_row(r: Any) -> DeviceRow:
-    return _device_row(r)
-
-
 # --- controller -----------------------------------------------------------------------------
 
 async def fold_counts(conn: Any) -> None:
@@ -509,7 +504,3 @@ async def device_progress(conn: Any, campaign_id: int, state: str | None = None,
            ORDER BY dev_id LIMIT $3""", campaign_id, state, limit)
     return [{k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in r.items()}
             for r in rows]
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, default=str)

@@ -70,7 +70,7 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
         return await get_campaign(conn, cid)
 
     campaign = asyncio.run(_with_conn(settings, go))
-    print(f"campaign {campaign.campaign_id} {campaign.name!r}: {campaign.total} device(s) "
+    print(f"campaign {campaign.campaign_id} {campaign.name!r}: {campaign.counts.total} device(s) "
           f"enrolled, {campaign.status}")
     print(campaign.campaign_id)
     return 0
@@ -138,12 +138,12 @@ def _action(action: str) -> Any:
 
 
 def render(campaign: Any, width: int = 40) -> list[str]:
-    total = max(campaign.total, 1)
+    total = max(campaign.counts.total, 1)
     lines = [f"campaign {campaign.campaign_id} {campaign.name!r} [{campaign.status}]"
              f" wave {campaign.current_wave + 1}/{len(campaign.waves)}"
              + (f" — {campaign.status_reason}" if campaign.status_reason else "")]
     for state in BAR_STATES:
-        n = getattr(campaign, state)
+        n = getattr(campaign.counts, state)
         filled = round(width * n / total)
         lines.append(f"  {state:12} {'#' * filled}{'.' * (width - filled)} {n:>8} "
                      f"{100.0 * n / total:5.1f}%")

@@ -114,13 +114,7 @@ class Campaign:
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
-    total: int = 0
-    pending: int = 0
-    in_progress: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    no_task: int = 0
-    cancelled: int = 0
+    counts: Counts = field(default_factory=Counts)
 
     @property
     def rules(self) -> Rules:
@@ -128,7 +122,10 @@ class Campaign:
                      self.abort_min_finished, self.continuous)
 
     def to_json(self, *, with_devices: bool = False) -> dict[str, Any]:
+        """The campaign with its counts flat, as in ``ota.campaign_progress``."""
         out = asdict(self)
+        counts = out.pop("counts")
+        out.update(total=self.counts.total, **counts)
         for key in ("created_at", "started_at", "finished_at"):
             out[key] = out[key].isoformat() if out[key] else None
         sel = dict(out["selector"])
@@ -145,8 +142,14 @@ _CAMPAIGN_COLS = """c.campaign_id, c.name, c.status, c.type, c.target_version, c
     p.total, p.pending, p.in_progress, p.succeeded, p.failed, p.no_task, p.cancelled"""
 
 
+_COUNT_COLS = ("pending", "in_progress", "succeeded", "failed", "no_task", "cancelled")
+
+
 def _campaign(row: Any) -> Campaign:
-    return Campaign(**dict(row))
+    fields = dict(row)
+    counts = Counts(**{k: fields.pop(k) for k in _COUNT_COLS})
+    fields.pop("total")   # derived: the sum of the counts
+    return Campaign(**fields, counts=counts)
 
 
 async def get_campaign(conn: Any, campaign_id: int) -> Campaign | None:

@@ -395,3 +395,18 @@ def test_example_scenario_loads() -> None:
 
     s = load_scenario(Path(__file__).parent.parent / "deploy" / "onenet-scenario.toml")
     assert s.product_id == "123123" and len(s.devices) == 4 and s.script == {2: (7, 7)}
+
+
+def test_simulator_and_fleet_flags_refuse_bad_values() -> None:
+    from conftest import run_cli
+
+    for args, word in [(["simulate", "onenet", "--errno7-rate", "5"], "between 0 and 1"),
+                       (["simulate", "onenet", "--drop-rate", "x"], "not a number"),
+                       (["simulate", "onenet", "--latency-ms", "-3"], ">= 0"),
+                       (["simulate", "fleet", "--install-failure-rate", "1.5"],
+                        "between 0 and 1"),
+                       (["simulate", "fleet", "--bandwidth", "-1"], ">= 0"),
+                       (["simulate", "fleet", "--devices", "0"], "at least 1")]:
+        out = run_cli(*args, timeout=30)
+        assert out.returncode == 2, (args, out.stderr)
+        assert word in out.stderr, (args, out.stderr)

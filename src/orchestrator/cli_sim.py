@@ -60,6 +60,27 @@ def cmd_simulate_onenet(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _rate(text: str) -> float:
+    """A share in [0, 1] (argparse type: a wrong value is a one-line usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
+
+
 def register(sub: Any) -> None:
     sim = sub.add_parser("simulate", help="simulators for staging and tests").add_subparsers(
         dest="sim_command", required=True, metavar="WHAT")
@@ -73,9 +94,9 @@ def register(sub: Any) -> None:
     p.add_argument("--auto-register", action="store_true",
                    help="accept checks from devices the scenario does not list")
     p.add_argument("--ip-port", help="download address announced in tasks (ipPort)")
-    p.add_argument("--errno7-rate", type=float, help="share of checks answered errno 7")
-    p.add_argument("--latency-ms", type=float, help="delay added to every call")
-    p.add_argument("--drop-rate", type=float, help="share of calls whose connection is dropped")
+    p.add_argument("--errno7-rate", type=_rate, help="share of checks answered errno 7")
+    p.add_argument("--latency-ms", type=_positive, help="delay added to every call")
+    p.add_argument("--drop-rate", type=_rate, help="share of calls whose connection is dropped")
     p.set_defaults(handler=cmd_simulate_onenet)
     register_fleet(sim)
 
@@ -125,15 +146,15 @@ def register_fleet(sim: Any) -> None:
     p.add_argument("--manuf", default="China Mobile")
     p.add_argument("--model", default="M5310")
     p.add_argument("--version", default="1.2", help="the devices' FOTA version")
-    p.add_argument("--status-interval", type=float, default=30.0,
+    p.add_argument("--status-interval", type=_positive, default=30.0,
                    help="seconds between status reports")
-    p.add_argument("--bandwidth", type=float, default=1_000_000,
-                   help="download bytes per second per device")
-    p.add_argument("--install-time", type=float, default=0.5)
-    p.add_argument("--download-failure-rate", type=float, default=0.0)
-    p.add_argument("--install-failure-rate", type=float, default=0.0)
-    p.add_argument("--offline-rate", type=float, default=0.0,
+    p.add_argument("--bandwidth", type=_positive, default=1_000_000,
+                   help="download bytes per second per device (0: unlimited)")
+    p.add_argument("--install-time", type=_positive, default=0.5)
+    p.add_argument("--download-failure-rate", type=_rate, default=0.0)
+    p.add_argument("--install-failure-rate", type=_rate, default=0.0)
+    p.add_argument("--offline-rate", type=_rate, default=0.0,
                    help="chance per status tick that a device goes offline")
-    p.add_argument("--offline-seconds", type=float, default=30.0)
+    p.add_argument("--offline-seconds", type=_positive, default=30.0)
     p.add_argument("--seed", type=int, help="for reproducible runs")
     p.set_defaults(handler=cmd_simulate_fleet)

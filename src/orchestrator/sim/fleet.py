@@ -54,7 +54,7 @@ class SimDevice:
 @dataclass(frozen=True)
 class FleetConfig:
     status_interval: float = 30.0
-    bandwidth: float = 1_000_000.0       # bytes per second per device
+    bandwidth: float = 1_000_000.0       # bytes per second per device; 0: unlimited
     install_time: float = 0.2
     download_failure_rate: float = 0.0   # reports a random 102..107
     install_failure_rate: float = 0.0    # reports a random 202..206
@@ -227,7 +227,8 @@ class Fleet:
                     if pct >= next_report:
                         await self.progress(dev, campaign, pct)
                         next_report = pct + cfg.progress_every
-                    wait = got / cfg.bandwidth - (time.monotonic() - started)
+                    wait = (got / cfg.bandwidth - (time.monotonic() - started)
+                            if cfg.bandwidth else 0.0)       # 0: unlimited
                     if wait > 0:
                         await asyncio.sleep(wait)
                     if dev.cancelled:

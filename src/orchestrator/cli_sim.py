@@ -66,7 +66,7 @@ def _rate(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
+    if not 0.0 <= value <= 1.0:   # also refuses nan
         raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1")
     return value
 
@@ -76,7 +76,7 @@ def _positive(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0 or value != value:
+    if not value >= 0:   # also refuses nan
         raise argparse.ArgumentTypeError(f"{text} must be >= 0")
     return value
 

@@ -89,3 +89,9 @@ def test_bench_needs_a_database() -> None:
     out = subprocess.run([sys.executable, "-m", "orchestrator", "bench", "enroll"],
                          env=clean_env(), capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "ORCH_DATABASE_URL" in out.stderr
+
+
+def test_demo_refuses_a_bad_device_count() -> None:
+    out = subprocess.run([sys.executable, "-m", "orchestrator", "demo", "--devices", "0"],
+                         env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--devices: 1 to 100000" in out.stderr

@@ -23,6 +23,10 @@ import asyncpg
 import pytest
 
 from orchestrator.config import Settings, parse_mqtt_url
+from orchestrator.sim import DEMO_ACCESS_KEY
+from orchestrator.sim.onenet import Simulator, serve
+from orchestrator.sim.scenario import parse_scenario
+from orchestrator.store.db import create_pool
 from orchestrator.store.migrate import migrate
 
 ADMIN_URL = os.environ.get("ORCH_TEST_DATABASE_URL",
@@ -103,8 +107,6 @@ async def empty_database() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
-    from orchestrator.store.db import create_pool
-
     p = await create_pool(database, max_size=6)
     yield p
     await p.close()
@@ -201,7 +203,7 @@ def private_broker(tmp_path: Path) -> Iterator[Mosquitto]:
     broker.stop()
 
 
-SIM_KEY = "mjgvkTCYTBF6DguxMmm+aV9EkDp2CYfL5jzRTph5Th6KhU8gqZz/cBivPTA7tfY5"
+SIM_KEY = DEMO_ACCESS_KEY
 
 
 class SimServer:
@@ -215,9 +217,6 @@ class SimServer:
 
 @pytest.fixture
 async def start_sim() -> AsyncIterator[object]:
-    from orchestrator.onenet.scenario import parse_scenario
-    from orchestrator.onenet.simulator import Simulator, serve
-
     runners = []
 
     async def start(data: dict | None = None, **kwargs: object) -> SimServer:

@@ -1,0 +1,312 @@
+"""Ops HTTP API under ``/api/v1`` (contract section 5), with health, readiness, metrics."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from orchestrator.api.specs import FIELDS, spec_from_body
+from orchestrator.config import Settings
+from orchestrator.domain.campaign import (
+    STATUSES,
+    CampaignConflict,
+    CampaignError,
+    CampaignNotFound,
+)
+from orchestrator.metrics import Metrics
+from orchestrator.store import campaigns as store
+from orchestrator.store import devices as device_store
+from orchestrator.store import members
+from orchestrator.store.database import is_transient
+from orchestrator.store.db import Pool
+
+
+@dataclass
+class ApiState:
+    settings: Settings
+    pool: Pool
+    metrics: Metrics
+    ready: Callable[[], dict[str, bool]]
+
+
+STATE: web.AppKey[ApiState] = web.AppKey("state", ApiState)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, default=str), status=status,
+                        content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bad input is a 4xx naming the field; a database outage a 503; never a 5xx trace."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return _error(exc.status, exc.reason)
+        raise
+    except CampaignNotFound as exc:
+        return _error(404, str(exc))
+    except CampaignConflict as exc:
+        return _error(409, str(exc))
+    except CampaignError as exc:
+        return _error(400, str(exc))
+    except Exception as exc:
+        if is_transient(exc):
+            return _error(503, f"database unavailable: {type(exc).__name__}")
+        raise
+
+
+@web.middleware
+async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return await handler(request)
+    settings = request.app[STATE].settings
+    if settings.api_token:
+        given = request.headers.get("Authorization", "")
+        expected = f"Bearer {settings.api_token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return _error(401, "mutating calls need 'Authorization: Bearer <ORCH_API_TOKEN>'")
+    elif not _loopback(settings.api_host):
+        return _error(403, "set ORCH_API_TOKEN: without it mutating calls are refused unless "
+                           "the API listens on loopback")
+    return await handler(request)
+
+
+def _int(request: web.Request, name: str, default: int | None = None, *, lo: int = 0,
+         hi: int = 2**63 - 1) -> int:
+    raw = request.match_info.get(name) or request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise CampaignError(f"{name}: required")
+        return default
+    if not raw.isascii() or not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise CampaignError(f"{name}: expected an integer in [{lo}, {hi}], got {raw[:30]!r}")
+    return int(raw)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = dict(request.app[STATE].ready())
+    try:
+        async with request.app[STATE].pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+        checks["database"] = True
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        checks["database"] = False
+    ok = all(checks.values())
+    return _json({"ready": ok, "checks": checks}, 200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[STATE].metrics.render(),
+                        content_type="text/plain", charset="utf-8")
+
+
+async def list_campaigns(request: web.Request) -> web.Response:
+    status = request.query.get("status")
+    if status is not None and status not in STATUSES:
+        raise CampaignError(f"status: unknown status {status[:30]!r}")
+    limit = _int(request, "limit", 100, lo=1, hi=1000)
+    async with request.app[STATE].pool.acquire() as conn:
+        rows = await store.list_campaigns(conn, status, limit)
+    return _json([c.to_json() for c in rows])
+
+
+async def create_campaign(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise CampaignError("body: not valid JSON") from None
+    spec, start = spec_from_body(body)
+    async with request.app[STATE].pool.acquire() as conn:
+        cid = await store.create_campaign(conn, spec, start=start, actor="api")
+        campaign = await store.get_campaign(conn, cid)
+    assert campaign is not None
+    return _json(campaign.to_json(), 201)
+
+
+async def show_campaign(request: web.Request) -> web.Response:
+    cid = _int(request, "id", lo=1)
+    async with request.app[STATE].pool.acquire() as conn:
+        campaign = await store.get_campaign(conn, cid)
+    if campaign is None:
+        raise CampaignNotFound(f"campaign {cid} not found")
+    return _json(campaign.to_json())
+
+
+async def campaign_devices(request: web.Request) -> web.Response:
+    cid = _int(request, "id", lo=1)
+    state = request.query.get("state")
+    limit = _int(request, "limit", 100, lo=1, hi=10000)
+    async with request.app[STATE].pool.acquire() as conn:
+        if await store.get_campaign(conn, cid) is None:
+            raise CampaignNotFound(f"campaign {cid} not found")
+        rows = await members.progress(conn, cid, state, limit)
+    return _json(rows)
+
+
+def _action(action: str) -> Handler:
+    async def handle(request: web.Request) -> web.Response:
+        cid = _int(request, "id", lo=1)
+        async with request.app[STATE].pool.acquire() as conn:
+            campaign = await store.set_status(conn, cid, action, actor="api")
+        return _json(campaign.to_json())
+
+    return handle
+
+
+async def list_devices(request: web.Request) -> web.Response:
+    async with request.app[STATE].pool.acquire() as conn:
+        rows = await device_store.list_devices(
+            conn, manuf=request.query.get("manuf"), model=request.query.get("model"),
+            after=_int(request, "after", 0), limit=_int(request, "limit", 100, lo=1, hi=10000))
+    return _json([d.to_json() for d in rows])
+
+
+async def show_device(request: web.Request) -> web.Response:
+    dev_id = _int(request, "id", lo=1)
+    async with request.app[STATE].pool.acquire() as conn:
+        device = await device_store.get_device(conn, dev_id)
+    if device is None:
+        return _error(404, f"device {dev_id} not found")
+    return _json(device.to_json())
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json(OPENAPI)
+
+
+def build_app(state: ApiState) -> web.Application:
+    app = web.Application(middlewares=[errors, auth], client_max_size=64 * 1024 * 1024)
+    app[STATE] = state
+    app.add_routes([
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/metrics", metrics),
+        web.get("/api/v1/openapi.json", openapi),
+        web.get("/api/v1/campaigns", list_campaigns),
+        web.post("/api/v1/campaigns", create_campaign),
+        web.get("/api/v1/campaigns/{id}", show_campaign),
+        web.get("/api/v1/campaigns/{id}/devices", campaign_devices),
+        *[web.post(f"/api/v1/campaigns/{{id}}/{a}", _action(a))
+          for a in ("start", "pause", "resume", "cancel")],
+        web.get("/api/v1/devices", list_devices),
+        web.get("/api/v1/devices/{id}", show_device),
+    ])
+    return app
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_ERR = {"description": "error", "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+def _ok(schema: dict[str, Any], code: str = "200") -> dict[str, Any]:
+    return {code: {"description": "ok", "content": {"application/json": {"schema": schema}}},
+            "400": _ERR, "404": _ERR}
+
+
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+_SECURE: list[dict[str, list[str]]] = [{"bearer": []}]
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "orchestrator ops API", "version": "1"},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
+            "CampaignCreate": {
+                "type": "object", "required": ["name", "type", "target"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string"},
+                    "type": {"type": "string", "enum": ["fota", "sota"]},
+                    "target": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,20}$"},
+                    "manuf": {"type": "string"}, "model": {"type": "string"},
+                    "from_versions": {"type": "array", "items": {"type": "string"}},
+                    "devices": {"type": "array", "items": {"type": "integer"}},
+                    "waves": {"type": "array", "items": {"type": "integer"},
+                              "description": "cumulative percentages ending at 100"},
+                    "wave_success_pct": {"type": "number"},
+                    "max_per_minute": {"type": "integer"},
+                    "abort_failure_pct": {"type": "number"},
+                    "abort_min_finished": {"type": "integer"},
+                    "continuous": {"type": "boolean"},
+                    "start": {"type": "boolean"},
+                },
+            },
+            "Campaign": {"type": "object", "properties": {
+                k: {} for k in ("campaign_id", "name", "status", "type", "target_version",
+                                "selector", "waves", "current_wave", "status_reason", "total",
+                                "pending", "in_progress", "succeeded", "failed", "no_task",
+                                "cancelled", "started_at", "finished_at")}},
+            "Device": {"type": "object", "properties": {
+                k: {} for k in ("dev_id", "manuf", "model", "fota_version", "sota_version",
+                                "signal", "power", "status_at", "last_seen")}},
+        },
+    },
+    "paths": {
+        "/healthz": {"get": {"responses": {"200": {"description": "alive"}}}},
+        "/readyz": {"get": {"responses": {"200": {"description": "ready"},
+                                          "503": {"description": "not ready"}}}},
+        "/metrics": {"get": {"responses": {"200": {"description": "Prometheus metrics"}}}},
+        "/api/v1/campaigns": {
+            "get": {"parameters": [
+                {"name": "status", "in": "query", "schema": {"type": "string"}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+                "responses": _ok({"type": "array", "items": _ref("Campaign")})},
+            "post": {"security": _SECURE,
+                     "requestBody": {"required": True, "content": {
+                         "application/json": {"schema": _ref("CampaignCreate")}}},
+                     "responses": _ok(_ref("Campaign"), "201")},
+        },
+        "/api/v1/campaigns/{id}": {"get": {"parameters": [_ID],
+                                           "responses": _ok(_ref("Campaign"))}},
+        "/api/v1/campaigns/{id}/devices": {"get": {"parameters": [
+            _ID, {"name": "state", "in": "query", "schema": {"type": "string"}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+            "responses": _ok({"type": "array", "items": {"type": "object"}})}},
+        **{f"/api/v1/campaigns/{{id}}/{a}": {"post": {
+            "security": _SECURE, "parameters": [_ID],
+            "responses": {**_ok(_ref("Campaign")), "409": _ERR}}}
+           for a in ("start", "pause", "resume", "cancel")},
+        "/api/v1/devices": {"get": {"parameters": [
+            {"name": k, "in": "query", "schema": {"type": t}}
+            for k, t in (("manuf", "string"), ("model", "string"), ("after", "integer"),
+                         ("limit", "integer"))],
+            "responses": _ok({"type": "array", "items": _ref("Device")})}},
+        "/api/v1/devices/{id}": {"get": {"parameters": [_ID],
+                                         "responses": _ok(_ref("Device"))}},
+    },
+}
+assert set(OPENAPI["components"]["schemas"]["CampaignCreate"]["properties"]) == FIELDS

@@ -1,0 +1,66 @@
+"""Turning an API body into a :class:`CampaignSpec`, naming the field that is wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.domain.campaign import CampaignError, CampaignSpec, Selector
+
+FIELDS = {"name", "type", "target", "manuf", "model", "from_versions", "devices", "waves",
+          "wave_success_pct", "max_per_minute", "abort_failure_pct", "abort_min_finished",
+          "continuous", "start"}
+
+
+def _opt(body: dict[str, Any], key: str, kinds: tuple[type, ...], what: str) -> Any:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) and bool not in kinds:
+        raise CampaignError(f"{key}: expected {what}")
+    if not isinstance(value, kinds):
+        raise CampaignError(f"{key}: expected {what}, got {type(value).__name__}")
+    return value
+
+
+def _int_list(body: dict[str, Any], key: str) -> list[int] | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int)
+                                          for v in value):
+        raise CampaignError(f"{key}: expected a list of integers")
+    return value
+
+
+def spec_from_body(body: Any) -> tuple[CampaignSpec, bool]:
+    if not isinstance(body, dict):
+        raise CampaignError("body: expected a JSON object")
+    unknown = sorted(set(body) - FIELDS)
+    if unknown:
+        raise CampaignError(f"{unknown[0]}: unknown field (known: {', '.join(sorted(FIELDS))})")
+    for key in ("name", "type", "target"):
+        if not isinstance(body.get(key), str):
+            raise CampaignError(f"{key}: required string")
+    froms = body.get("from_versions") or []
+    if not isinstance(froms, list) or not all(isinstance(v, str) for v in froms):
+        raise CampaignError("from_versions: expected a list of strings")
+    devices = _int_list(body, "devices")
+    if devices is not None and any(d <= 0 for d in devices):
+        raise CampaignError("devices: ids must be positive")
+    waves = _int_list(body, "waves") or [100]
+    num = (int, float)
+    abort = _opt(body, "abort_failure_pct", num, "a number")
+    spec = CampaignSpec(
+        name=body["name"], type=body["type"], target=body["target"],
+        selector=Selector(_opt(body, "manuf", (str,), "a string"),
+                          _opt(body, "model", (str,), "a string"), tuple(froms),
+                          None if devices is None else tuple(devices)),
+        waves=tuple(waves),
+        wave_success_pct=float(_opt(body, "wave_success_pct", num, "a number") or 0.0),
+        max_per_minute=_opt(body, "max_per_minute", (int,), "an integer"),
+        abort_failure_pct=None if abort is None else float(abort),
+        abort_min_finished=_opt(body, "abort_min_finished", (int,), "an integer") or 1,
+        continuous=bool(_opt(body, "continuous", (bool,), "a boolean") or False),
+    )
+    spec.validate()
+    return spec, bool(_opt(body, "start", (bool,), "a boolean") or False)

@@ -1,0 +1,58 @@
+"""Command line: ``orchestrator <command>`` (contract section 1). The parser and the
+mapping of errors to one line and an exit status live here; each command group is a
+module of its own. Nothing imports this package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import asyncpg
+
+from orchestrator import __version__
+from orchestrator.cli import campaign, device, service, simulate
+from orchestrator.cli.common import UsageError
+from orchestrator.config import ConfigError, load_settings
+from orchestrator.domain.campaign import CampaignError
+from orchestrator.logs import configure
+
+__all__ = ["UsageError", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator", description="Fleet firmware upgrades over OneNET OTA.")
+    parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
+    parser.add_argument("--config", help="TOML file with the same keys as the ORCH_* variables")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in (service, device, campaign, simulate):
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(config_file=args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    configure(settings.log_format, settings.log_level)
+    try:
+        return int(args.handler(args, settings))
+    except (ConfigError, UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except CampaignError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        print(f"error: database: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

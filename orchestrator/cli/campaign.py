@@ -1,0 +1,186 @@
+"""``orchestrator campaign ...``: create, list, show, start, pause, resume, cancel, watch."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from orchestrator.cli.common import LiveView, UsageError, print_json, table, with_conn
+from orchestrator.config import Settings
+from orchestrator.domain.campaign import DONE, Campaign, CampaignSpec, Selector
+from orchestrator.domain.payloads import parse_dev_id
+from orchestrator.domain.rollout import BadRollout, parse_waves
+from orchestrator.store import members
+from orchestrator.store.campaigns import create_campaign, get_campaign, list_campaigns, set_status
+from orchestrator.store.db import Connection, connect
+
+
+def read_device_file(path: str) -> tuple[int, ...]:
+    """Device ids, one per line or in a CSV whose first column (or ``dev_id``) holds them."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--devices {path}: cannot read ({exc})") from None
+    ids: list[int] = []
+    column = 0
+    for n, line in enumerate(lines, 1):
+        cells = [c.strip() for c in line.split(",")]
+        if n == 1 and "dev_id" in cells:
+            column = cells.index("dev_id")
+            continue
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        cell = cells[column] if column < len(cells) else ""
+        value = parse_dev_id(cell)
+        if value is None:
+            raise UsageError(f"--devices {path}:{n}: {cell!r} is not a device id")
+        ids.append(value)
+    if not ids:
+        raise UsageError(f"--devices {path}: no device ids")
+    return tuple(dict.fromkeys(ids))
+
+
+def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        waves = tuple(parse_waves(args.waves))
+    except BadRollout as exc:
+        raise UsageError(f"--{exc}") from None
+    spec = CampaignSpec(
+        name=args.name, type=args.type, target=args.target,
+        selector=Selector(args.manuf, args.model, tuple(args.from_version or ()),
+                          read_device_file(args.devices) if args.devices else None),
+        waves=waves, wave_success_pct=args.wave_success_pct,
+        max_per_minute=args.max_per_minute, abort_failure_pct=args.abort_failure_pct,
+        abort_min_finished=args.abort_min_finished, continuous=args.continuous)
+
+    async def go(conn: Connection) -> Campaign | None:
+        cid = await create_campaign(conn, spec, start=args.start)
+        return await get_campaign(conn, cid)
+
+    campaign = asyncio.run(with_conn(settings, go))
+    assert campaign is not None
+    print(f"campaign {campaign.campaign_id} {campaign.name!r}: {campaign.counts.total} device(s) "
+          f"enrolled, {campaign.status}")
+    print(campaign.campaign_id)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    rows = asyncio.run(with_conn(settings, lambda c: list_campaigns(c, args.status,
+                                                                    args.limit)))
+    data = [c.to_json() for c in rows]
+    if args.json:
+        print_json(data)
+    else:
+        print(table(data, ("campaign_id", "name", "status", "type", "target_version", "total",
+                            "pending", "in_progress", "succeeded", "failed", "no_task")))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    async def go(conn: Connection) -> tuple[Campaign | None, list[dict[str, Any]]]:
+        campaign = await get_campaign(conn, args.id)
+        devices = await members.progress(conn, args.id, args.state, args.devices) \
+            if campaign and args.devices else []
+        return campaign, devices
+
+    campaign, devices = asyncio.run(with_conn(settings, go))
+    if campaign is None:
+        print(f"campaign {args.id} not found", file=sys.stderr)
+        return 1
+    data = campaign.to_json()
+    if args.json:
+        print_json({**data, "devices": devices} if args.devices else data)
+        return 0
+    for key, value in data.items():
+        print(f"{key:20} {'' if value is None else value}")
+    if devices:
+        print()
+        print(table(devices, ("dev_id", "state", "attempts", "last_errno", "last_step",
+                               "next_attempt_at")))
+    return 0
+
+
+def _action(action: str) -> Any:
+    def handler(args: argparse.Namespace, settings: Settings) -> int:
+        campaign = asyncio.run(with_conn(settings, lambda c: set_status(
+            c, args.id, action, reason=getattr(args, "reason", None))))
+        print(f"campaign {campaign.campaign_id}: {campaign.status}")
+        return 0
+
+    return handler
+
+
+def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    view = LiveView(every=args.every)
+
+    async def go() -> int:
+        conn = await connect(settings.require_database())
+        try:
+            while True:
+                campaign = await get_campaign(conn, args.id)
+                if campaign is None:
+                    print(f"campaign {args.id} not found", file=sys.stderr)
+                    return 1
+                finished = campaign.status in DONE
+                view.show(campaign, final=finished)
+                if finished:
+                    return 0
+                await asyncio.sleep(args.interval)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def register(sub: Any) -> None:
+    camp = sub.add_parser("campaign", help="upgrade campaigns").add_subparsers(
+        dest="campaign_command", required=True, metavar="ACTION")
+    p = camp.add_parser("create", help="create a campaign (prints its id on the last line)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--type", required=True, choices=("fota", "sota"))
+    p.add_argument("--target", required=True, help="target version")
+    p.add_argument("--manuf", help="only devices of this manufacturer")
+    p.add_argument("--model", help="only devices of this module model")
+    p.add_argument("--from-version", action="append", metavar="VERSION",
+                   help="only devices on this version (repeatable)")
+    p.add_argument("--devices", metavar="FILE", help="only these device ids (one per line/CSV)")
+    p.add_argument("--waves", default="100", help="cumulative percentages, e.g. 1,10,50,100")
+    p.add_argument("--wave-success-pct", type=float, default=0.0,
+                   help="success %% a wave needs before the next one opens")
+    p.add_argument("--max-per-minute", type=int, help="devices checked per minute at most")
+    p.add_argument("--abort-failure-pct", type=float,
+                   help="pause when more than this %% of finished devices failed")
+    p.add_argument("--abort-min-finished", type=int, default=1,
+                   help="... once at least this many have finished")
+    p.add_argument("--continuous", action="store_true",
+                   help="devices that register later and match join")
+    p.add_argument("--start", action="store_true", help="start it now")
+    p.set_defaults(handler=cmd_create)
+    p = camp.add_parser("list", help="list campaigns")
+    p.add_argument("--status")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_list)
+    p = camp.add_parser("show", help="show one campaign")
+    p.add_argument("id", type=int)
+    p.add_argument("--devices", type=int, default=0, metavar="N",
+                   help="also list up to N devices")
+    p.add_argument("--state", help="with --devices: only devices in this state")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_show)
+    for action in ("start", "pause", "resume", "cancel"):
+        p = camp.add_parser(action, help=f"{action} a campaign")
+        p.add_argument("id", type=int)
+        if action == "pause":
+            p.add_argument("--reason")
+        p.set_defaults(handler=_action(action))
+    p = camp.add_parser("watch", help="live progress until the campaign ends")
+    p.add_argument("id", type=int)
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    p.add_argument("--every", type=float, default=10.0,
+                   help="off a terminal: seconds between printed snapshots")
+    p.set_defaults(handler=cmd_watch)

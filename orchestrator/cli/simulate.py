@@ -1,0 +1,149 @@
+"""``orchestrator simulate onenet``: the OneNET OTA simulator as a standalone server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+from typing import Any
+
+from orchestrator import runtime
+from orchestrator.cli.common import UsageError
+from orchestrator.config import Settings
+from orchestrator.sim.fleet import Fleet, FleetConfig, make_devices
+from orchestrator.sim.onenet import Simulator, serve
+from orchestrator.sim.scenario import Faults, Scenario, ScenarioError, load_scenario
+
+
+def cmd_simulate_onenet(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        scenario = load_scenario(args.scenario) if args.scenario else Scenario()
+    except ScenarioError as exc:
+        raise UsageError(str(exc)) from None
+    changes: dict[str, Any] = {}
+    if args.product_id:
+        changes["product_id"] = args.product_id
+    if args.access_key:
+        changes["access_key"] = args.access_key
+    if args.no_auth:
+        changes["auth"] = False
+    if args.auto_register:
+        changes["auto_register"] = True
+    if args.ip_port:
+        changes["ip_port"] = args.ip_port
+    scenario = dataclasses.replace(scenario, **changes)
+    sim = Simulator(scenario)
+    f = scenario.faults
+    sim.set_faults(Faults(
+        args.errno7_rate if args.errno7_rate is not None else f.errno7_rate,
+        args.latency_ms if args.latency_ms is not None else f.latency_ms,
+        args.drop_rate if args.drop_rate is not None else f.drop_rate, f.seed))
+
+    async def main() -> None:
+        runner = await serve(sim, args.host, args.port)
+        host, port = runner.addresses[0][:2]
+        print(f"OneNET OTA simulator on http://{host}:{port}", flush=True)
+        print(f"export ORCH_ONENET_URL=http://{host}:{port} "
+              f"ORCH_ONENET_PRODUCT_ID={sim.product_id} "
+              f"ORCH_ONENET_ACCESS_KEY={sim.access_key}", flush=True)
+        stop = asyncio.Event()
+        runtime.stop_on_signals(stop)
+        await stop.wait()
+        await runner.cleanup()
+
+    runtime.run(main())
+    return 0
+
+
+def _rate(text: str) -> float:
+    """A share in [0, 1] (argparse type: a wrong value is a one-line usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:   # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:   # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
+
+
+def register(sub: Any) -> None:
+    sim = sub.add_parser("simulate", help="simulators for staging and tests").add_subparsers(
+        dest="sim_command", required=True, metavar="WHAT")
+    p = sim.add_parser("onenet", help="a faithful simulator of OneNET's OTA southbound API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--scenario", help="scenario file (.toml or .json); see deploy/")
+    p.add_argument("--product-id")
+    p.add_argument("--access-key", help="base64 key (default: the scenario's, else random)")
+    p.add_argument("--no-auth", action="store_true", help="accept any Authorization")
+    p.add_argument("--auto-register", action="store_true",
+                   help="accept checks from devices the scenario does not list")
+    p.add_argument("--ip-port", help="download address announced in tasks (ipPort)")
+    p.add_argument("--errno7-rate", type=_rate, help="share of checks answered errno 7")
+    p.add_argument("--latency-ms", type=_positive, help="delay added to every call")
+    p.add_argument("--drop-rate", type=_rate, help="share of calls whose connection is dropped")
+    p.set_defaults(handler=cmd_simulate_onenet)
+    register_fleet(sim)
+
+
+def cmd_simulate_fleet(args: argparse.Namespace, settings: Settings) -> int:
+    if args.devices <= 0:
+        raise UsageError("--devices: at least 1")
+    config = FleetConfig(
+        status_interval=args.status_interval, bandwidth=args.bandwidth,
+        install_time=args.install_time, download_failure_rate=args.download_failure_rate,
+        install_failure_rate=args.install_failure_rate, offline_rate=args.offline_rate,
+        offline_seconds=args.offline_seconds, seed=args.seed)
+    devices = make_devices(args.devices, first_id=args.first_id, seed=args.seed,
+                           manuf=args.manuf, model=args.model, fota_version=args.version)
+    fleet = Fleet(settings.mqtt_url, settings.mqtt_topic_prefix, devices, config,
+                  client_id=None, v5=settings.mqtt_v5)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        runtime.stop_on_signals(stop)
+        task = asyncio.create_task(fleet.run(stop))
+        await fleet.connected.wait()
+        print(f"{len(devices)} simulated devices ({devices[0].dev_id}..{devices[-1].dev_id}) "
+              f"on {settings.mqtt_url!r}, prefix {settings.mqtt_topic_prefix!r}", flush=True)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 10)
+            print("fleet: " + ", ".join(f"{k}={v}" for k, v in sorted(fleet.stats.items())),
+                  flush=True)
+        await task
+
+    runtime.run(main())
+    return 0
+
+
+def register_fleet(sim: Any) -> None:
+    p = sim.add_parser("fleet", help="simulated devices speaking the MQTT contract")
+    p.add_argument("--devices", type=int, default=1000)
+    p.add_argument("--first-id", type=int, default=1)
+    p.add_argument("--manuf", default="China Mobile")
+    p.add_argument("--model", default="M5310")
+    p.add_argument("--version", default="1.2", help="the devices' FOTA version")
+    p.add_argument("--status-interval", type=_positive, default=30.0,
+                   help="seconds between status reports")
+    p.add_argument("--bandwidth", type=_positive, default=1_000_000,
+                   help="download bytes per second per device (0: unlimited)")
+    p.add_argument("--install-time", type=_positive, default=0.5)
+    p.add_argument("--download-failure-rate", type=_rate, default=0.0)
+    p.add_argument("--install-failure-rate", type=_rate, default=0.0)
+    p.add_argument("--offline-rate", type=_rate, default=0.0,
+                   help="chance per status tick that a device goes offline")
+    p.add_argument("--offline-seconds", type=_positive, default=30.0)
+    p.add_argument("--seed", type=int, help="for reproducible runs")
+    p.set_defaults(handler=cmd_simulate_fleet)

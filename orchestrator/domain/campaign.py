@@ -1,0 +1,210 @@
+"""Campaigns, pure: the operator's spec and selector, the campaign as read, its status
+machine (the only path to a status change), and the value types the workers pass to the
+store (a claimed device, a decided row to write)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from orchestrator.domain.device import NON_TERMINAL, DeviceRow, Status
+from orchestrator.domain.rollout import Counts, Rules, check_waves
+from orchestrator.domain.versions import check_version
+
+STATUSES = ("draft", "running", "paused", "completed", "cancelled", "aborted")
+DONE = frozenset({"completed", "cancelled", "aborted"})
+__all__ = ["DONE", "NON_TERMINAL", "STATUSES"]
+
+
+class CampaignError(ValueError):
+    """An operator's request that cannot be done (bad field)."""
+
+
+class CampaignNotFound(CampaignError):
+    pass
+
+
+class CampaignConflict(CampaignError):
+    """The campaign's status does not allow the action."""
+
+
+# action -> (statuses it may be taken from, status it leads to)
+TRANSITIONS: Mapping[str, tuple[frozenset[str], str]] = {
+    "start": (frozenset({"draft"}), "running"),
+    "pause": (frozenset({"running"}), "paused"),
+    "resume": (frozenset({"paused"}), "running"),
+    "cancel": (frozenset({"draft", "running", "paused"}), "cancelled"),
+    "complete": (frozenset({"running"}), "completed"),
+    "abort": (frozenset({"running", "paused"}), "aborted"),
+}
+
+
+def transition(campaign_id: int, current: str, action: str) -> str:
+    """The status ``action`` leads to from ``current``; CampaignConflict if not allowed."""
+    allowed, new = TRANSITIONS[action]
+    if current not in allowed:
+        raise CampaignConflict(f"campaign {campaign_id} is {current}: cannot {action}")
+    return new
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    manuf: str | None = None
+    model: str | None = None
+    from_versions: tuple[str, ...] = ()
+    devices: tuple[int, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.manuf:
+            out["manuf"] = self.manuf
+        if self.model:
+            out["model"] = self.model
+        if self.from_versions:
+            out["from_versions"] = list(self.from_versions)
+        if self.devices is not None:
+            out["devices"] = list(self.devices)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Selector:
+        devices = data.get("devices")
+        return cls(data.get("manuf"), data.get("model"), tuple(data.get("from_versions", ())),
+                   None if devices is None else tuple(devices))
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignSpec:
+    name: str
+    type: str
+    target: str
+    selector: Selector = field(default_factory=Selector)
+    waves: tuple[int, ...] = (100,)
+    wave_success_pct: float = 0.0
+    max_per_minute: int | None = None
+    abort_failure_pct: float | None = None
+    abort_min_finished: int = 1
+    continuous: bool = False
+
+    def validate(self) -> None:
+        if not self.name.strip() or len(self.name) > 200:
+            raise CampaignError("name: 1-200 characters")
+        if self.type not in ("fota", "sota"):
+            raise CampaignError(f"type: fota or sota (got {self.type!r})")
+        try:
+            check_version(self.target, "target")
+            for v in self.selector.from_versions:
+                check_version(v, "from_version")
+            check_waves(self.waves)
+        except ValueError as exc:
+            raise CampaignError(str(exc)) from None
+        if not 0 <= self.wave_success_pct <= 100:
+            raise CampaignError("wave_success_pct: 0..100")
+        if self.max_per_minute is not None and self.max_per_minute <= 0:
+            raise CampaignError("max_per_minute: > 0")
+        if self.abort_failure_pct is not None and not 0 <= self.abort_failure_pct <= 100:
+            raise CampaignError("abort_failure_pct: 0..100")
+        if self.abort_min_finished < 1:
+            raise CampaignError("abort_min_finished: >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    campaign_id: int
+    name: str
+    status: str
+    type: str
+    target_version: str
+    selector: dict[str, Any]
+    waves: list[int]
+    wave_success_pct: float
+    current_wave: int
+    max_per_minute: int | None
+    abort_failure_pct: float | None
+    abort_min_finished: int
+    continuous: bool
+    status_reason: str | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    counts: Counts = field(default_factory=Counts)
+
+    @property
+    def rules(self) -> Rules:
+        return Rules(tuple(self.waves), self.wave_success_pct, self.abort_failure_pct,
+                     self.abort_min_finished, self.continuous)
+
+    def to_json(self, *, with_devices: bool = False) -> dict[str, Any]:
+        """The campaign with its counts flat, as in ``ota.campaign_progress``."""
+        out = asdict(self)
+        counts = out.pop("counts")
+        out.update(total=self.counts.total, **counts)
+        for key in ("created_at", "started_at", "finished_at"):
+            out[key] = out[key].isoformat() if out[key] else None
+        sel = dict(out["selector"])
+        if "devices" in sel and not with_devices:
+            sel["devices"] = f"{len(sel['devices'])} listed"
+        out["selector"] = sel
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RunningCampaign:
+    campaign_id: int
+    type: str
+    current_wave: int
+    max_per_minute: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One device's row in one campaign, as read (locked) by the store."""
+
+    campaign_id: int
+    dev_id: int
+    rev: int
+    wave: int
+    row: DeviceRow
+    type: str
+    target_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A due device claimed for checking, with what the check and the gate need."""
+
+    member: Member
+    manuf: str | None
+    model: str | None
+    version: str | None
+    status: Status
+
+    @property
+    def campaign_id(self) -> int:
+        return self.member.campaign_id
+
+    @property
+    def dev_id(self) -> int:
+        return self.member.dev_id
+
+    @property
+    def rev(self) -> int:
+        return self.member.rev
+
+    @property
+    def row(self) -> DeviceRow:
+        return self.member.row
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One decided row to write, guarded by the revision it was read at."""
+
+    campaign_id: int
+    dev_id: int
+    rev: int
+    old_state: str
+    row: DeviceRow
+    reason: str

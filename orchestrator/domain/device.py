@@ -1,0 +1,253 @@
+"""Per-device state machine of a campaign: every decision is a pure function returning a
+value (the new row, the command to send, the event to record). Adapters carry them out.
+
+States (contract section 4): pending, checking, gated, dispatched, downloading, upgrading,
+succeeded, failed, no_task, cancelled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from orchestrator.domain.onenet import (
+    DOWNLOAD_FAILED_STEPS,
+    INSTALL_FAILED_STEPS,
+    STEP_DOWNLOADED,
+    STEP_SUCCEEDED,
+    CheckOutcome,
+    Failed,
+    NoTask,
+    ProtocolError,
+    Retryable,
+    Task,
+    TaskFound,
+    outcome_errno,
+)
+from orchestrator.domain.resilience import backoff
+
+STATES = ("pending", "checking", "gated", "dispatched", "downloading", "upgrading",
+          "succeeded", "failed", "no_task", "cancelled")
+TERMINAL = frozenset({"succeeded", "failed", "no_task", "cancelled"})
+IN_FLIGHT = frozenset({"dispatched", "downloading", "upgrading"})
+WAITING = frozenset({"pending", "gated", "checking"})
+NON_TERMINAL = tuple(s for s in STATES if s not in TERMINAL)
+TOKEN_LIFETIME = 2 * 24 * 3600.0
+TOKEN_MARGIN = 3600.0          # re-check this long before a token expires
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Knobs of the decisions (from configuration)."""
+
+    status_max_age: float = 900.0
+    dispatch_timeout: float = 1800.0
+    report_wait: float = 30.0            # after asking for a fresh report
+    transient_budget: int = 30           # errno 7 / transport retries before giving up
+    backoff_base: float = 2.0
+    backoff_cap: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """What the engine knows of one device in one campaign (a row of campaign_devices)."""
+
+    state: str = "pending"
+    attempts: int = 0
+    transient_errors: int = 0
+    next_attempt_at: float | None = 0.0
+    last_errno: int | None = None
+    last_step: int | None = None
+    last_error: str | None = None
+    task: Task | None = None
+    token_expires_at: float | None = None
+    dispatched_at: float | None = None
+    report_asked_at: float | None = None
+
+    def replace(self, **changes: Any) -> DeviceRow:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The device's latest report, as the gate sees it."""
+
+    signal: int | None
+    power: int | None
+    status_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    op: Literal["upgrade", "report", "cancel"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    row: DeviceRow
+    reason: str
+    command: Command | None = None
+
+
+def retry_delay(n: int, policy: Policy, rng: random.Random | None = None) -> float:
+    """The delay before retrying after the ``n``-th transient error (1-based)."""
+    return backoff(n - 1, policy.backoff_base, policy.backoff_cap, rng)
+
+
+# --- gating ---------------------------------------------------------------------------------
+
+GateResult = Literal["pass", "low_signal", "low_power", "stale", "unknown"]
+
+
+def gate(task: Task, status: Status, now: float, max_age: float) -> GateResult:
+    """Dispatch only when signal > task.signal and power > task.power on a fresh report."""
+    if status.status_at is None or status.signal is None or status.power is None:
+        return "unknown"
+    if now - status.status_at > max_age:
+        return "stale"
+    if not status.signal > task.signal:
+        return "low_signal"
+    if not status.power > task.power:
+        return "low_power"
+    return "pass"
+
+
+# --- transitions ----------------------------------------------------------------------------
+
+def on_claim(row: DeviceRow, now: float) -> Decision:
+    """A due device was claimed. Waiting devices go to check; an in-flight one that is due has
+    had no progress within the dispatch timeout (or its token is about to expire)."""
+    if row.state in TERMINAL:
+        return Decision(row, "terminal")
+    if row.state in IN_FLIGHT:
+        token_ending = row.token_expires_at is not None and \
+            now >= row.token_expires_at - TOKEN_MARGIN
+        reason = "token_expiring" if token_ending else "dispatch_timeout"
+        if reason == "dispatch_timeout":
+            retry = row.task.retry if row.task else 0
+            if row.attempts >= retry:
+                return Decision(row.replace(state="failed", next_attempt_at=None,
+                                            last_error="no progress; retries spent"),
+                                "dispatch_timeout_budget_spent")
+            row = row.replace(attempts=row.attempts + 1)
+        return Decision(row.replace(state="checking", last_error=reason), reason)
+    return Decision(row.replace(state="checking"), "claimed")
+
+
+def on_check(row: DeviceRow, outcome: CheckOutcome, status: Status, now: float,
+             policy: Policy, rng: random.Random | None = None) -> Decision:
+    """Apply a check answer to a device in ``checking``."""
+    if row.state in TERMINAL:
+        return Decision(row, "terminal")
+    errno = outcome_errno(outcome)
+    if isinstance(outcome, NoTask):
+        return Decision(row.replace(state="no_task", last_errno=errno, next_attempt_at=None),
+                        "errno 11: no task")
+    if isinstance(outcome, Failed):
+        where = "refused locally" if outcome.local else f"errno {outcome.errno}"
+        return Decision(row.replace(state="failed", last_errno=outcome.errno,
+                                    last_error=outcome.error, next_attempt_at=None),
+                        f"{where}: {outcome.error}")
+    if isinstance(outcome, Retryable | ProtocolError):
+        detail = outcome.detail
+        n = row.transient_errors + 1
+        if outcome.kind == "retry" and outcome.reason == "breaker_open":
+            n = row.transient_errors    # not the device's fault, not its budget
+        if n > policy.transient_budget:
+            return Decision(row.replace(state="failed", last_errno=errno, last_error=detail,
+                                        transient_errors=n, next_attempt_at=None),
+                            f"transient errors exhausted: {detail}")
+        back = "pending" if row.dispatched_at is None else "gated"
+        return Decision(row.replace(state=back, last_errno=errno, last_error=detail,
+                                    transient_errors=n,
+                                    next_attempt_at=now + retry_delay(max(n, 1), policy, rng)),
+                        f"retry later: {detail}")
+    assert isinstance(outcome, TaskFound)
+    task = outcome.task
+    expires = row.token_expires_at if (row.task and row.task.token == task.token
+                                       and row.token_expires_at) else now + TOKEN_LIFETIME
+    verdict = gate(task, status, now, policy.status_max_age)
+    found = {"task": task, "token_expires_at": expires, "last_errno": 0,
+             "transient_errors": 0}
+    if verdict == "pass":
+        deadline = min(now + policy.dispatch_timeout, expires - TOKEN_MARGIN)
+        return Decision(row.replace(**found, state="dispatched", dispatched_at=now,
+                                    next_attempt_at=max(deadline, now + 1.0),
+                                    report_asked_at=None, last_error=None),
+                        "gate passed; upgrade commanded", Command("upgrade"))
+    row = row.replace(**found)
+    if verdict in ("stale", "unknown") and (row.report_asked_at is None
+                                            or (status.status_at or 0) > row.report_asked_at):
+        return Decision(row.replace(state="gated", report_asked_at=now,
+                                    next_attempt_at=now + policy.report_wait,
+                                    last_error=f"gate: {verdict} status"),
+                        f"gate: {verdict} status; fresh report asked", Command("report"))
+    return gate_failed(row, task, now, f"gate: {verdict}")
+
+
+def gate_failed(row: DeviceRow, task: Task, now: float, reason: str) -> Decision:
+    if row.attempts >= task.retry:
+        return Decision(row.replace(state="failed", next_attempt_at=None, last_error=reason),
+                        f"{reason}; retries spent ({task.retry})")
+    return Decision(row.replace(state="gated", attempts=row.attempts + 1,
+                                next_attempt_at=now + task.interval, last_error=reason),
+                    f"{reason}; retry {row.attempts + 1}/{task.retry} in {task.interval}s")
+
+
+def on_progress(row: DeviceRow, step: int, now: float, policy: Policy) -> Decision:
+    """A progress report (OneNET step codes) from the device."""
+    if row.state in TERMINAL:
+        return Decision(row, f"step {step} ignored: {row.state}")
+    if step == STEP_SUCCEEDED:
+        return Decision(row.replace(state="succeeded", last_step=step, next_attempt_at=None,
+                                    last_error=None), "step 201: upgrade succeeded")
+    if row.state not in IN_FLIGHT:
+        return Decision(row.replace(last_step=step), f"step {step} ignored: {row.state}")
+    deadline = now + policy.dispatch_timeout
+    if row.token_expires_at is not None:
+        deadline = min(deadline, row.token_expires_at - TOKEN_MARGIN)
+    deadline = max(deadline, now + 1.0)
+    if 0 <= step < 100:
+        return Decision(row.replace(state="downloading", last_step=step,
+                                    next_attempt_at=deadline), f"step {step}: downloading")
+    if step in (100, STEP_DOWNLOADED):
+        return Decision(row.replace(state="upgrading", last_step=step, next_attempt_at=deadline),
+                        f"step {step}: downloaded, upgrading")
+    task = row.task
+    if step in DOWNLOAD_FAILED_STEPS or step in INSTALL_FAILED_STEPS:
+        what = "download" if step in DOWNLOAD_FAILED_STEPS else "install"
+        retry = task.retry if task else 0
+        interval = task.interval if task else 60
+        if row.attempts >= retry:
+            return Decision(row.replace(state="failed", last_step=step, next_attempt_at=None,
+                                        last_error=f"{what} failed (step {step})"),
+                            f"step {step}: {what} failed; retries spent ({retry})")
+        return Decision(row.replace(state="pending", last_step=step, attempts=row.attempts + 1,
+                                    next_attempt_at=now + interval, dispatched_at=None,
+                                    last_error=f"{what} failed (step {step})"),
+                        f"step {step}: {what} failed; retry {row.attempts + 1}/{retry} "
+                        f"in {interval}s")
+    if step in (207, 208):
+        return Decision(row.replace(state="failed", last_step=step, next_attempt_at=None,
+                                    last_error=f"step {step}"),
+                        f"step {step}: " + ("retries exhausted" if step == 207 else
+                                            "task expired"))
+    return Decision(row, f"step {step} ignored: unknown")
+
+
+def on_version(row: DeviceRow, version: str, target: str) -> Decision:
+    """A status report: reaching the target version completes the device."""
+    if row.state in TERMINAL or version != target:
+        return Decision(row, "no change")
+    return Decision(row.replace(state="succeeded", next_attempt_at=None, last_error=None),
+                    f"reported version {version} = target")
+
+
+def on_cancel(row: DeviceRow) -> Decision:
+    if row.state in TERMINAL:
+        return Decision(row, "terminal")
+    command = Command("cancel") if row.state in IN_FLIGHT else None
+    return Decision(row.replace(state="cancelled", next_attempt_at=None),
+                    "campaign cancelled", command)

@@ -1,0 +1,147 @@
+"""Campaign-level arithmetic: wave boundaries, the wave gate, the abort rule, completion."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from orchestrator.domain.device import TERMINAL
+
+
+class BadRollout(ValueError):
+    pass
+
+
+def parse_waves(text: str) -> list[int]:
+    """``"1,10,50,100"`` → cumulative percentages, increasing, ending at 100."""
+    try:
+        waves = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise BadRollout(f"waves: {text!r} is not a list of integers like 1,10,50,100") from None
+    check_waves(waves)
+    return waves
+
+
+def check_waves(waves: Sequence[int]) -> None:
+    if not waves:
+        raise BadRollout("waves: at least one wave")
+    if any(not 0 < w <= 100 for w in waves):
+        raise BadRollout("waves: each percentage in 1..100")
+    if any(b <= a for a, b in itertools.pairwise(waves)):
+        raise BadRollout("waves: percentages must increase (they are cumulative)")
+    if waves[-1] != 100:
+        raise BadRollout("waves: the last wave must be 100")
+
+
+def wave_bounds(total: int, waves: Sequence[int]) -> list[int]:
+    """Exclusive upper ranks of each wave: device of rank r (0-based) is in the first wave
+    whose bound exceeds r. Every wave holds at least one device while devices remain."""
+    bounds: list[int] = []
+    for w in waves:
+        b = math.ceil(total * w / 100)
+        if bounds:
+            b = max(b, min(total, bounds[-1] + 1))
+        bounds.append(min(b, total))
+    return bounds
+
+
+def wave_of(rank: int, bounds: Sequence[int]) -> int:
+    for i, b in enumerate(bounds):
+        if rank < b:
+            return i
+    return len(bounds) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    pending: int = 0
+    in_progress: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    no_task: int = 0
+    cancelled: int = 0
+
+    @property
+    def total(self) -> int:
+        return (self.pending + self.in_progress + self.succeeded + self.failed + self.no_task
+                + self.cancelled)
+
+    @property
+    def finished(self) -> int:
+        """Devices whose upgrade ended either way (no_task and cancelled are not judged)."""
+        return self.succeeded + self.failed
+
+    @property
+    def open(self) -> int:
+        return self.pending + self.in_progress
+
+    @classmethod
+    def from_states(cls, by_state: Mapping[str, int]) -> Counts:
+        in_progress = sum(n for s, n in by_state.items()
+                          if s not in TERMINAL and s != "pending")
+        return cls(by_state.get("pending", 0), in_progress, by_state.get("succeeded", 0),
+                   by_state.get("failed", 0), by_state.get("no_task", 0),
+                   by_state.get("cancelled", 0))
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.pending + other.pending, self.in_progress + other.in_progress,
+                      self.succeeded + other.succeeded, self.failed + other.failed,
+                      self.no_task + other.no_task, self.cancelled + other.cancelled)
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    waves: tuple[int, ...] = (100,)
+    wave_success_pct: float = 0.0
+    abort_failure_pct: float | None = None
+    abort_min_finished: int = 1
+    continuous: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: Literal["none", "open_wave", "pause", "complete"]
+    reason: str = ""
+    wave: int | None = None
+
+
+def decide(rules: Rules, current_wave: int, by_wave: Mapping[int, Counts]) -> Action:
+    """What the controller does with a running campaign, given counts per wave."""
+    every = sum(by_wave.values(), Counts())
+    if rules.abort_failure_pct is not None and every.finished >= rules.abort_min_finished \
+            and every.finished > 0:
+        pct = 100.0 * every.failed / every.finished
+        if pct > rules.abort_failure_pct:
+            return Action("pause", f"abort rule: {pct:.1f}% failed of {every.finished} "
+                                   f"finished > {rules.abort_failure_pct:g}%")
+    opened = sum((c for w, c in by_wave.items() if w <= current_wave), Counts())
+    if opened.open > 0:
+        return Action("none")
+    last_wave = len(rules.waves) - 1
+    if current_wave < last_wave:
+        judged = opened.finished
+        if judged and rules.wave_success_pct:
+            pct = 100.0 * opened.succeeded / judged
+            if pct < rules.wave_success_pct:
+                return Action("pause", f"wave {current_wave + 1}: {pct:.1f}% succeeded < "
+                                       f"{rules.wave_success_pct:g}% needed for the next wave")
+        return Action("open_wave", f"wave {current_wave + 1} done; opening wave "
+                                   f"{current_wave + 2}", current_wave + 1)
+    if every.open == 0 and not rules.continuous:
+        return Action("complete", "every device finished")
+    return Action("none")
+
+
+def rate_capacity(per_minute: int) -> float:
+    """The bucket holds five seconds' worth (at least one): smooth, not a minute's burst."""
+    return max(1.0, per_minute / 12.0)
+
+
+def rate_tokens(tokens: float, per_minute: int | None, elapsed: float) -> float:
+    """A token bucket refilled at ``per_minute``; tokens never exceed the capacity."""
+    if per_minute is None:
+        return math.inf
+    return min(rate_capacity(per_minute), tokens + per_minute * max(elapsed, 0.0) / 60.0)

@@ -1,0 +1,62 @@
+"""The one place that reaches past aiomqtt's public API into its paho client.
+
+Written for aiomqtt 2.5.x on paho-mqtt 2.2.x (both pinned in pyproject.toml); re-check each
+function here when either moves. What we need that aiomqtt does not offer:
+
+- manual acknowledgements, so a message is acknowledged only after its batch is committed;
+- publishing a batch straight through paho and waiting for the acknowledgements together
+  (aiomqtt's per-call bookkeeping scans every pending call on each publish, which made a
+  batch of a few hundred commands cost a second);
+- skipping paho's walk over every outgoing message on each acknowledgement while none can
+  be queued (it made a batch quadratic).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+
+
+def paho_of(client: aiomqtt.Client) -> mqtt.Client:
+    return client._client
+
+
+def manual_acks(client: aiomqtt.Client) -> None:
+    """Acknowledge QoS 1 messages only when :func:`ack` is called."""
+    paho_of(client).manual_ack_set(True)
+
+
+def ack(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    if message.qos > 0:
+        paho_of(client).ack(message.mid, message.qos)
+
+
+def is_connected(client: aiomqtt.Client) -> bool:
+    return bool(paho_of(client).is_connected())
+
+
+def publish_nowait(client: aiomqtt.Client, topic: str, payload: str | bytes,
+                   qos: int = 1) -> Any:
+    """Hand one message to paho; returns its MQTTMessageInfo. Raises aiomqtt.MqttError
+    when paho refuses it (not connected, queue full)."""
+    info = paho_of(client).publish(topic, payload, qos=qos)
+    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+        raise aiomqtt.MqttError(f"publish failed: {mqtt.error_string(info.rc)}")
+    return info
+
+
+def skip_idle_inflight_scan(client: aiomqtt.Client) -> None:
+    """While no more are outstanding than the in-flight limit, none can be queued (each was
+    sent when published), so paho's walk on each acknowledgement is skipped."""
+    paho = paho_of(client)
+    walk = paho._update_inflight
+
+    def update() -> MQTTErrorCode:
+        if len(paho._out_messages) <= paho._max_inflight_messages:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return walk()
+
+    paho._update_inflight = update  # type: ignore[method-assign]

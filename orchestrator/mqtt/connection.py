@@ -1,0 +1,53 @@
+"""Building aiomqtt clients from settings."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from orchestrator.config import MqttUrl
+
+SESSION_EXPIRY = 7 * 24 * 3600
+RECEIVE_MAXIMUM = 65535
+
+
+def make_client(
+    url: MqttUrl,
+    identifier: str | None = None,
+    *,
+    persistent: bool = False,
+    v5: bool = True,
+    **kwargs: Any,
+) -> aiomqtt.Client:
+    """An aiomqtt client; ``persistent`` keeps the broker session across reconnects."""
+    props = None
+    extra: dict[str, Any] = {}
+    if v5:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        # Without it Mosquitto keeps at most 20 messages in flight to us and queues (then
+        # drops, past max_queued_messages) the rest of a burst.
+        props.ReceiveMaximum = RECEIVE_MAXIMUM
+        if persistent:
+            props.SessionExpiryInterval = SESSION_EXPIRY
+            extra["clean_start"] = False
+        extra["protocol"] = aiomqtt.ProtocolVersion.V5
+    else:
+        extra["clean_session"] = not persistent
+    client = aiomqtt.Client(
+        url.host,
+        url.port,
+        username=url.username,
+        password=url.password,
+        identifier=identifier,
+        properties=props,
+        tls_context=ssl.create_default_context() if url.tls else None,
+        **extra,
+        **kwargs,
+    )
+    # we publish in batches on purpose; aiomqtt warns past 10 calls in flight
+    client.pending_calls_threshold = 1_000_000
+    return client

@@ -1,0 +1,129 @@
+"""The composition root of ``orchestrator run``: builds the adapters (pool, MQTT, OneNET
+client, API) and hands them to the workers (ingest, scheduler, controller) through their
+ports; ``stop`` drains them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from orchestrator.api.app import ApiState, build_app
+from orchestrator.config import Settings
+from orchestrator.metrics import Metrics
+from orchestrator.mqtt.ingest import Ingest
+from orchestrator.mqtt.publisher import Publisher
+from orchestrator.onenet.client import OneNetClient
+from orchestrator.runtime import stop_on_signals
+from orchestrator.store.database import PgDatabase
+from orchestrator.store.db import Pool, create_pool
+from orchestrator.store.migrate import pending
+from orchestrator.workers.controller import Controller
+from orchestrator.workers.progress import ProgressSink, Relay
+from orchestrator.workers.scheduler import Scheduler, policy_from
+
+log = structlog.get_logger(__name__)
+
+
+class Service:
+    """Owns the pool, the clients and the long-running tasks; ``stop`` drains them."""
+
+    def __init__(self, settings: Settings, *, api: bool = True) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.stop = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.api = api
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.pool: Pool | None = None
+        self.db: PgDatabase | None = None
+        self.ingest: Ingest | None = None
+        self.scheduler: Scheduler | None = None
+        self.controller: Controller | None = None
+        self.client: OneNetClient | None = None
+        self.api_port: int | None = None
+        self._relays: set[asyncio.Task[Any]] = set()
+        self._relay_sem = asyncio.Semaphore(32)
+
+    def relay(self, relays: Sequence[Relay]) -> None:
+        """Pass device progress on to OneNET's progress endpoint, without holding ingest."""
+        if not self.settings.onenet_progress_relay or self.client is None:
+            return
+        for r in relays:
+            task = asyncio.create_task(self._relay_one(r))
+            self._relays.add(task)
+            task.add_done_callback(self._relays.discard)
+
+    async def _relay_one(self, r: Relay) -> None:
+        assert self.client is not None
+        async with self._relay_sem:
+            errno = await self.client.report_progress(r.token, r.dev_id, r.step)
+        if errno not in (0, None):
+            log.info("progress relay answered", dev_id=r.dev_id, step=r.step, errno=errno)
+
+    async def run(self) -> None:
+        s = self.settings
+        dsn = s.require_database()
+        self.pool = pool = await create_pool(dsn, max_size=10)
+        self.db = db = PgDatabase(pool)
+        runner: web.AppRunner | None = None
+        publisher = Publisher(s, f"{s.mqtt_client_id}-cmd-{os.getpid()}")
+        self.client = OneNetClient(s)
+        try:
+            async with pool.acquire() as conn:
+                todo = await pending(conn)
+            if todo:
+                raise RuntimeError(
+                    f"database needs {len(todo)} migration(s): run 'orchestrator migrate'")
+            policy = policy_from(s)
+            self.ingest = Ingest(s, ProgressSink(db, policy, self.relay), self.metrics)
+            self.scheduler = Scheduler(s, db, self.client, publisher, self.metrics,
+                                       self.owner, policy)
+            self.controller = Controller(db, publisher, self.metrics)
+            if self.api:
+                runner = web.AppRunner(build_app(ApiState(s, pool, self.metrics,
+                                                          self._ready_checks)),
+                                       access_log=None)
+                await runner.setup()
+                await web.TCPSite(runner, s.api_host, s.api_port).start()
+                self.api_port = runner.addresses[0][1]
+                log.info("ops API listening", address=f"{s.api_host}:{self.api_port}")
+            tasks = [
+                asyncio.create_task(self.ingest.run(self.stop), name="ingest"),
+                asyncio.create_task(self.scheduler.run(self.stop), name="scheduler"),
+                asyncio.create_task(self.controller.run(self.stop), name="controller"),
+            ]
+            self.ready.set()
+            log.info("orchestrator running", mqtt=repr(s.mqtt_url), onenet=s.onenet_url)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            self.stop.set()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                    raise r
+        finally:
+            if self._relays:
+                await asyncio.wait(self._relays, timeout=5)
+            if runner is not None:
+                await runner.cleanup()
+            await publisher.close()
+            await self.client.close()
+            await pool.close()
+            log.info("orchestrator stopped")
+
+    def _ready_checks(self) -> dict[str, bool]:
+        return {
+            "mqtt": bool(self.ingest and self.ingest.connected.is_set()),
+            "onenet_breaker_closed": not (self.client and self.client.breaker_open()),
+        }
+
+
+async def run_service(settings: Settings) -> None:
+    service = Service(settings)
+    stop_on_signals(service.stop, "signal received, draining")
+    await service.run()

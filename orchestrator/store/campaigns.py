@@ -1,0 +1,159 @@
+"""Campaign rows: creation with set-based enrolment, reads, status changes through the
+domain's status machine, and the audit events. Rows become typed values here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.domain.campaign import (
+    Campaign,
+    CampaignError,
+    CampaignNotFound,
+    CampaignSpec,
+    RunningCampaign,
+    Selector,
+    transition,
+)
+from orchestrator.domain.commands import cancel_command
+from orchestrator.domain.device import IN_FLIGHT, TERMINAL
+from orchestrator.domain.rollout import Counts, rate_capacity, wave_bounds
+from orchestrator.store import devices
+from orchestrator.store.db import Connection, Record
+from orchestrator.store.queries import q
+
+_COUNT_COLS = ("pending", "in_progress", "succeeded", "failed", "no_task", "cancelled")
+
+
+def _campaign(row: Record) -> Campaign:
+    fields = dict(row.items())
+    counts = Counts(**{k: fields.pop(k) for k in _COUNT_COLS})
+    return Campaign(**fields, counts=counts)
+
+
+async def get_campaign(conn: Connection, campaign_id: int) -> Campaign | None:
+    row = await conn.fetchrow(q("campaign_list"), campaign_id, None, 1)
+    return _campaign(row) if row else None
+
+
+async def list_campaigns(conn: Connection, status: str | None = None,
+                         limit: int = 100) -> list[Campaign]:
+    return [_campaign(r) for r in await conn.fetch(q("campaign_list"), None, status, limit)]
+
+
+async def running(conn: Connection) -> list[RunningCampaign]:
+    return [RunningCampaign(r["campaign_id"], r["type"], r["current_wave"],
+                            r["max_per_minute"])
+            for r in await conn.fetch(q("campaigns_running"))]
+
+
+async def event(conn: Connection, kind: str, reason: str, *, campaign_id: int | None = None,
+                dev_id: int | None = None, from_state: str | None = None,
+                to_state: str | None = None, actor: str = "orchestrator",
+                detail: dict[str, Any] | None = None) -> None:
+    await conn.execute(q("event_insert"), campaign_id, dev_id, kind, from_state, to_state,
+                       reason, actor, detail)
+
+
+def _selection_args(campaign_id: int, kind: str, target: str, sel: Selector) -> list[Any]:
+    return [campaign_id, sel.manuf, sel.model, list(sel.from_versions),
+            None if sel.devices is None else list(sel.devices), target, kind]
+
+
+async def enroll_fresh(conn: Connection, campaign_id: int, spec: CampaignSpec) -> int:
+    """Enrol a new campaign's devices over its waves, in one set-based statement."""
+    args = _selection_args(campaign_id, spec.type, spec.target, spec.selector)
+    total = await conn.fetchval(q("enroll_count"), *args)
+    bounds = wave_bounds(total, spec.waves)
+    await conn.execute(q("campaign_set_wave_bounds"), campaign_id, bounds)
+    status = await conn.execute(q("enroll_waves"), *args, bounds, len(spec.waves) - 1)
+    return int(status.split()[-1])
+
+
+async def enroll_late(conn: Connection, campaign: Campaign) -> int:
+    """Devices that match a continuous campaign and are not in it yet join its current wave."""
+    args = _selection_args(campaign.campaign_id, campaign.type, campaign.target_version,
+                           Selector.from_json(campaign.selector))
+    status = await conn.execute(q("enroll_late"), *args, campaign.current_wave)
+    return int(status.split()[-1])
+
+
+async def create_campaign(conn: Connection, spec: CampaignSpec, *, start: bool = False,
+                          actor: str = "cli") -> int:
+    """Create a campaign and enrol its devices (one transaction)."""
+    spec.validate()
+    async with conn.transaction():
+        if spec.selector.devices is not None:
+            absent = await devices.missing(conn, spec.selector.devices)
+            if absent:
+                shown = ", ".join(str(m) for m in absent[:10])
+                raise CampaignError(f"devices: {len(absent)} listed device(s) are not in the "
+                                    f"registry: {shown}{' ...' if len(absent) > 10 else ''}")
+        cid = await conn.fetchval(
+            q("campaign_insert"), spec.name, spec.type, spec.target, spec.selector.to_json(),
+            list(spec.waves), spec.wave_success_pct, spec.max_per_minute,
+            spec.abort_failure_pct, spec.abort_min_finished, spec.continuous,
+            0.0 if spec.max_per_minute is None else rate_capacity(spec.max_per_minute))
+        n = await enroll_fresh(conn, cid, spec)
+        await event(conn, "campaign_created", f"{n} device(s) enrolled", campaign_id=cid,
+                    actor=actor, to_state="draft")
+        if start:
+            await set_status(conn, cid, "start", actor=actor)
+    return int(cid)
+
+
+async def set_status(conn: Connection, campaign_id: int, action: str, *, actor: str = "cli",
+                     reason: str | None = None) -> Campaign:
+    """Take a status action (``TRANSITIONS``: start, pause, resume, cancel, complete,
+    abort). Cancel and abort move every open device to ``cancelled`` and queue
+    ``{"op": "cancel"}`` for those in flight (outbox, same transaction)."""
+    async with conn.transaction():
+        current = await conn.fetchval(q("campaign_lock_status"), campaign_id)
+        if current is None:
+            raise CampaignNotFound(f"campaign {campaign_id} not found")
+        new = transition(campaign_id, current, action)
+        await conn.execute(q("campaign_set_status"), campaign_id, new, reason)
+        if new in ("cancelled", "aborted"):
+            await conn.execute(q("members_cancel_commands"), campaign_id,
+                               cancel_command(campaign_id),
+                               sorted(IN_FLIGHT))
+            await conn.execute(q("members_cancel"), campaign_id, sorted(TERMINAL))
+        await event(conn, f"campaign_{action}", reason or f"{action} by {actor}",
+                    campaign_id=campaign_id, from_state=current, to_state=new, actor=actor)
+    campaign = await get_campaign(conn, campaign_id)
+    assert campaign is not None
+    return campaign
+
+
+async def set_wave(conn: Connection, campaign_id: int, wave: int) -> None:
+    await conn.execute(q("campaign_set_wave"), campaign_id, wave)
+
+
+async def take_rate(conn: Connection, campaign_id: int) -> tuple[float, float]:
+    """Lock the campaign's rate bucket: (tokens left, seconds since they were counted)."""
+    row = await conn.fetchrow(q("campaign_rate_lock"), campaign_id)
+    assert row is not None
+    return float(row["rate_tokens"]), float(row["elapsed"])
+
+
+async def put_rate(conn: Connection, campaign_id: int, tokens: float) -> None:
+    await conn.execute(q("campaign_rate_set"), campaign_id, tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What a finished campaign amounted to, for the demo's closing lines."""
+
+    failures: list[tuple[str, int]]
+    gate_retries: int
+    install_retries: int
+    checks: list[tuple[int, int]]
+
+
+async def summary(conn: Connection, campaign_id: int) -> Summary:
+    return Summary(
+        [(r["reason"].strip(), r["n"])
+         for r in await conn.fetch(q("summary_failures"), campaign_id)],
+        await conn.fetchval(q("summary_gate_retries"), campaign_id),
+        await conn.fetchval(q("summary_install_retries"), campaign_id),
+        [(r["errno"], r["calls"]) for r in await conn.fetch(q("summary_checks"), campaign_id)])

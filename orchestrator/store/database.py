@@ -1,0 +1,168 @@
+"""The database port's adapter: :class:`PgDatabase` opens transactions on an asyncpg pool
+and hands out :class:`PgTx`, whose methods are the store's queries. asyncpg's errors are
+classified here, once, into the port's ``DatabaseUnavailable`` (transient: retry later,
+acknowledge nothing) and ``DataRejected`` (the content was refused)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import asyncpg
+
+from orchestrator.domain.campaign import Campaign, Claimed, Member, RunningCampaign, Write
+from orchestrator.domain.payloads import StatusReport
+from orchestrator.domain.resilience import backoff
+from orchestrator.domain.rollout import Counts
+from orchestrator.ports import DatabaseUnavailable, DataRejected, Key, Tx
+from orchestrator.store import campaigns, counts, devices, members, outbox
+from orchestrator.store.db import Connection, Pool
+from orchestrator.store.queries import q
+
+T = TypeVar("T")
+
+CONTROLLER_LOCK = int.from_bytes(b"ota-ctrl", "big", signed=True)
+
+# SQLSTATE classes and codes that say "not now", not "never": connection exceptions (08),
+# insufficient resources (53: too many connections, disk full, out of memory), operator
+# intervention (57: admin/crash shutdown, cannot connect now, statement timeout), a
+# read-only replica after failover (25006), serialization failure and deadlock (40001,
+# 40P01), lock not available (55P03), and system errors (58).
+TRANSIENT_CLASSES = frozenset({"08", "53", "57", "58"})
+TRANSIENT_CODES = frozenset({"25006", "40001", "40P01", "55P03"})
+RETRY_IN_PLACE = frozenset({"40001", "40P01"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Would the same statement likely succeed later?"""
+    if isinstance(exc, asyncpg.PostgresError):
+        code = getattr(exc, "sqlstate", None) or ""
+        return code[:2] in TRANSIENT_CLASSES or code in TRANSIENT_CODES
+    return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError
+                      | asyncpg.exceptions.InternalClientError | ConnectionError)
+
+
+def translate(exc: BaseException) -> BaseException | None:
+    """The port's exception for a database error, or None when ``exc`` is not one."""
+    if is_transient(exc):
+        return DatabaseUnavailable(f"{type(exc).__name__}: {exc}"[:300])
+    if isinstance(exc, asyncpg.PostgresError):
+        return DataRejected(f"{type(exc).__name__}: {exc}"[:300])
+    return None
+
+
+class PgTx:
+    """The port ``Tx`` over one asyncpg connection inside a transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    async def running_campaigns(self) -> list[RunningCampaign]:
+        return await campaigns.running(self.conn)
+
+    async def get_campaign(self, campaign_id: int) -> Campaign | None:
+        return await campaigns.get_campaign(self.conn, campaign_id)
+
+    async def set_status(self, campaign_id: int, action: str, *, actor: str,
+                         reason: str | None = None) -> Campaign:
+        return await campaigns.set_status(self.conn, campaign_id, action, actor=actor,
+                                          reason=reason)
+
+    async def set_wave(self, campaign_id: int, wave: int) -> None:
+        await campaigns.set_wave(self.conn, campaign_id, wave)
+
+    async def enroll_late(self, campaign: Campaign) -> int:
+        return await campaigns.enroll_late(self.conn, campaign)
+
+    async def event(self, kind: str, reason: str, **fields: Any) -> None:
+        await campaigns.event(self.conn, kind, reason, **fields)
+
+    async def take_rate(self, campaign_id: int) -> tuple[float, float]:
+        return await campaigns.take_rate(self.conn, campaign_id)
+
+    async def put_rate(self, campaign_id: int, tokens: float) -> None:
+        await campaigns.put_rate(self.conn, campaign_id, tokens)
+
+    async def claim(self, campaign_id: int, current_wave: int, limit: int, lease: float,
+                    owner: str) -> list[Claimed]:
+        return await members.claim(self.conn, campaign_id, current_wave, limit, lease, owner)
+
+    async def lock_members(self, keys: Sequence[Key]) -> dict[Key, Member]:
+        return await members.lock(self.conn, keys)
+
+    async def write_members(self, writes: Sequence[Write], actor: str, *,
+                            locked: bool = False) -> set[Key]:
+        return await members.write(self.conn, writes, actor, locked=locked)
+
+    async def members_reaching_target(self, statuses: Sequence[StatusReport]) -> list[Key]:
+        return await members.reaching_target(self.conn, statuses)
+
+    async def count_checks(self, by: Counter[Key]) -> None:
+        await members.count_checks(self.conn, by)
+
+    async def upsert_status(self, reports: Sequence[StatusReport]) -> int:
+        return await devices.upsert_status(self.conn, reports)
+
+    async def try_controller_lock(self) -> bool:
+        return bool(await self.conn.fetchval(q("controller_lock"), CONTROLLER_LOCK))
+
+    async def fold_counts(self) -> None:
+        await counts.fold(self.conn)
+
+    async def counts_by_wave(self, campaign_id: int) -> dict[int, Counts]:
+        return await counts.by_wave(self.conn, campaign_id)
+
+    async def due_backlog(self) -> tuple[int, float]:
+        return await counts.due_backlog(self.conn)
+
+    async def enqueue(self, commands: Sequence[tuple[int, dict[str, Any]]]) -> list[int]:
+        return await outbox.enqueue(self.conn, commands)
+
+    async def take_outbox(self, ids: Sequence[int] | None,
+                          limit: int) -> list[tuple[int, str]]:
+        return await outbox.take(self.conn, ids, limit)
+
+
+class PgDatabase:
+    """The port ``Database`` over an asyncpg pool."""
+
+    def __init__(self, pool: Pool, *, retries: int = 8) -> None:
+        self.pool = pool
+        self.retries = retries
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PgTx]:
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                yield PgTx(conn)
+        except Exception as exc:
+            ported = translate(exc)
+            if ported is None:
+                raise
+            raise ported from exc
+
+    async def run(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+        attempt = 0
+        while True:
+            try:
+                async with self.transaction() as tx:
+                    return await fn(tx)
+            except DatabaseUnavailable as exc:
+                code = getattr(exc.__cause__, "sqlstate", None)
+                if code not in RETRY_IN_PLACE or attempt >= self.retries:
+                    raise
+                await asyncio.sleep(backoff(attempt, 0.01, 0.5))
+                attempt += 1
+
+    async def ping(self) -> bool:
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+            return True
+        except Exception as exc:
+            if translate(exc) is None:
+                raise
+            return False

@@ -1,0 +1,58 @@
+"""asyncpg pools and connections, typed at the boundary: the store's functions take a
+:class:`Connection` (the part of asyncpg's API they use), never ``Any``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+import asyncpg
+import orjson
+
+
+class Record(Protocol):
+    def __getitem__(self, key: str | int) -> Any: ...
+    def keys(self) -> Any: ...
+    def items(self) -> Any: ...
+
+
+class Connection(Protocol):
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str: ...
+    async def fetch(self, query: str, *args: Any,
+                    timeout: float | None = None) -> list[Record]: ...
+    async def fetchrow(self, query: str, *args: Any,
+                       timeout: float | None = None) -> Record | None: ...
+    async def fetchval(self, query: str, *args: Any, column: int = 0,
+                       timeout: float | None = None) -> Any: ...
+    async def executemany(self, command: str, args: Sequence[Sequence[Any]], *,
+                          timeout: float | None = None) -> None: ...
+    def transaction(self) -> AbstractAsyncContextManager[Any]: ...
+    async def close(self, *, timeout: float | None = None) -> None: ...
+
+
+class Pool(Protocol):
+    def acquire(self) -> AbstractAsyncContextManager[Connection]: ...
+    async def close(self) -> None: ...
+
+
+async def _init(conn: Connection) -> None:
+    for kind in ("jsonb", "json"):
+        await conn.set_type_codec(kind, encoder=_dumps, decoder=orjson.loads,  # type: ignore[attr-defined]
+                                  schema="pg_catalog")
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Pool:
+    pool: Pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+                                           init=_init, command_timeout=60)
+    return pool
+
+
+async def connect(dsn: str) -> Connection:
+    conn: Connection = await asyncpg.connect(dsn)
+    await _init(conn)
+    return conn

@@ -1,0 +1,119 @@
+"""Campaign membership: claims of due devices, locked reads, revision-guarded batched
+writes of decided rows with their events, and the per-device progress listing."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from orchestrator.domain.campaign import Claimed, Member, Write
+from orchestrator.domain.device import NON_TERMINAL, DeviceRow, Status
+from orchestrator.domain.onenet import Task
+from orchestrator.domain.payloads import StatusReport
+from orchestrator.store.db import Connection, Record
+from orchestrator.store.queries import q
+
+Key = tuple[int, int]
+
+
+def _ts(value: dt.datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def _to_dt(value: float | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC)
+
+
+def device_row(r: Record) -> DeviceRow:
+    task = r["task"]
+    return DeviceRow(
+        state=r["state"], attempts=r["attempts"], transient_errors=r["transient_errors"],
+        next_attempt_at=_ts(r["next_attempt_at"]), last_errno=r["last_errno"],
+        last_step=r["last_step"], last_error=r["last_error"],
+        task=Task.from_json(task) if task else None,
+        token_expires_at=_ts(r["token_expires_at"]), dispatched_at=_ts(r["dispatched_at"]),
+        report_asked_at=_ts(r["report_asked_at"]))
+
+
+def _member(r: Record) -> Member:
+    return Member(r["campaign_id"], r["dev_id"], r["rev"], r["wave"], device_row(r),
+                  r["type"], r["target_version"])
+
+
+async def claim(conn: Connection, campaign_id: int, current_wave: int, limit: int,
+                lease: float, owner: str) -> list[Claimed]:
+    """Claim up to ``limit`` due devices (SKIP LOCKED) and lease them for ``lease`` s."""
+    if limit <= 0:
+        return []
+    rows = await conn.fetch(q("members_claim"), campaign_id, list(NON_TERMINAL),
+                            current_wave, limit, lease, owner)
+    return [Claimed(_member(r), r["manuf"], r["model"],
+                    r["fota_version"] if r["type"] == "fota" else r["sota_version"],
+                    Status(r["signal"], r["power"], _ts(r["status_at"])))
+            for r in rows]
+
+
+async def lock(conn: Connection, keys: Sequence[Key]) -> dict[Key, Member]:
+    """Lock and read these rows, in key order (concurrent writers never deadlock)."""
+    ordered = sorted(set(keys))
+    rows = await conn.fetch(q("members_lock"), [k[0] for k in ordered],
+                            [k[1] for k in ordered])
+    return {(r["campaign_id"], r["dev_id"]): _member(r) for r in rows}
+
+
+async def write(conn: Connection, writes: Sequence[Write], actor: str, *,
+                locked: bool = False) -> set[Key]:
+    """Write decisions whose row is unchanged since read (same rev) and append their
+    events. Rows are locked in key order first, unless this transaction already holds
+    them (``locked``, after ``lock``). Returns the keys written."""
+    if not writes:
+        return set()
+    ws = sorted(writes, key=lambda w: (w.campaign_id, w.dev_id))
+    if not locked:
+        await lock(conn, [(w.campaign_id, w.dev_id) for w in ws])
+    rows = await conn.fetch(
+        q("members_write"),
+        [w.campaign_id for w in ws], [w.dev_id for w in ws], [w.rev for w in ws],
+        [w.row.state for w in ws], [w.row.attempts for w in ws],
+        [w.row.transient_errors for w in ws], [_to_dt(w.row.next_attempt_at) for w in ws],
+        [w.row.last_errno for w in ws], [w.row.last_step for w in ws],
+        [w.row.last_error for w in ws],
+        [w.row.task.to_json() if w.row.task else None for w in ws],
+        [_to_dt(w.row.token_expires_at) for w in ws],
+        [_to_dt(w.row.dispatched_at) for w in ws],
+        [_to_dt(w.row.report_asked_at) for w in ws])
+    written = {(r["campaign_id"], r["dev_id"]) for r in rows}
+    done = [w for w in ws if (w.campaign_id, w.dev_id) in written]
+    if done:
+        await conn.execute(
+            q("events_transitions"), [w.campaign_id for w in done], [w.dev_id for w in done],
+            [w.old_state for w in done], [w.row.state for w in done],
+            [w.reason for w in done], [w.row.last_errno for w in done], actor,
+            [w.row.last_step for w in done])
+    return written
+
+
+async def reaching_target(conn: Connection, statuses: Sequence[StatusReport]) -> list[Key]:
+    """Open memberships whose campaign's target equals a version these statuses report."""
+    rows = await conn.fetch(
+        q("members_reaching_target"), [s.dev_id for s in statuses],
+        [s.fota_version for s in statuses], [s.sota_version for s in statuses],
+        list(NON_TERMINAL))
+    return [(r["campaign_id"], r["dev_id"]) for r in rows]
+
+
+async def count_checks(conn: Connection, counts: Counter[Key]) -> None:
+    if not counts:
+        return
+    keys = sorted(counts)
+    await conn.execute(q("check_counts_add"), [k[0] for k in keys], [k[1] for k in keys],
+                       [counts[k] for k in keys])
+
+
+async def progress(conn: Connection, campaign_id: int, state: str | None = None,
+                   limit: int = 100) -> list[dict[str, Any]]:
+    rows = await conn.fetch(q("members_progress"), campaign_id, state, limit)
+    return [{k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in r.items()}
+            for r in rows]

@@ -1,0 +1,26 @@
+"""``orchestrator bench``: this system's throughput beside the raw limit measured in the same
+run on the same machine, as a ratio. Each prints a table, then one line of JSON. One module
+per bench; the ingest load generator runs in a process of its own (``load``)."""
+
+from __future__ import annotations
+
+from orchestrator import runtime
+from orchestrator.config import Settings
+from orchestrator.tools.bench.campaign import bench_campaign
+from orchestrator.tools.bench.checks import bench_checks
+from orchestrator.tools.bench.enroll import bench_enroll
+from orchestrator.tools.bench.ingest import bench_ingest
+
+BENCHES = {"ingest": bench_ingest, "checks": bench_checks, "enroll": bench_enroll,
+           "campaign": bench_campaign}
+
+
+def run_bench(name: str, settings: Settings, size: int | None) -> int:
+    fn = BENCHES[name]
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    kwargs = {"n": size} if size else {}
+    runtime.run(fn(settings, say, **kwargs))
+    return 0

@@ -1,0 +1,93 @@
+"""``bench campaign``: a whole campaign with a simulated fleet, creation to last success."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from orchestrator.config import Settings
+from orchestrator.domain.campaign import CampaignSpec
+from orchestrator.domain.onenet import authorization
+from orchestrator.service import Service
+from orchestrator.sim import DEMO_ACCESS_KEY
+from orchestrator.store import devices
+from orchestrator.store.campaigns import create_campaign, get_campaign
+from orchestrator.store.db import connect
+from orchestrator.tools.bench.common import (
+    PRODUCT_ID,
+    Say,
+    checks_scenario,
+    raw_checks,
+    report,
+    scratch_database,
+    simulator_process,
+)
+
+
+async def bench_campaign(settings: Settings, say: Say, n: int = 2_000) -> dict[str, Any]:
+    say(f"campaign: {n} simulated devices from creation to the last success")
+    scenario = checks_scenario()
+    async with simulator_process(scenario) as url:
+        auth = {"Authorization": authorization(PRODUCT_ID, DEMO_ACCESS_KEY,
+                                               int(time.time()) + 3600)}
+        raw = await raw_checks(url, n, settings.onenet_concurrency, lambda i: {
+            "dev_id": 20_000_000 + i, "manuf": "China Mobile", "model": "M5310", "type": 1,
+            "version": "1.2", "cdn": True}, auth)
+        say(f"  raw aiohttp POSTs (one check per device): {raw:,.0f}/s")
+        async with scratch_database(settings) as dsn:
+            prefix = f"cmpbench{os.getpid()}"
+            s = dataclasses.replace(settings, database_url=dsn, onenet_url=url,
+                                    onenet_product_id=PRODUCT_ID, onenet_access_key=DEMO_ACCESS_KEY,
+                                    onenet_authorization=None, mqtt_topic_prefix=prefix,
+                                    mqtt_client_id=f"bench-{prefix}", api_listen="127.0.0.1:0",
+                                    scheduler_poll_interval=0.05)
+            u = s.mqtt_url
+            fleet = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator", "simulate", "fleet", "--devices", str(n),
+                 "--status-interval", "3600", "--install-time", "0.05", "--seed", "1",
+                 "--bandwidth", "10000000"],
+                env={**os.environ, "ORCH_MQTT_URL": f"mqtt://{u.host}:{u.port}",
+                     "ORCH_MQTT_TOPIC_PREFIX": prefix, "ORCH_MQTT_PROTOCOL": s.mqtt_protocol,
+                     "ORCH_LOG_LEVEL": "error"},
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            service = Service(s, api=False)
+            task = asyncio.create_task(service.run())
+            try:
+                await asyncio.wait_for(service.ready.wait(), 30)
+                conn = await connect(dsn)
+                try:
+                    async with asyncio.timeout(120):
+                        while await devices.count_reported(conn, range(1, n + 1)) < n:
+                            await asyncio.sleep(0.1)
+                    started = time.perf_counter()
+                    cid = await create_campaign(conn, CampaignSpec("bench", "fota", "1.3"),
+                                                start=True)
+                    async with asyncio.timeout(600):
+                        while True:
+                            campaign = await get_campaign(conn, cid)
+                            assert campaign is not None
+                            if campaign.status == "completed":
+                                break
+                            await asyncio.sleep(0.05)
+                    elapsed = time.perf_counter() - started
+                finally:
+                    await conn.close()
+            finally:
+                service.stop.set()
+                await task
+                fleet.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(fleet.wait)
+    rate = n / elapsed
+    succeeded = campaign.counts.succeeded
+    say(f"  campaign: {succeeded} succeeded in {elapsed:.1f} s")
+    return report("campaign", "devices/s", rate, raw,
+                  {"devices": n, "succeeded": succeeded, "seconds": round(elapsed, 2)},
+                  say)
+
+

@@ -1,0 +1,65 @@
+"""``bench enroll``: a campaign over a large registry, beside the database's own bulk
+INSERT ... SELECT of as many rows into a copy of the membership table."""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import time
+from typing import Any
+
+import asyncpg
+
+from orchestrator.config import Settings
+from orchestrator.domain.campaign import CampaignSpec
+from orchestrator.store import counts, devices
+from orchestrator.store.campaigns import create_campaign, get_campaign
+from orchestrator.store.db import Connection, connect
+from orchestrator.tools.bench.common import Say, report, scratch_database
+
+
+async def _checkpoint(conn: Connection) -> None:
+    """Start each timed step with no checkpoint pending from the previous one's WAL."""
+    with contextlib.suppress(asyncpg.PostgresError):
+        await conn.execute("CHECKPOINT")
+
+
+async def bench_enroll(settings: Settings, say: Say, n: int = 1_000_000) -> dict[str, Any]:
+    say(f"enroll: a campaign over {n:,} registered devices")
+    async with scratch_database(settings) as dsn:
+        conn = await connect(dsn)
+        try:
+            await devices.seed(conn, n)
+            await conn.execute("ANALYZE ota.devices")
+            await conn.execute("CREATE TABLE bench_raw (LIKE ota.campaign_devices INCLUDING ALL)")
+            await _checkpoint(conn)
+            started = time.perf_counter()
+            await conn.execute(
+                "INSERT INTO bench_raw (campaign_id, dev_id, wave, next_attempt_at)"
+                " SELECT 1, g, 0, now() FROM generate_series(1, $1::bigint) g", n)
+            raw_s = time.perf_counter() - started
+            say(f"  raw INSERT ... SELECT generate_series: {raw_s:.2f} s")
+            await _checkpoint(conn)
+            started = time.perf_counter()
+            cid = await create_campaign(conn, CampaignSpec(
+                "bench", "fota", "1.3", waves=(1, 10, 50, 100)), start=True)
+            ours_s = time.perf_counter() - started
+            say(f"  orchestrator enrolment (selector, waves, counts): {ours_s:.2f} s")
+            await counts.fold(conn)
+            timings = []
+            for _ in range(20):
+                t = time.perf_counter()
+                campaign = await get_campaign(conn, cid)
+                timings.append(time.perf_counter() - t)
+            assert campaign is not None and campaign.counts.total == n, campaign
+            timings.sort()
+        finally:
+            await conn.close()
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return report("enroll", "devices/s", n / ours_s, n / raw_s,
+                  {"devices": n, "seconds": round(ours_s, 2), "raw_seconds": round(raw_s, 2),
+                   "campaign_progress_ms_p50": round(1000 * timings[len(timings) // 2], 2),
+                   "campaign_progress_ms_max": round(1000 * timings[-1], 2),
+                   "process_max_rss_mb": round(rss_mb, 1)}, say)
+
+

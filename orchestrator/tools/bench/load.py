@@ -1,0 +1,99 @@
+"""The load generator of ``bench ingest``, in its own process so it does not share our event
+loop: ``python -m orchestrator.tools.bench.load HOST PORT PREFIX N DEVICES`` writes
+pre-encoded MQTT 3.1.1 QoS 1 PUBLISH packets straight to the socket and counts the PUBACKs,
+so the measurement is bounded by the broker and the subscriber, not by a Python client on
+the sending side."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from orchestrator.config import Settings
+from orchestrator.mqtt import topics
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _string(text: str) -> bytes:
+    raw = text.encode()
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def publisher_main(argv: list[str]) -> int:
+    """Publish ``N`` status messages over ``DEVICES`` device ids; exit when all are acked."""
+    sock = socket
+    host, port, prefix, n, devices = argv[0], int(argv[1]), argv[2], int(argv[3]), int(argv[4])
+    payloads = [json.dumps({"manuf": "China Mobile", "model": "M5310",
+                            "fota_version": f"1.{i % 5}", "signal": i % 31,
+                            "power": i % 100}).encode() for i in range(64)]
+    s = sock.create_connection((host, port))
+    s.setsockopt(sock.IPPROTO_TCP, sock.TCP_NODELAY, 1)
+    body = _string("MQTT") + bytes([4, 0x02, 0, 60]) + _string(f"benchpub{os.getpid()}")
+    s.sendall(b"\x10" + _varint(len(body)) + body)
+    if s.recv(4)[:1] != b"\x20":
+        raise SystemExit("publisher: CONNACK expected")
+    acked = 0
+    window = 20_000
+    pending = b""
+    sent = 0
+    while acked < n:
+        chunk: list[bytes] = []
+        while sent < n and sent - acked < window and len(chunk) < 2000:
+            pid = sent % 65535 + 1
+            topic = _string(topics.status(prefix, 1 + sent % devices))
+            payload = payloads[sent % 64]
+            rest = topic + pid.to_bytes(2, "big") + payload
+            chunk.append(b"\x32" + _varint(len(rest)) + rest)
+            sent += 1
+        if chunk:
+            s.sendall(b"".join(chunk))
+        if sent - acked >= window or sent >= n or not chunk:
+            data = pending + s.recv(65536)
+            whole = len(data) // 4
+            acked += whole
+            pending = data[whole * 4:]
+    s.sendall(b"\xe0\x00")
+    s.close()
+    return 0
+
+
+def start_publisher(settings: Settings, prefix: str, n: int, devices: int
+                    ) -> subprocess.Popen[bytes]:
+    u = settings.mqtt_url
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.tools.bench.load",
+                             u.host, str(u.port), prefix, str(n), str(devices)])
+
+
+async def idle_done(pub: subprocess.Popen[bytes], progress: Callable[[], int], n: int,
+                     idle: float = 3.0, limit: float = 600.0) -> None:
+    """Until ``n`` arrived, or the publisher is done and nothing arrived for ``idle`` s (a
+    broker past its queue limits drops messages for slow subscribers)."""
+    last, last_change = -1, time.monotonic()
+    deadline = time.monotonic() + limit
+    while progress() < n and time.monotonic() < deadline:
+        now = progress()
+        if now != last:
+            last, last_change = now, time.monotonic()
+        elif pub.poll() is not None and time.monotonic() - last_change > idle:
+            return
+        await asyncio.sleep(0.01)
+
+
+
+
+if __name__ == "__main__":
+    raise SystemExit(publisher_main(sys.argv[1:]))

@@ -1,0 +1,171 @@
+"""The scheduler: claims due devices in batches (SKIP LOCKED, leased), checks them with
+OneNET, applies the domain's decisions, records them with their commands (outbox), then
+publishes the commands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from orchestrator.config import Settings
+from orchestrator.domain.campaign import Claimed, RunningCampaign, Write
+from orchestrator.domain.commands import download_url, report_command, upgrade_command
+from orchestrator.domain.device import Decision, Policy, on_check, on_claim
+from orchestrator.domain.onenet import (
+    TYPE_CODES,
+    CheckOutcome,
+    CheckRequest,
+    Failed,
+    Retryable,
+    outcome_errno,
+)
+from orchestrator.domain.rollout import rate_tokens
+from orchestrator.metrics import Metrics
+from orchestrator.ports import (
+    CheckClient,
+    CommandPublisher,
+    Database,
+    DatabaseUnavailable,
+    DataRejected,
+    PublishFailed,
+    Tx,
+)
+from orchestrator.workers import outbox
+
+log = structlog.get_logger(__name__)
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(status_max_age=settings.status_max_age,
+                  dispatch_timeout=settings.dispatch_timeout)
+
+
+def check_request(c: Claimed, kind: str) -> CheckRequest | Failed:
+    """The check for a claimed device, or the local refusal when it cannot be asked."""
+    if not c.manuf or not c.model:
+        return Failed(2, "device has not reported its manufacturer and model", local=True)
+    if not c.version:
+        return Failed(27, f"device has not reported its {kind} version", local=True)
+    return CheckRequest(c.dev_id, c.manuf, c.model, TYPE_CODES[kind], c.version,
+                        cdn=True, signals=c.status.signal, powers=c.status.power)
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, db: Database, client: CheckClient,
+                 publisher: CommandPublisher, metrics: Metrics, owner: str,
+                 policy: Policy | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.client = client
+        self.publisher = publisher
+        self.metrics = metrics
+        self.owner = owner
+        self.policy = policy or policy_from(settings)
+        self.processed = 0
+
+    async def run(self, stop: asyncio.Event, workers: int = 2) -> None:
+        await asyncio.gather(*(self._worker(stop) for _ in range(workers)))
+
+    async def _worker(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                done = await self.tick()
+            except (DatabaseUnavailable, DataRejected) as exc:
+                log.warning("scheduler tick failed", error=str(exc)[:300])
+                done = 0
+            if not done:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.scheduler_poll_interval)
+
+    async def tick(self) -> int:
+        """One round over the running campaigns; returns how many devices were handled."""
+        if self.client.breaker_open():
+            self.metrics.breaker_open.set(1)
+            return 0
+        self.metrics.breaker_open.set(0)
+        async with self.db.transaction() as tx:
+            campaigns = await tx.running_campaigns()
+        total = 0
+        for campaign in campaigns:
+            claimed = await self.db.run(functools.partial(self._claim, c=campaign))
+            if claimed:
+                await self.process(campaign, claimed)
+                total += len(claimed)
+        return total
+
+    async def _claim(self, tx: Tx, c: RunningCampaign) -> list[Claimed]:
+        limit = self.settings.scheduler_batch_size
+        lease = self.settings.claim_lease
+        if c.max_per_minute is None:
+            return await tx.claim(c.campaign_id, c.current_wave, limit, lease, self.owner)
+        tokens, elapsed = await tx.take_rate(c.campaign_id)
+        tokens = rate_tokens(tokens, c.max_per_minute, elapsed)
+        claimed = await tx.claim(c.campaign_id, c.current_wave,
+                                 min(limit, math.floor(tokens)), lease, self.owner)
+        await tx.put_rate(c.campaign_id, tokens - len(claimed))
+        return claimed
+
+    async def _check(self, req: CheckRequest | Failed) -> CheckOutcome:
+        if isinstance(req, Failed):
+            return req
+        return await self.client.check(req)
+
+    async def process(self, campaign: RunningCampaign, claimed: Sequence[Claimed]) -> None:
+        now = time.time()
+        writes: list[Write] = []
+        to_check: list[tuple[Claimed, Decision]] = []
+        for c in claimed:
+            d = on_claim(c.row, now)
+            if d.row.state == "checking":
+                to_check.append((c, d))
+            else:
+                writes.append(Write(c.campaign_id, c.dev_id, c.rev, c.row.state, d.row,
+                                    d.reason))
+        outcomes = await asyncio.gather(*(self._check(check_request(c, campaign.type))
+                                          for c, _ in to_check))
+        now = time.time()
+        counts: Counter[tuple[int, int]] = Counter()
+        commands: list[tuple[int, int, dict[str, Any]]] = []
+        for (c, claimed_decision), outcome in zip(to_check, outcomes, strict=True):
+            errno = outcome_errno(outcome)
+            called = not ((isinstance(outcome, Failed) and outcome.local) or
+                          (isinstance(outcome, Retryable) and outcome.reason == "breaker_open"))
+            if called:
+                counts[(c.campaign_id, errno)] += 1
+                self.metrics.checks.labels(str(errno)).inc()
+            d = on_check(claimed_decision.row, outcome, c.status, now, self.policy)
+            if d.command is not None and d.command.op == "upgrade":
+                assert d.row.task is not None
+                url = download_url(self.settings.download_url_template, d.row.task,
+                                   self.settings.onenet_url)
+                commands.append((c.campaign_id, c.dev_id, upgrade_command(
+                    c.campaign_id, campaign.type, d.row.task, url, d.row.token_expires_at)))
+            elif d.command is not None and d.command.op == "report":
+                commands.append((c.campaign_id, c.dev_id, report_command()))
+            reason = d.reason if claimed_decision.reason == "claimed" else \
+                f"{claimed_decision.reason}; {d.reason}"
+            writes.append(Write(c.campaign_id, c.dev_id, c.rev, c.row.state, d.row, reason))
+
+        async def record(tx: Tx) -> list[int]:
+            written = await tx.write_members(writes, self.owner)
+            await tx.count_checks(counts)
+            return await tx.enqueue([(dev, payload) for cid, dev, payload in commands
+                                     if (cid, dev) in written])
+
+        ids = await self.db.run(record)
+        self.processed += len(claimed)
+        try:
+            await outbox.send(self.db, self.publisher, ids)
+            self.metrics.dispatches.inc(sum(1 for _, _, p in commands if p["op"] == "upgrade"))
+        except (PublishFailed, DatabaseUnavailable) as exc:
+            # recorded and queued: the controller's drain publishes them when it can
+            log.warning("command publish failed; left in the outbox", error=str(exc),
+                        devices=len(ids))

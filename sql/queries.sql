@@ -1,0 +1,299 @@
+-- Named queries, loaded by orchestrator.store.queries: each block starts with
+-- "-- name: NAME" and runs to the next one. The store is the only code that runs SQL, and
+-- these are its statements; migrations (NNN_*.sql) sit beside this file.
+
+-- name: device_upsert_status
+-- Batched status reports, one row per device (folded and sorted by the caller).
+INSERT INTO ota.devices AS d
+    (dev_id, manuf, model, fota_version, sota_version, signal, power, status_at, last_seen)
+SELECT u.dev_id, u.manuf, u.model, u.fota, u.sota, u.signal, u.power,
+       CASE WHEN u.signal IS NOT NULL OR u.power IS NOT NULL THEN now() END, now()
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+            $6::int[], $7::int[]) AS u(dev_id, manuf, model, fota, sota, signal, power)
+ORDER BY u.dev_id
+ON CONFLICT (dev_id) DO UPDATE SET
+    manuf = coalesce(EXCLUDED.manuf, d.manuf),
+    model = coalesce(EXCLUDED.model, d.model),
+    fota_version = coalesce(EXCLUDED.fota_version, d.fota_version),
+    sota_version = coalesce(EXCLUDED.sota_version, d.sota_version),
+    signal = coalesce(EXCLUDED.signal, d.signal),
+    power = coalesce(EXCLUDED.power, d.power),
+    status_at = coalesce(EXCLUDED.status_at, d.status_at),
+    last_seen = EXCLUDED.last_seen,
+    updated_at = now();
+
+-- name: device_import
+-- An import is not a report: no status time, no signal/power overwrite of a known device.
+INSERT INTO ota.devices AS d (dev_id, manuf, model, fota_version, sota_version, signal, power)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::int[], $7::int[]) ORDER BY 1
+ON CONFLICT (dev_id) DO UPDATE SET
+    manuf = coalesce(EXCLUDED.manuf, d.manuf),
+    model = coalesce(EXCLUDED.model, d.model),
+    fota_version = coalesce(EXCLUDED.fota_version, d.fota_version),
+    sota_version = coalesce(EXCLUDED.sota_version, d.sota_version),
+    updated_at = now();
+
+-- name: device_get
+SELECT dev_id, manuf, model, fota_version, sota_version, signal, power, status_at, last_seen
+FROM ota.devices WHERE dev_id = $1;
+
+-- name: device_list
+SELECT dev_id, manuf, model, fota_version, sota_version, signal, power, status_at, last_seen
+FROM ota.devices
+WHERE dev_id > $1 AND ($2::text IS NULL OR manuf = $2) AND ($3::text IS NULL OR model = $3)
+ORDER BY dev_id LIMIT $4;
+
+-- name: devices_missing
+-- Listed ids that are not in the registry.
+SELECT array_agg(x ORDER BY x) FROM unnest($1::bigint[]) x
+WHERE NOT EXISTS (SELECT 1 FROM ota.devices d WHERE d.dev_id = x);
+
+-- name: campaign_list
+-- Campaigns with their kept counts: one ($1), or by status ($2), newest first.
+SELECT c.campaign_id, c.name, c.status, c.type, c.target_version, c.selector, c.waves,
+       c.wave_success_pct::float8 AS wave_success_pct, c.current_wave, c.max_per_minute,
+       c.abort_failure_pct::float8 AS abort_failure_pct, c.abort_min_finished, c.continuous,
+       c.status_reason, c.created_at, c.started_at, c.finished_at,
+       p.pending, p.in_progress, p.succeeded, p.failed, p.no_task, p.cancelled
+FROM ota.campaigns c JOIN ota.campaign_progress p USING (campaign_id)
+WHERE ($1::bigint IS NULL OR c.campaign_id = $1) AND ($2::text IS NULL OR c.status = $2)
+ORDER BY c.campaign_id DESC LIMIT $3;
+
+-- name: campaign_insert
+INSERT INTO ota.campaigns (name, type, target_version, selector, waves, wave_success_pct,
+                           max_per_minute, abort_failure_pct, abort_min_finished, continuous,
+                           rate_tokens)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING campaign_id;
+
+-- name: campaign_lock_status
+SELECT status FROM ota.campaigns WHERE campaign_id = $1 FOR UPDATE;
+
+-- name: campaign_set_status
+UPDATE ota.campaigns SET status = $2, status_reason = $3, updated_at = now(),
+    started_at = CASE WHEN $2 = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
+    finished_at = CASE WHEN $2 IN ('completed', 'cancelled', 'aborted') THEN now()
+                       ELSE finished_at END
+WHERE campaign_id = $1;
+
+-- name: campaign_set_wave
+UPDATE ota.campaigns SET current_wave = $2, updated_at = now() WHERE campaign_id = $1;
+
+-- name: campaign_set_wave_bounds
+UPDATE ota.campaigns SET wave_bounds = $2 WHERE campaign_id = $1;
+
+-- name: campaigns_running
+SELECT campaign_id, type, current_wave, max_per_minute FROM ota.campaigns
+WHERE status = 'running' ORDER BY campaign_id;
+
+-- name: campaign_rate_lock
+-- The rate bucket of a campaign: tokens left and seconds since last taken.
+SELECT rate_tokens, extract(epoch FROM now() - rate_at)::float8 AS elapsed
+FROM ota.campaigns WHERE campaign_id = $1 FOR UPDATE;
+
+-- name: campaign_rate_set
+UPDATE ota.campaigns SET rate_tokens = $2, rate_at = now() WHERE campaign_id = $1;
+
+-- name: event_insert
+INSERT INTO ota.events (campaign_id, dev_id, kind, from_state, to_state, reason, actor, detail)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
+
+-- name: events_transitions
+-- One event per written device decision.
+INSERT INTO ota.events (campaign_id, dev_id, kind, from_state, to_state, reason, actor, detail)
+SELECT c, d, 'transition', f, t, r, $7, CASE WHEN e IS NULL AND s IS NULL THEN NULL
+       ELSE jsonb_strip_nulls(jsonb_build_object('errno', e, 'step', s)) END
+FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[],
+            $8::int[]) AS u(c, d, f, t, r, e, s);
+
+-- name: enroll_count
+-- How many devices a fresh campaign's selector picks ($1 unused, kept for one parameter
+-- list across the enrolment queries).
+SELECT count(*) FROM ota.devices d
+WHERE $1::bigint IS NOT NULL
+  AND ($2::text IS NULL OR d.manuf = $2)
+  AND ($3::text IS NULL OR d.model = $3)
+  AND (cardinality($4::text[]) = 0
+       OR CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END = ANY($4))
+  AND ($5::bigint[] IS NULL OR d.dev_id = ANY($5))
+  AND CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END
+      IS DISTINCT FROM $6;
+
+-- name: enroll_waves
+-- A fresh campaign's devices, spread over waves by a hash of their id (so the first 1% is a
+-- sample of the fleet). $8: exclusive upper ranks of the waves; $9: the last wave's index.
+INSERT INTO ota.campaign_devices (campaign_id, dev_id, wave, next_attempt_at)
+SELECT $1, dev_id, least(width_bucket(rn, $8::bigint[]), $9::int), now()
+FROM (SELECT d.dev_id, row_number() OVER (ORDER BY hashint8(d.dev_id), d.dev_id) - 1 AS rn
+      FROM ota.devices d
+      WHERE ($2::text IS NULL OR d.manuf = $2)
+        AND ($3::text IS NULL OR d.model = $3)
+        AND (cardinality($4::text[]) = 0
+             OR CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END
+                = ANY($4))
+        AND ($5::bigint[] IS NULL OR d.dev_id = ANY($5))
+        AND CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END
+            IS DISTINCT FROM $6) ranked
+ORDER BY dev_id;  -- index order: random-order B-tree inserts cost twice as much
+
+-- name: enroll_late
+-- Devices that match a continuous campaign and are not in it yet join wave $8.
+INSERT INTO ota.campaign_devices (campaign_id, dev_id, wave, next_attempt_at)
+SELECT $1, d.dev_id, $8::int, now()
+FROM ota.devices d
+WHERE ($2::text IS NULL OR d.manuf = $2)
+  AND ($3::text IS NULL OR d.model = $3)
+  AND (cardinality($4::text[]) = 0
+       OR CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END = ANY($4))
+  AND ($5::bigint[] IS NULL OR d.dev_id = ANY($5))
+  AND CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END
+      IS DISTINCT FROM $6
+  AND NOT EXISTS (SELECT 1 FROM ota.campaign_devices x
+                  WHERE x.campaign_id = $1 AND x.dev_id = d.dev_id)
+ORDER BY d.dev_id
+ON CONFLICT DO NOTHING;
+
+-- name: members_cancel_commands
+-- {"op": "cancel"} ($2, built by the domain) for every in-flight device ($3) of a campaign.
+INSERT INTO ota.outbox (dev_id, payload)
+SELECT dev_id, $2::jsonb FROM ota.campaign_devices
+WHERE campaign_id = $1 AND state = ANY($3) ORDER BY dev_id;
+
+-- name: members_cancel
+UPDATE ota.campaign_devices SET state = 'cancelled', next_attempt_at = NULL, rev = rev + 1,
+    updated_at = now()
+WHERE campaign_id = $1 AND state <> ALL($2);
+
+-- name: members_claim
+-- Claim up to $4 due devices (SKIP LOCKED) and lease them: their due time moves $5 seconds
+-- ahead, so a crashed replica's claims come back by themselves.
+WITH due AS (
+    SELECT campaign_id, dev_id FROM ota.campaign_devices
+    WHERE campaign_id = $1 AND state = ANY($2) AND next_attempt_at <= now() AND wave <= $3
+    ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE ota.campaign_devices cd
+    SET next_attempt_at = now() + make_interval(secs => $5), lease_owner = $6,
+        lease_until = now() + make_interval(secs => $5),
+        state = CASE WHEN cd.state IN ('pending', 'gated') THEN 'checking' ELSE cd.state END,
+        rev = cd.rev + 1
+    FROM due WHERE cd.campaign_id = due.campaign_id AND cd.dev_id = due.dev_id
+    RETURNING cd.campaign_id, cd.dev_id, cd.rev, cd.wave, cd.state, cd.attempts,
+              cd.transient_errors, cd.next_attempt_at, cd.last_errno, cd.last_step,
+              cd.last_error, cd.task, cd.token_expires_at, cd.dispatched_at,
+              cd.report_asked_at
+)
+SELECT cd.*, c.type, c.target_version, d.manuf, d.model, d.fota_version, d.sota_version,
+       d.signal, d.power, d.status_at
+FROM claimed cd JOIN ota.devices d USING (dev_id) JOIN ota.campaigns c USING (campaign_id)
+ORDER BY cd.dev_id;
+
+-- name: members_lock
+-- Lock and read (campaign, device) rows in key order, so concurrent writers never deadlock.
+SELECT cd.campaign_id, cd.dev_id, cd.rev, cd.wave, cd.state, cd.attempts,
+       cd.transient_errors, cd.next_attempt_at, cd.last_errno, cd.last_step, cd.last_error,
+       cd.task, cd.token_expires_at, cd.dispatched_at, cd.report_asked_at,
+       c.type, c.target_version
+FROM ota.campaign_devices cd
+JOIN unnest($1::bigint[], $2::bigint[]) AS k(c, d)
+  ON cd.campaign_id = k.c AND cd.dev_id = k.d
+JOIN ota.campaigns c ON c.campaign_id = cd.campaign_id
+ORDER BY cd.campaign_id, cd.dev_id FOR UPDATE OF cd;
+
+-- name: members_write
+-- Decided rows, each written only if unchanged since read (same rev).
+UPDATE ota.campaign_devices cd SET
+    state = u.state, attempts = u.attempts, transient_errors = u.te,
+    next_attempt_at = u.next, last_errno = u.errno, last_step = u.step,
+    last_error = u.err, task = u.task, token_expires_at = u.tok,
+    dispatched_at = u.disp, report_asked_at = u.rep, lease_owner = NULL,
+    lease_until = NULL, rev = cd.rev + 1, updated_at = now()
+FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::text[], $5::int[], $6::int[],
+            $7::timestamptz[], $8::int[], $9::int[], $10::text[], $11::jsonb[],
+            $12::timestamptz[], $13::timestamptz[], $14::timestamptz[])
+     AS u(cid, did, rev, state, attempts, te, next, errno, step, err, task, tok, disp, rep)
+WHERE cd.campaign_id = u.cid AND cd.dev_id = u.did AND cd.rev = u.rev
+RETURNING cd.campaign_id, cd.dev_id;
+
+-- name: members_reaching_target
+-- Open memberships whose campaign's target equals the version a status reports.
+SELECT cd.campaign_id, cd.dev_id
+FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(dev_id, fota, sota)
+JOIN ota.campaign_devices cd ON cd.dev_id = u.dev_id
+JOIN ota.campaigns c ON c.campaign_id = cd.campaign_id
+WHERE cd.state = ANY($4)
+  AND ((c.type = 'fota' AND u.fota = c.target_version)
+       OR (c.type = 'sota' AND u.sota = c.target_version));
+
+-- name: members_progress
+SELECT dev_id, state, attempts, last_errno, last_step, next_attempt_at, updated_at
+FROM ota.device_progress WHERE campaign_id = $1 AND ($2::text IS NULL OR state = $2)
+ORDER BY dev_id LIMIT $3;
+
+-- name: check_counts_add
+INSERT INTO ota.check_counts AS k (campaign_id, errno, calls)
+SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[]) ORDER BY 1, 2
+ON CONFLICT (campaign_id, errno) DO UPDATE SET calls = k.calls + EXCLUDED.calls;
+
+-- name: counts_fold
+-- Move pending count deltas into campaign_counts (one statement).
+WITH moved AS (DELETE FROM ota.campaign_count_deltas RETURNING *)
+INSERT INTO ota.campaign_counts AS k (campaign_id, wave, state, n)
+SELECT campaign_id, wave, state, sum(n) FROM moved GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+ON CONFLICT (campaign_id, wave, state) DO UPDATE SET n = k.n + EXCLUDED.n;
+
+-- name: counts_by_wave
+SELECT wave, state, n FROM ota.campaign_state_counts WHERE campaign_id = $1;
+
+-- name: due_backlog
+-- Devices due now in running campaigns (at most 10,000 looked at) and the oldest one's lag.
+SELECT count(*) AS n, coalesce(max(lag), 0) AS lag FROM (
+    SELECT extract(epoch FROM now() - cd.next_attempt_at)::float8 AS lag
+    FROM ota.campaign_devices cd JOIN ota.campaigns c USING (campaign_id)
+    WHERE c.status = 'running' AND cd.next_attempt_at <= now()
+      AND cd.state = ANY($1) AND cd.wave <= c.current_wave
+    LIMIT 10000) x;
+
+-- name: controller_lock
+SELECT pg_try_advisory_xact_lock($1);
+
+-- name: outbox_insert
+INSERT INTO ota.outbox (dev_id, payload)
+SELECT d, p::jsonb FROM unnest($1::bigint[], $2::text[]) AS u(d, p) RETURNING id;
+
+-- name: outbox_take_ids
+-- These queued commands, unless another publisher holds them; deleted when this
+-- transaction commits, so a failed publish (rollback) leaves them queued.
+DELETE FROM ota.outbox WHERE id IN (SELECT id FROM ota.outbox WHERE id = ANY($1)
+                                    ORDER BY id FOR UPDATE SKIP LOCKED)
+RETURNING dev_id, payload::text;
+
+-- name: outbox_take
+DELETE FROM ota.outbox WHERE id IN (SELECT id FROM ota.outbox ORDER BY id LIMIT $1
+                                    FOR UPDATE SKIP LOCKED)
+RETURNING dev_id, payload::text;
+
+-- name: devices_count_reported
+-- How many of these devices have reported a FOTA version.
+SELECT count(*) FROM ota.devices WHERE dev_id = ANY($1) AND fota_version IS NOT NULL;
+
+-- name: summary_failures
+SELECT coalesce('errno ' || last_errno::text, '') || coalesce(' ' || last_error, '') AS reason,
+       count(*) AS n
+FROM ota.campaign_devices WHERE campaign_id = $1 AND state = 'failed'
+GROUP BY 1 ORDER BY 2 DESC;
+
+-- name: summary_gate_retries
+SELECT count(*) FROM ota.events WHERE campaign_id = $1 AND to_state = 'gated';
+
+-- name: summary_install_retries
+SELECT count(*) FROM ota.events WHERE campaign_id = $1 AND reason LIKE 'step 2%failed%';
+
+-- name: summary_checks
+SELECT errno, calls FROM ota.check_outcomes WHERE campaign_id = $1 ORDER BY errno;
+
+-- name: devices_seed
+-- Registered, reporting devices 1..$1 (benchmarks and staging).
+INSERT INTO ota.devices (dev_id, manuf, model, fota_version, signal, power, status_at, last_seen)
+SELECT g, 'China Mobile', 'M5310', '1.2', 20, 80, now(), now()
+FROM generate_series(1, $1::bigint) g;

@@ -1,1 +1,0 @@
-"""Simulated devices speaking the MQTT contract."""

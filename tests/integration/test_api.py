@@ -1,0 +1,145 @@
+"""The ops API over real HTTP against a real database."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from orchestrator.api.app import ApiState, build_app
+from orchestrator.config import Settings
+from orchestrator.domain.payloads import StatusReport
+from orchestrator.metrics import Metrics
+from orchestrator.store.devices import upsert_status
+
+
+@pytest.fixture
+async def api(pool: Any, settings: Settings) -> Any:
+    async def make(token: str | None = None, listen: str = "127.0.0.1:0") -> str:
+
+        s = dataclasses.replace(settings, api_token=token, api_listen=listen)
+        runner = web.AppRunner(build_app(ApiState(s, pool, Metrics(), lambda: {"mqtt": True})))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    runners: list[web.AppRunner] = []
+    async with pool.acquire() as conn:
+        await upsert_status(conn, [StatusReport(i, "China Mobile", "M5310", "1.2", None, 20, 80)
+                                   for i in range(1, 11)])
+    yield make
+    for r in runners:
+        await r.cleanup()
+
+
+async def call(method: str, url: str, body: Any = None, headers: Any = None,
+               raw: bytes | None = None) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as s, s.request(
+            method, url, json=body if raw is None else None, data=raw,
+            headers=headers) as r:
+        text = await r.text()
+        try:
+            return r.status, json.loads(text)
+        except ValueError:
+            return r.status, text
+
+
+async def test_campaign_life_cycle(api: Any) -> None:
+    url = await api()
+    status, c = await call("POST", f"{url}/api/v1/campaigns", {
+        "name": "m5310 to 1.3", "type": "fota", "target": "1.3", "model": "M5310",
+        "from_versions": ["1.2"], "waves": [10, 100], "max_per_minute": 600,
+        "abort_failure_pct": 5, "abort_min_finished": 10})
+    assert status == 201, c
+    cid = c["campaign_id"]
+    assert (c["status"], c["total"], c["pending"], c["waves"]) == ("draft", 10, 10, [10, 100])
+    status, listed = await call("GET", f"{url}/api/v1/campaigns")
+    assert status == 200 and [x["campaign_id"] for x in listed] == [cid]
+    for action, expect in [("start", "running"), ("pause", "paused"), ("resume", "running"),
+                           ("cancel", "cancelled")]:
+        status, c = await call("POST", f"{url}/api/v1/campaigns/{cid}/{action}")
+        assert (status, c["status"]) == (200, expect), c
+    status, c = await call("GET", f"{url}/api/v1/campaigns/{cid}")
+    assert (c["cancelled"], c["pending"]) == (10, 0)
+    status, err = await call("POST", f"{url}/api/v1/campaigns/{cid}/resume")
+    assert status == 409 and "cannot resume" in err["error"]
+    status, devs = await call("GET", f"{url}/api/v1/campaigns/{cid}/devices?state=cancelled")
+    assert status == 200 and len(devs) == 10
+
+
+async def test_bad_bodies_get_a_4xx_naming_the_field(api: Any) -> None:
+    url = await api()
+    cases = [
+        (None, b"{not json", "body"),
+        ([1, 2], None, "body"),
+        ({"type": "fota", "target": "1"}, None, "name"),
+        ({"name": "x", "type": "xota", "target": "1"}, None, "type"),
+        ({"name": "x", "type": "fota", "target": "1 3"}, None, "target"),
+        ({"name": "x", "type": "fota", "target": "1", "waves": [50, 10]}, None, "waves"),
+        ({"name": "x", "type": "fota", "target": "1", "waves": "1,100"}, None, "waves"),
+        ({"name": "x", "type": "fota", "target": "1", "max_per_minute": "fast"}, None,
+         "max_per_minute"),
+        ({"name": "x", "type": "fota", "target": "1", "max_per_minute": 0}, None,
+         "max_per_minute"),
+        ({"name": "x", "type": "fota", "target": "1", "devices": [1, "2"]}, None, "devices"),
+        ({"name": "x", "type": "fota", "target": "1", "devices": [999]}, None, "devices"),
+        ({"name": "x", "type": "fota", "target": "1", "colour": "red"}, None, "colour"),
+        ({"name": "x", "type": "fota", "target": "1", "abort_failure_pct": 120}, None,
+         "abort_failure_pct"),
+    ]
+    for body, raw, field in cases:
+        status, err = await call("POST", f"{url}/api/v1/campaigns", body, raw=raw)
+        assert status == 400, (body, err)
+        assert err["error"].startswith(field), (field, err)
+    for path, code in [("/api/v1/campaigns/999", 404), ("/api/v1/campaigns/abc", 400),
+                       ("/api/v1/campaigns?status=bogus", 400),
+                       ("/api/v1/campaigns?limit=-1", 400), ("/api/v1/devices/abc", 400),
+                       ("/api/v1/devices/12345", 404), ("/api/v1/nope", 404),
+                       ("/api/v1/devices?limit=x", 400)]:
+        status, err = await call("GET", url + path)
+        assert status == code, (path, err)
+        assert "error" in err
+    status, _ = await call("POST", f"{url}/api/v1/campaigns/999/pause")
+    assert status == 404
+    status, _ = await call("DELETE", f"{url}/api/v1/campaigns")
+    assert status == 405
+
+
+async def test_mutating_calls_need_the_bearer_token(api: Any) -> None:
+    url = await api(token="s3cret")
+    body = {"name": "x", "type": "fota", "target": "1.3"}
+    status, err = await call("POST", f"{url}/api/v1/campaigns", body)
+    assert status == 401
+    status, _ = await call("POST", f"{url}/api/v1/campaigns", body,
+                           headers={"Authorization": "Bearer wrong"})
+    assert status == 401
+    status, _ = await call("POST", f"{url}/api/v1/campaigns", body,
+                           headers={"Authorization": "Bearer s3cret"})
+    assert status == 201
+    status, _ = await call("GET", f"{url}/api/v1/campaigns")
+    assert status == 200
+    exposed = await api(token=None, listen="0.0.0.0:8080")
+    status, err = await call("POST", f"{exposed}/api/v1/campaigns", body)
+    assert status == 403 and "ORCH_API_TOKEN" in err["error"]
+
+
+async def test_devices_health_metrics_openapi(api: Any) -> None:
+    url = await api()
+    status, devs = await call("GET", f"{url}/api/v1/devices?model=M5310&limit=3&after=2")
+    assert status == 200 and [d["dev_id"] for d in devs] == [3, 4, 5]
+    status, dev = await call("GET", f"{url}/api/v1/devices/7")
+    assert status == 200 and dev["fota_version"] == "1.2"
+    assert (await call("GET", f"{url}/healthz"))[0] == 200
+    status, ready = await call("GET", f"{url}/readyz")
+    assert status == 200 and ready["checks"] == {"mqtt": True, "database": True}
+    status, text = await call("GET", f"{url}/metrics")
+    assert status == 200 and "orch_ingest_rejected_total" in text
+    status, doc = await call("GET", f"{url}/api/v1/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    assert {"/api/v1/campaigns", "/api/v1/campaigns/{id}/cancel",
+            "/api/v1/devices/{id}"} <= set(doc["paths"])

@@ -1,0 +1,161 @@
+"""The simulated fleet against a real broker and the OneNET simulator's downloads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiomqtt
+
+from conftest import SIM_KEY
+from orchestrator.config import Settings
+from orchestrator.domain.onenet import CheckRequest
+from orchestrator.mqtt import topics
+from orchestrator.onenet.client import OneNetClient
+from orchestrator.sim.fleet import Fleet, FleetConfig, SimDevice, make_devices
+from stack import until
+
+M = {"manuf": "China Mobile", "model": "M5310"}
+
+
+class Listener:
+    """Records what devices publish."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+
+    async def run(self, settings: Settings, ready: asyncio.Event) -> None:
+        u = settings.mqtt_url
+        async with aiomqtt.Client(u.host, u.port) as c:
+            await c.subscribe(f"{settings.mqtt_topic_prefix}/#", qos=1)
+            ready.set()
+            async for m in c.messages:
+                self.messages.append((m.topic.value, json.loads(m.payload)))  # type: ignore[arg-type]
+
+    def steps(self, dev: int) -> list[int]:
+        return [p["step"] for t, p in self.messages if t.endswith(f"/{dev}/progress")]
+
+
+async def command(settings: Settings, dev: int, payload: dict[str, Any]) -> None:
+    u = settings.mqtt_url
+    async with aiomqtt.Client(u.host, u.port) as c:
+        await c.publish(topics.command(settings.mqtt_topic_prefix, dev), json.dumps(payload),
+                        qos=1)
+
+
+async def task_for(sim: Any, dev: int) -> dict[str, Any]:
+
+    s = Settings(onenet_url=sim.url, onenet_product_id="123123", onenet_access_key=SIM_KEY)
+    async with OneNetClient(s) as client:
+        out = await client.check(CheckRequest(dev, "China Mobile", "M5310", 1, "1.2"))
+    task = out.task  # type: ignore[union-attr]
+    return {"op": "upgrade", "campaign": 9, "type": "fota", "target": task.target,
+            "url": f"http://{task.ip_port}/ota/download/{task.token}", "size": task.size,
+            "md5": task.md5, "package": "full", "retry": 1, "interval": 1,
+            "expires_at": 0}
+
+
+async def test_fleet_downloads_verifies_and_reports(settings: Settings, start_sim: Any) -> None:
+    sim = await start_sim({"devices": [{"dev_id": i, **M, "fota_version": "1.2"}
+                                       for i in (1, 2, 3)],
+                           "packages": [{"id": "p", "version": "1.3", "size": 200_000}],
+                           "tasks": [{"type": "fota", "package": "p"}]})
+    listener = Listener()
+    ready = asyncio.Event()
+    lt = asyncio.create_task(listener.run(settings, ready))
+    await ready.wait()
+    devices = [SimDevice(1, **M), SimDevice(2, **M, install_failures=[205]), SimDevice(3, **M)]
+    fleet = Fleet(settings.mqtt_url, settings.mqtt_topic_prefix, devices,
+                  FleetConfig(status_interval=0.3, bandwidth=400_000, install_time=0.05,
+                              progress_every=25, seed=1))
+    stop = asyncio.Event()
+    ft = asyncio.create_task(fleet.run(stop))
+    try:
+        await asyncio.wait_for(fleet.connected.wait(), 10)
+        good = await task_for(sim, 1)
+        started = asyncio.get_running_loop().time()
+        await command(settings, 1, good)
+        await command(settings, 2, await task_for(sim, 2))
+        bad = await task_for(sim, 3)
+        await command(settings, 3, {**bad, "md5": "0" * 32})
+
+        async def finished() -> bool:
+            return all(listener.steps(d) and listener.steps(d)[-1] in (201, 205)
+                       for d in (1, 2, 3))
+
+        await until(finished, 20, "upgrades finished")
+        # 200 kB at 400 kB/s: about half a second, not instant
+        assert asyncio.get_running_loop().time() - started >= 0.45
+        steps = listener.steps(1)
+        assert steps[0] == 0 and 101 in steps and steps[-1] == 201
+        assert any(0 < s < 100 for s in steps)
+        assert devices[0].fota_version == "1.3"
+        final = [p for t, p in listener.messages if t.endswith("/1/progress")][-1]
+        assert final["version"] == "1.3" and final["campaign"] == 9
+        assert listener.steps(2)[-1] == 205 and devices[1].fota_version == "1.2"
+        assert listener.steps(3)[-1] == 205 and fleet.stats["md5_mismatch"] == 1
+        # a report request is answered at once; status reports keep coming and drift
+        before = sum(1 for t, _ in listener.messages if t.endswith("/3/status"))
+        await command(settings, 3, {"op": "report"})
+        await asyncio.sleep(1.0)
+        after = sum(1 for t, _ in listener.messages if t.endswith("/3/status"))
+        assert after >= before + 2
+        # garbage commands are ignored, the fleet keeps running
+        u = settings.mqtt_url
+        async with aiomqtt.Client(u.host, u.port) as c:
+            await c.publish(topics.command(settings.mqtt_topic_prefix, 1), b"\xff{", qos=1)
+            await c.publish(topics.command(settings.mqtt_topic_prefix, 999), b"{}", qos=1)
+        await command(settings, 1, {"op": "report"})
+        await asyncio.sleep(0.3)
+        assert not ft.done()
+    finally:
+        stop.set()
+        await ft
+        lt.cancel()
+
+
+async def test_cancel_stops_a_download(settings: Settings, start_sim: Any) -> None:
+    sim = await start_sim({"devices": [{"dev_id": 1, **M, "fota_version": "1.2"}],
+                           "packages": [{"id": "p", "version": "1.3", "size": 500_000}],
+                           "tasks": [{"type": "fota", "package": "p"}]})
+    devices = [SimDevice(1, **M)]
+    fleet = Fleet(settings.mqtt_url, settings.mqtt_topic_prefix, devices,
+                  FleetConfig(status_interval=3600, bandwidth=100_000))
+    stop = asyncio.Event()
+    ft = asyncio.create_task(fleet.run(stop))
+    try:
+        await asyncio.wait_for(fleet.connected.wait(), 10)
+        await command(settings, 1, await task_for(sim, 1))
+        await until(lambda: asyncio.sleep(0, devices[0].busy), 5, "download started")
+        await command(settings, 1, {"op": "cancel", "campaign": 9})
+        await until(lambda: asyncio.sleep(0, not devices[0].busy), 5, "download stopped")
+        assert devices[0].fota_version == "1.2" and fleet.stats["upgraded"] == 0
+    finally:
+        stop.set()
+        await ft
+
+
+def test_seeded_fleets_are_reproducible() -> None:
+    a = make_devices(50, seed=3)
+    b = make_devices(50, seed=3)
+    assert [(d.signal, d.power) for d in a] == [(d.signal, d.power) for d in b]
+    assert [d.dev_id for d in a] == list(range(1, 51))
+    assert [(d.signal, d.power) for d in make_devices(50, seed=4)] != \
+        [(d.signal, d.power) for d in a]
+
+
+async def test_offline_devices_stay_quiet(settings: Settings) -> None:
+    devices = make_devices(20, seed=1)
+    fleet = Fleet(settings.mqtt_url, settings.mqtt_topic_prefix, devices,
+                  FleetConfig(status_interval=0.1, offline_rate=1.0, offline_seconds=60,
+                              seed=1))
+    stop = asyncio.Event()
+    ft = asyncio.create_task(fleet.run(stop))
+    await asyncio.wait_for(fleet.connected.wait(), 10)
+    await asyncio.sleep(0.5)
+    sent = fleet.stats["status"]
+    await asyncio.sleep(0.5)
+    assert fleet.stats["offline"] == 20 and fleet.stats["status"] == sent
+    stop.set()
+    await ft

@@ -1,0 +1,39 @@
+"""Guards on query plans: an index that stops being used fails here, not in production."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.domain.campaign import CampaignSpec
+from orchestrator.domain.device import NON_TERMINAL
+from orchestrator.store.campaigns import create_campaign
+from orchestrator.store.queries import q
+
+
+async def test_claim_and_progress_use_their_indexes(pool: Any) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO ota.devices (dev_id, manuf, model, fota_version, signal, power)
+               SELECT g, 'China Mobile', 'M5310', '1.2', 20, 80
+               FROM generate_series(1, 50000) g""")
+        for _ in range(3):
+            await create_campaign(conn, CampaignSpec("p", "fota", "1.3"), start=True)
+        await conn.execute("ANALYZE")
+        claim = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN " + q("members_claim"), 2, list(NON_TERMINAL), 0, 500, 60.0, "t"))
+        assert "campaign_devices_due_idx" in claim, claim
+        lock = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN " + q("members_lock"), [2, 2, 2], [5, 6, 7]))
+        assert "campaign_devices_pkey" in lock, lock
+        target = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN " + q("members_reaching_target"), [5, 6], ["1.3", "1.3"], [None, None],
+            list(NON_TERMINAL)))
+        assert "Seq Scan on campaign_devices" not in target, target
+        by_device = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN SELECT * FROM ota.campaign_devices WHERE dev_id = ANY($1)",
+            [5, 6, 7]))
+        assert "campaign_devices_dev_idx" in by_device, by_device
+        progress = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN ANALYZE SELECT * FROM ota.campaign_progress WHERE campaign_id = 2"))
+        # kept counts: the view never touches the 150,000 membership rows
+        assert "campaign_devices" not in progress, progress

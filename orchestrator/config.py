@@ -10,7 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import math
 import os
+import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -40,6 +43,13 @@ class MqttUrl:
         return f"MqttUrl('{self.scheme}://{user}{self.host}:{self.port}')"
 
 
+def default_client_id() -> str:
+    """Unique and stable per replica without configuration: the host name, which a
+    StatefulSet (or any one-replica-per-host deployment) keeps across restarts."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "host"
+    return f"orchestrator-{host}"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None = None
@@ -48,8 +58,10 @@ class Settings:
     )
     mqtt_topic_prefix: str = "ota"
     mqtt_protocol: str = "5"
-    mqtt_shared_group: str | None = None
-    mqtt_client_id: str = "orchestrator"
+    mqtt_shared_group: str | None = "orchestrators"
+    mqtt_client_id: str = dataclasses.field(default_factory=default_client_id)
+    mqtt_session_expiry: int = 60
+    mqtt_max_payload: int = 16384
     onenet_url: str = "http://ota.heclouds.com"
     onenet_product_id: str | None = None
     onenet_access_key: str | None = dataclasses.field(default=None, repr=False)
@@ -72,6 +84,7 @@ class Settings:
     ingest_flush_interval: float = 0.05
     scheduler_batch_size: int = 500
     scheduler_poll_interval: float = 0.5
+    event_retention_days: int = 90
 
     @property
     def mqtt_v5(self) -> bool:
@@ -145,6 +158,8 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str, str], Any]:
             out = kind(value)
         except ValueError:
             raise ConfigError(f"{name}: not a number: {value!r}") from None
+        if not math.isfinite(out):
+            raise ConfigError(f"{name}: must be a finite number (got {value!r})")
         if out <= 0:
             raise ConfigError(f"{name}: must be > 0 (got {value!r})")
         return out
@@ -179,6 +194,13 @@ def _prefix(name: str, value: str) -> str:
     return value
 
 
+def _group(name: str, value: str) -> str | None:
+    """A shared-subscription group, or ``none`` for a plain subscription."""
+    if value.strip().lower() == "none":
+        return None
+    return _prefix(name, value)
+
+
 def _text(name: str, value: str) -> str:
     if not value:
         raise ConfigError(f"{name}: empty")
@@ -190,7 +212,10 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "mqtt_url": lambda n, v: parse_mqtt_url(v, n),
     "mqtt_topic_prefix": _prefix,
     "mqtt_protocol": _choice("5", "3.1.1"),
-    "mqtt_shared_group": _prefix,
+    "mqtt_shared_group": _group,
+    "mqtt_session_expiry": _positive(int),
+    "mqtt_max_payload": _positive(int),
+    "event_retention_days": _positive(int),
     "mqtt_client_id": _text,
     "onenet_url": _http_url,
     "onenet_product_id": _text,

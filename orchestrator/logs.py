@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
@@ -78,3 +79,29 @@ def configure(fmt: str | None = None, level: str = "info") -> None:
 
 def _identity(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     return event
+
+
+class RateLimitedLog:
+    """One warning per key per ``interval`` seconds, carrying how many were seen since the
+    last one: an attacker who floods bad input cannot flood the log (metrics still count
+    every one)."""
+
+    def __init__(self, logger: Any, event: str, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.event = event
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._count: dict[str, int] = {}
+
+    def note(self, key: str, **fields: Any) -> bool:
+        """Count one; log it (with the count) when this key's interval has passed."""
+        self._count[key] = self._count.get(key, 0) + 1
+        now = self.clock()
+        if now - self._last.get(key, -self.interval) < self.interval:
+            return False
+        self.logger.warning(self.event, reason=key, count=self._count[key], **fields)
+        self._last[key] = now
+        self._count[key] = 0
+        return True

@@ -25,6 +25,17 @@ class Metrics:
                                  registry=r)
         self.claim_lag = Gauge("orch_claim_lag_seconds",
                                "Age of the oldest due device at the last claim", registry=r)
+        self.replicas_unhealthy = Gauge(
+            "orch_replicas_unhealthy", "Replicas silent or with ingest disconnected",
+            registry=r)
+        self.outbox_backlog = Gauge("orch_outbox_backlog", "Commands waiting to be published",
+                                    registry=r)
+        self.ingest_db_retries = Counter(
+            "orch_ingest_db_retries", "Ingest batches retried while the database was "
+            "unavailable", registry=r)
+        self.free_rechecks = Counter(
+            "orch_dispatch_timeouts_not_charged",
+            "Dispatch timeouts during our own outage (no retry budget spent)", registry=r)
         self.breaker_open = Gauge("orch_onenet_breaker_open",
                                   "1 while the check endpoint circuit breaker is open",
                                   registry=r)

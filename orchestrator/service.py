@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Sequence
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -24,7 +22,8 @@ from orchestrator.store.database import PgDatabase
 from orchestrator.store.db import Pool, create_pool
 from orchestrator.store.migrate import pending
 from orchestrator.workers.controller import Controller
-from orchestrator.workers.progress import ProgressSink, Relay
+from orchestrator.workers.progress import ProgressSink
+from orchestrator.workers.relay import Relayer
 from orchestrator.workers.scheduler import Scheduler, policy_from
 
 log = structlog.get_logger(__name__)
@@ -47,24 +46,7 @@ class Service:
         self.controller: Controller | None = None
         self.client: OneNetClient | None = None
         self.api_port: int | None = None
-        self._relays: set[asyncio.Task[Any]] = set()
-        self._relay_sem = asyncio.Semaphore(32)
-
-    def relay(self, relays: Sequence[Relay]) -> None:
-        """Pass device progress on to OneNET's progress endpoint, without holding ingest."""
-        if not self.settings.onenet_progress_relay or self.client is None:
-            return
-        for r in relays:
-            task = asyncio.create_task(self._relay_one(r))
-            self._relays.add(task)
-            task.add_done_callback(self._relays.discard)
-
-    async def _relay_one(self, r: Relay) -> None:
-        assert self.client is not None
-        async with self._relay_sem:
-            errno = await self.client.report_progress(r.token, r.dev_id, r.step)
-        if errno not in (0, None):
-            log.info("progress relay answered", dev_id=r.dev_id, step=r.step, errno=errno)
+        self.relayer: Relayer | None = None
 
     async def run(self) -> None:
         s = self.settings
@@ -81,10 +63,16 @@ class Service:
                 raise RuntimeError(
                     f"database needs {len(todo)} migration(s): run 'orchestrator migrate'")
             policy = policy_from(s)
-            self.ingest = Ingest(s, ProgressSink(db, policy, self.relay), self.metrics)
+            self.ingest = Ingest(s, ProgressSink(db, policy, relay=s.onenet_progress_relay),
+                                 self.metrics)
             self.scheduler = Scheduler(s, db, self.client, publisher, self.metrics,
                                        self.owner, policy)
-            self.controller = Controller(db, publisher, self.metrics)
+            self.controller = Controller(
+                db, publisher, self.metrics, owner=s.mqtt_client_id,
+                ingest_ok=self.ingest.connected.is_set,
+                session_expiry=s.mqtt_session_expiry,
+                event_retention_days=s.event_retention_days)
+            self.relayer = Relayer(db, self.client)
             if self.api:
                 runner = web.AppRunner(build_app(ApiState(s, pool, self.metrics,
                                                           self._ready_checks)),
@@ -97,6 +85,7 @@ class Service:
                 asyncio.create_task(self.ingest.run(self.stop), name="ingest"),
                 asyncio.create_task(self.scheduler.run(self.stop), name="scheduler"),
                 asyncio.create_task(self.controller.run(self.stop), name="controller"),
+                asyncio.create_task(self.relayer.run(self.stop), name="relay"),
             ]
             self.ready.set()
             log.info("orchestrator running", mqtt=repr(s.mqtt_url), onenet=s.onenet_url)
@@ -107,8 +96,6 @@ class Service:
                 if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
                     raise r
         finally:
-            if self._relays:
-                await asyncio.wait(self._relays, timeout=5)
             if runner is not None:
                 await runner.cleanup()
             await publisher.close()

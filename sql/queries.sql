@@ -181,7 +181,7 @@ WITH due AS (
     RETURNING cd.campaign_id, cd.dev_id, cd.rev, cd.wave, cd.state, cd.attempts,
               cd.transient_errors, cd.next_attempt_at, cd.last_errno, cd.last_step,
               cd.last_error, cd.task, cd.token_expires_at, cd.dispatched_at,
-              cd.report_asked_at
+              cd.report_asked_at, cd.heard_at
 )
 SELECT cd.*, c.type, c.target_version, d.manuf, d.model, d.fota_version, d.sota_version,
        d.signal, d.power, d.status_at
@@ -192,7 +192,7 @@ ORDER BY cd.dev_id;
 -- Lock and read (campaign, device) rows in key order, so concurrent writers never deadlock.
 SELECT cd.campaign_id, cd.dev_id, cd.rev, cd.wave, cd.state, cd.attempts,
        cd.transient_errors, cd.next_attempt_at, cd.last_errno, cd.last_step, cd.last_error,
-       cd.task, cd.token_expires_at, cd.dispatched_at, cd.report_asked_at,
+       cd.task, cd.token_expires_at, cd.dispatched_at, cd.report_asked_at, cd.heard_at,
        c.type, c.target_version
 FROM ota.campaign_devices cd
 JOIN unnest($1::bigint[], $2::bigint[]) AS k(c, d)
@@ -206,12 +206,13 @@ UPDATE ota.campaign_devices cd SET
     state = u.state, attempts = u.attempts, transient_errors = u.te,
     next_attempt_at = u.next, last_errno = u.errno, last_step = u.step,
     last_error = u.err, task = u.task, token_expires_at = u.tok,
-    dispatched_at = u.disp, report_asked_at = u.rep, lease_owner = NULL,
+    dispatched_at = u.disp, report_asked_at = u.rep, heard_at = u.heard, lease_owner = NULL,
     lease_until = NULL, rev = cd.rev + 1, updated_at = now()
 FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::text[], $5::int[], $6::int[],
             $7::timestamptz[], $8::int[], $9::int[], $10::text[], $11::jsonb[],
-            $12::timestamptz[], $13::timestamptz[], $14::timestamptz[])
-     AS u(cid, did, rev, state, attempts, te, next, errno, step, err, task, tok, disp, rep)
+            $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[])
+     AS u(cid, did, rev, state, attempts, te, next, errno, step, err, task, tok, disp, rep,
+          heard)
 WHERE cd.campaign_id = u.cid AND cd.dev_id = u.did AND cd.rev = u.rev
 RETURNING cd.campaign_id, cd.dev_id;
 
@@ -261,17 +262,84 @@ SELECT pg_try_advisory_xact_lock($1);
 INSERT INTO ota.outbox (dev_id, payload)
 SELECT d, p::jsonb FROM unnest($1::bigint[], $2::text[]) AS u(d, p) RETURNING id;
 
--- name: outbox_take_ids
--- These queued commands, unless another publisher holds them; deleted when this
--- transaction commits, so a failed publish (rollback) leaves them queued.
-DELETE FROM ota.outbox WHERE id IN (SELECT id FROM ota.outbox WHERE id = ANY($1)
-                                    ORDER BY id FOR UPDATE SKIP LOCKED)
-RETURNING dev_id, payload::text;
+-- name: outbox_lease
+-- Lease queued commands for $3 seconds: these ($1), or the oldest $2 when $1 is NULL,
+-- skipping those another publisher holds. Committed before anything is published.
+UPDATE ota.outbox o SET lease_until = now() + make_interval(secs => $3)
+FROM (SELECT id FROM ota.outbox
+      WHERE ($1::bigint[] IS NULL OR id = ANY($1))
+        AND (lease_until IS NULL OR lease_until < now())
+      ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) x
+WHERE o.id = x.id
+RETURNING o.id, o.dev_id, o.payload::text;
 
--- name: outbox_take
-DELETE FROM ota.outbox WHERE id IN (SELECT id FROM ota.outbox ORDER BY id LIMIT $1
-                                    FOR UPDATE SKIP LOCKED)
-RETURNING dev_id, payload::text;
+-- name: outbox_delete
+-- Published and acknowledged by the broker.
+DELETE FROM ota.outbox WHERE id = ANY($1);
+
+-- name: outbox_release
+-- Not published: back in the queue at once.
+UPDATE ota.outbox SET lease_until = NULL WHERE id = ANY($1);
+
+-- name: outbox_backlog
+SELECT count(*) FROM ota.outbox;
+
+-- name: relays_insert
+INSERT INTO ota.relays (dev_id, token, step)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[]);
+
+-- name: relays_lease
+SELECT id, dev_id, token, step, attempts FROM ota.relays
+WHERE lease_until IS NULL OR lease_until < now()
+ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED;
+
+-- name: relays_hold
+-- Leased (or, after a failure, retried no sooner than) $2 seconds from now.
+UPDATE ota.relays SET lease_until = now() + make_interval(secs => $2),
+    attempts = attempts + $3
+WHERE id = ANY($1);
+
+-- name: relays_delete
+DELETE FROM ota.relays WHERE id = ANY($1);
+
+-- name: members_renew
+-- Extend this owner's lease on claimed rows still unchanged since the claim.
+UPDATE ota.campaign_devices cd
+SET next_attempt_at = now() + make_interval(secs => $4),
+    lease_until = now() + make_interval(secs => $4)
+FROM unnest($1::bigint[], $2::bigint[], $5::int[]) AS k(c, d, rev)
+WHERE cd.campaign_id = k.c AND cd.dev_id = k.d AND cd.rev = k.rev AND cd.lease_owner = $3;
+
+-- name: health_gap_end
+SELECT extract(epoch FROM gap_end)::float8 FROM ota.health;
+
+-- name: health_mark_gap
+-- Our side was unhealthy until now.
+UPDATE ota.health SET gap_end = greatest(gap_end, now());
+
+-- name: replica_beat
+INSERT INTO ota.replicas AS r (owner, ingest_ok) VALUES ($1, $2)
+ON CONFLICT (owner) DO UPDATE SET beat_at = now(), ingest_ok = EXCLUDED.ingest_ok;
+
+-- name: replica_gone
+DELETE FROM ota.replicas WHERE owner = $1;
+
+-- name: replicas_unhealthy
+-- Replicas whose heartbeat is older than $1 seconds or whose ingest is disconnected.
+SELECT owner, extract(epoch FROM now() - beat_at)::float8 AS silent, ingest_ok
+FROM ota.replicas WHERE beat_at < now() - make_interval(secs => $1) OR NOT ingest_ok
+ORDER BY owner;
+
+-- name: replicas_forget
+-- A replica silent for longer than its broker session can live: its share is gone.
+DELETE FROM ota.replicas WHERE beat_at < now() - make_interval(secs => $1) RETURNING owner;
+
+-- name: events_partitions
+SELECT ota.ensure_event_partitions((now() AT TIME ZONE 'UTC')::date,
+                                   (now() AT TIME ZONE 'UTC')::date + 3);
+
+-- name: events_retention
+SELECT ota.drop_event_partitions($1);
 
 -- name: devices_count_reported
 -- How many of these devices have reported a FOTA version.

@@ -208,3 +208,4 @@ class Write:
     old_state: str
     row: DeviceRow
     reason: str
+    event: bool = True       # False: written without an event (a folded progress step)

@@ -65,6 +65,7 @@ class DeviceRow:
     token_expires_at: float | None = None
     dispatched_at: float | None = None
     report_asked_at: float | None = None
+    heard_at: float | None = None        # last command sent to it or progress heard from it
 
     def replace(self, **changes: Any) -> DeviceRow:
         return dataclasses.replace(self, **changes)
@@ -116,15 +117,23 @@ def gate(task: Task, status: Status, now: float, max_age: float) -> GateResult:
 
 # --- transitions ----------------------------------------------------------------------------
 
-def on_claim(row: DeviceRow, now: float) -> Decision:
+def on_claim(row: DeviceRow, now: float, healthy_since: float | None = None) -> Decision:
     """A due device was claimed. Waiting devices go to check; an in-flight one that is due has
-    had no progress within the dispatch timeout (or its token is about to expire)."""
+    had no progress within the dispatch timeout (or its token is about to expire).
+
+    A dispatch timeout spends the device's retry budget only when our side was healthy for
+    the whole window (``healthy_since``: the end of our last outage — a replica down, ingest
+    disconnected, the database unreachable); otherwise the device is re-checked for free."""
     if row.state in TERMINAL:
         return Decision(row, "terminal")
     if row.state in IN_FLIGHT:
         token_ending = row.token_expires_at is not None and \
             now >= row.token_expires_at - TOKEN_MARGIN
         reason = "token_expiring" if token_ending else "dispatch_timeout"
+        window_start = row.heard_at if row.heard_at is not None else row.dispatched_at
+        if reason == "dispatch_timeout" and healthy_since is not None and (
+                window_start is None or window_start < healthy_since):
+            reason = "dispatch_timeout_during_our_outage"
         if reason == "dispatch_timeout":
             retry = row.task.retry if row.task else 0
             if row.attempts >= retry:
@@ -173,7 +182,7 @@ def on_check(row: DeviceRow, outcome: CheckOutcome, status: Status, now: float,
              "transient_errors": 0}
     if verdict == "pass":
         deadline = min(now + policy.dispatch_timeout, expires - TOKEN_MARGIN)
-        return Decision(row.replace(**found, state="dispatched", dispatched_at=now,
+        return Decision(row.replace(**found, state="dispatched", dispatched_at=now, heard_at=now,
                                     next_attempt_at=max(deadline, now + 1.0),
                                     report_asked_at=None, last_error=None),
                         "gate passed; upgrade commanded", Command("upgrade"))
@@ -210,10 +219,11 @@ def on_progress(row: DeviceRow, step: int, now: float, policy: Policy) -> Decisi
         deadline = min(deadline, row.token_expires_at - TOKEN_MARGIN)
     deadline = max(deadline, now + 1.0)
     if 0 <= step < 100:
-        return Decision(row.replace(state="downloading", last_step=step,
+        return Decision(row.replace(state="downloading", last_step=step, heard_at=now,
                                     next_attempt_at=deadline), f"step {step}: downloading")
     if step in (100, STEP_DOWNLOADED):
-        return Decision(row.replace(state="upgrading", last_step=step, next_attempt_at=deadline),
+        return Decision(row.replace(state="upgrading", last_step=step, heard_at=now,
+                                    next_attempt_at=deadline),
                         f"step {step}: downloaded, upgrading")
     task = row.task
     if step in DOWNLOAD_FAILED_STEPS or step in INSTALL_FAILED_STEPS:

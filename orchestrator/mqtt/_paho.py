@@ -48,6 +48,26 @@ def publish_nowait(client: aiomqtt.Client, topic: str, payload: str | bytes,
     return info
 
 
+def end_session_on_disconnect(client: aiomqtt.Client) -> None:
+    """MQTT 5: the next DISCONNECT (aiomqtt's, on leaving the context) carries Session
+    Expiry Interval 0, so the broker drops our session — a stopped replica holds no
+    device's reports; the shared subscription's other members get them."""
+    from paho.mqtt.packettypes import PacketTypes  # noqa: PLC0415 (paho internals, here only)
+    from paho.mqtt.properties import Properties  # noqa: PLC0415
+
+    paho = paho_of(client)
+    if paho.protocol != mqtt.MQTTv5:
+        return
+    disconnect = paho.disconnect
+    props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 0
+
+    def with_expiry(reasoncode: Any = None, properties: Any = None) -> Any:
+        return disconnect(reasoncode, properties or props)
+
+    paho.disconnect = with_expiry  # type: ignore[method-assign]
+
+
 def skip_idle_inflight_scan(client: aiomqtt.Client) -> None:
     """While no more are outstanding than the in-flight limit, none can be queued (each was
     sent when published), so paho's walk on each acknowledgement is skipped."""

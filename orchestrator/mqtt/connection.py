@@ -11,7 +11,6 @@ from paho.mqtt.properties import Properties
 
 from orchestrator.config import MqttUrl
 
-SESSION_EXPIRY = 7 * 24 * 3600
 RECEIVE_MAXIMUM = 65535
 
 
@@ -21,18 +20,26 @@ def make_client(
     *,
     persistent: bool = False,
     v5: bool = True,
+    session_expiry: int = 60,
+    receive_maximum: int = RECEIVE_MAXIMUM,
+    max_packet_size: int | None = None,
     **kwargs: Any,
 ) -> aiomqtt.Client:
-    """An aiomqtt client; ``persistent`` keeps the broker session across reconnects."""
+    """An aiomqtt client; ``persistent`` keeps the broker session across reconnects for
+    ``session_expiry`` seconds (MQTT 5). ``receive_maximum`` bounds the QoS 1 messages the
+    broker sends before we acknowledge (so it bounds our memory), ``max_packet_size`` the
+    size of any one of them (the broker drops larger ones for us)."""
     props = None
     extra: dict[str, Any] = {}
     if v5:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         # Without it Mosquitto keeps at most 20 messages in flight to us and queues (then
         # drops, past max_queued_messages) the rest of a burst.
-        props.ReceiveMaximum = RECEIVE_MAXIMUM
+        props.ReceiveMaximum = receive_maximum
+        if max_packet_size is not None:
+            props.MaximumPacketSize = max_packet_size
         if persistent:
-            props.SessionExpiryInterval = SESSION_EXPIRY
+            props.SessionExpiryInterval = session_expiry
             extra["clean_start"] = False
         extra["protocol"] = aiomqtt.ProtocolVersion.V5
     else:

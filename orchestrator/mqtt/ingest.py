@@ -1,9 +1,20 @@
 """Batched MQTT ingest of device status and progress.
 
-Messages are acknowledged to the broker only after their batch is committed to
-PostgreSQL (QoS 1, persistent session, manual acks): a crash loses nothing the broker
-kept, it only redelivers. Invalid messages are counted by reason and logged, never
-applied, and never stop ingest.
+A message is acknowledged to the broker only once it is committed to PostgreSQL or
+individually rejected (QoS 1, persistent session, manual acks): a crash, a lost database or
+a broker restart leads to redelivery, never to loss.
+
+- The database unavailable (restart, failover, overload, timeout): the batch is retried,
+  unacknowledged, with capped backoff, for as long as it takes; SIGTERM still stops ingest
+  at once (nothing acknowledged; the broker redelivers).
+- A batch the database refuses on its content (or that trips a bug): split in halves until
+  the offending message(s) are found; those alone are rejected (counted, logged), the rest
+  is applied.
+- Memory is bounded: the broker sends at most Receive Maximum unacknowledged QoS 1
+  messages (twice the batch size) of at most ``mqtt_max_payload`` bytes each; QoS 0
+  messages beyond four batches are dropped and counted (``overload``).
+- Invalid messages are counted by reason (every one) and logged at most once per reason
+  per interval, with the count; never applied, never a crash.
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 
 import aiomqtt
 import structlog
@@ -23,6 +35,7 @@ from orchestrator.domain.payloads import (
     parse_message,
 )
 from orchestrator.domain.resilience import backoff
+from orchestrator.logs import RateLimitedLog
 from orchestrator.metrics import Metrics
 from orchestrator.mqtt import _paho, topics
 from orchestrator.mqtt.connection import make_client
@@ -38,6 +51,7 @@ class Ingest:
         self.metrics = metrics
         self.connected = asyncio.Event()
         self.applied = 0
+        self.rejections = RateLimitedLog(log, "messages rejected", interval=10.0)
 
     def subscriptions(self) -> list[str]:
         p, g = self.settings.mqtt_topic_prefix, self.settings.mqtt_shared_group
@@ -62,6 +76,9 @@ class Ingest:
     async def _session(self, stop: asyncio.Event) -> None:
         s = self.settings
         client = make_client(s.mqtt_url, s.mqtt_client_id, persistent=True, v5=s.mqtt_v5,
+                             session_expiry=s.mqtt_session_expiry,
+                             receive_maximum=min(65535, 2 * s.ingest_batch_size),
+                             max_packet_size=s.mqtt_max_payload + 1024,
                              max_queued_incoming_messages=0)
         # acknowledge only after the batch is committed
         _paho.manual_acks(client)
@@ -69,18 +86,24 @@ class Ingest:
             for topic in self.subscriptions():
                 await client.subscribe(topic, qos=1)
             self.connected.set()
-            log.info("mqtt ingest subscribed", topics=self.subscriptions())
+            log.info("mqtt ingest subscribed", topics=self.subscriptions(),
+                     client_id=s.mqtt_client_id)
             batch: list[aiomqtt.Message] = []
             wake = asyncio.Event()
             room = asyncio.Event()
             room.set()
+            bound = 4 * s.ingest_batch_size
 
             async def read() -> None:
                 async for message in client.messages:
+                    if len(batch) >= bound and message.qos == 0:
+                        self._reject(Rejection("overload", "QoS 0 beyond the ingest bound",
+                                               message.topic.value))
+                        continue
                     batch.append(message)
                     if len(batch) >= s.ingest_batch_size:
                         wake.set()
-                    if len(batch) >= 4 * s.ingest_batch_size:
+                    if len(batch) >= bound:
                         room.clear()
                         await room.wait()
 
@@ -98,8 +121,8 @@ class Ingest:
                         taken = batch[:]
                         batch.clear()
                         room.set()
-                        await self._flush(client, taken)
-                    if stopper in done:
+                        await self._flush(client, taken, stop)
+                    if stopper in done or stop.is_set():
                         break
                     if reader in done:
                         reader.result()  # re-raises the connection error
@@ -112,57 +135,92 @@ class Ingest:
                 if batch and _paho.is_connected(client):
                     taken = batch[:]
                     batch.clear()
-                    await self._flush(client, taken)
-            self.connected.clear()
+                    await self._flush(client, taken, stop)
+                self.connected.clear()
+                if stop.is_set():
+                    # a clean stop ends the broker session: this replica holds nobody's
+                    # reports while it is gone (the group's other members get them)
+                    _paho.end_session_on_disconnect(client)
             if stop.is_set():
                 log.info("ingest stopped", applied=self.applied)
 
-    async def _flush(self, client: aiomqtt.Client, messages: list[aiomqtt.Message]) -> None:
+    def _reject(self, r: Rejection) -> None:
+        self.metrics.ingest_rejected.labels(r.reason).inc()
+        self.rejections.note(r.reason, detail=r.detail, topic=r.topic[:120])
+
+    async def _flush(self, client: aiomqtt.Client, messages: list[aiomqtt.Message],
+                     stop: asyncio.Event) -> None:
         prefix = self.settings.mqtt_topic_prefix
-        statuses: list[StatusReport] = []
-        progress: list[ProgressReport] = []
+        limit = self.settings.mqtt_max_payload
+        valid: list[StatusReport | ProgressReport] = []
         rejected: list[Rejection] = []
         for m in messages:
             payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
+            if len(payload) > limit:
+                rejected.append(Rejection("too_large", f"{len(payload)} bytes > {limit}",
+                                          m.topic.value))
+                continue
             parsed = parse_message(prefix, m.topic.value, payload)
-            if isinstance(parsed, StatusReport):
-                statuses.append(parsed)
-            elif isinstance(parsed, ProgressReport):
-                progress.append(parsed)
+            if isinstance(parsed, StatusReport | ProgressReport):
+                valid.append(parsed)
             else:
                 rejected.append(parsed)
         started = time.perf_counter()
-        if statuses or progress:
-            # retried until it succeeds: an unacked batch would be redelivered anyway
-            for attempt in range(1_000_000):
-                try:
-                    rejected.extend(await self.sink.apply(statuses, progress))
-                    break
-                except DatabaseUnavailable as exc:
-                    delay = backoff(attempt, 0.5, 5.0)
-                    log.warning("ingest batch failed, retrying", error=str(exc),
-                                retry_in=round(delay, 2))
-                    await asyncio.sleep(delay)
-                except DataRejected as exc:
-                    # refused by the database itself: it would be refused again, so the
-                    # batch is counted and logged, not applied, and ingest goes on
-                    log.error("ingest batch refused by the database", error=str(exc)[:300],
-                              messages=len(statuses) + len(progress))
-                    rejected.extend(Rejection("db_error", str(exc)[:200], "batch")
-                                    for _ in range(len(statuses) + len(progress)))
-                    statuses, progress = [], []
-                    break
+        if valid:
+            refused = await self._apply(valid, stop)
+            if refused is None:
+                return  # stopped before the batch was committed: acknowledge nothing
+            rejected.extend(refused)
         self.metrics.ingest_batch_seconds.observe(time.perf_counter() - started)
         self.metrics.ingest_batches.inc()
-        if statuses:
-            self.metrics.ingest_messages.labels("status").inc(len(statuses))
-        if progress:
-            self.metrics.ingest_messages.labels("progress").inc(len(progress))
-            for report in progress:
-                self.metrics.progress.labels(str(report.step)).inc()
+        n_status = sum(1 for v in valid if isinstance(v, StatusReport))
+        if n_status:
+            self.metrics.ingest_messages.labels("status").inc(n_status)
+        if len(valid) > n_status:
+            self.metrics.ingest_messages.labels("progress").inc(len(valid) - n_status)
+            for v in valid:
+                if isinstance(v, ProgressReport):
+                    self.metrics.progress.labels(str(v.step)).inc()
         for r in rejected:
-            self.metrics.ingest_rejected.labels(r.reason).inc()
-            log.warning("message rejected", reason=r.reason, detail=r.detail, topic=r.topic)
-        self.applied += len(statuses) + len(progress)
+            self._reject(r)
+        self.applied += len(valid)
         for m in messages:
             _paho.ack(client, m)
+
+    async def _apply(self, valid: Sequence[StatusReport | ProgressReport],
+                     stop: asyncio.Event) -> list[Rejection] | None:
+        """Commit these messages, or find the ones the database refuses. None: stopped
+        while the database was unavailable (nothing committed)."""
+        statuses = [v for v in valid if isinstance(v, StatusReport)]
+        progress = [v for v in valid if isinstance(v, ProgressReport)]
+        attempt = 0
+        while True:
+            try:
+                return list(await self.sink.apply(statuses, progress))
+            except DatabaseUnavailable as exc:
+                # not committed, not acknowledged: wait (SIGTERM still stops us) and retry
+                self.metrics.ingest_db_retries.inc()
+                delay = backoff(attempt, 0.2, 5.0)
+                attempt += 1
+                log.warning("ingest batch waits for the database", error=str(exc)[:200],
+                            messages=len(valid), retry_in=round(delay, 2))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    return None
+            except Exception as exc:
+                reason = "db_refused" if isinstance(exc, DataRejected) else "internal_error"
+                if len(valid) == 1:
+                    if reason == "internal_error":
+                        log.exception("ingest could not apply a message", topic=_topic(valid[0]))
+                    return [Rejection(reason, str(exc)[:200], _topic(valid[0]))]
+                half = len(valid) // 2
+                first = await self._apply(valid[:half], stop)
+                if first is None:
+                    return None
+                second = await self._apply(valid[half:], stop)
+                return None if second is None else first + second
+
+
+def _topic(v: StatusReport | ProgressReport) -> str:
+    return f"{v.dev_id}/{'status' if isinstance(v, StatusReport) else 'progress'}"

@@ -10,6 +10,7 @@ its size and MD5, reports progress with OneNET's step codes, installs, and repor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import random
@@ -24,6 +25,7 @@ import structlog
 
 from orchestrator.config import MqttUrl
 from orchestrator.domain.payloads import parse_dev_id
+from orchestrator.domain.resilience import backoff
 from orchestrator.mqtt import topics
 from orchestrator.mqtt.connection import make_client
 
@@ -82,10 +84,22 @@ class Fleet:
         self.commands: list[tuple[int, dict[str, Any]]] = []
         self.connected = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._tick_task: asyncio.Task[None] | None = None
 
     async def publish(self, topic: str, payload: dict[str, Any]) -> None:
-        assert self.client is not None
-        await self.client.publish(topic, json.dumps(payload), qos=1)
+        """QoS 1, like a device with a persistent outgoing queue: while the broker is away
+        the message waits for the reconnection instead of being lost."""
+        text = json.dumps(payload)
+        while True:
+            await self.connected.wait()
+            client = self.client
+            try:
+                assert client is not None
+                await client.publish(topic, text, qos=1)
+                return
+            except (aiomqtt.MqttError, AssertionError):
+                self.connected.clear()
+                await asyncio.sleep(0.1)
 
     async def report_status(self, dev: SimDevice) -> None:
         if time.monotonic() < dev.offline_until:
@@ -107,22 +121,51 @@ class Fleet:
         self.stats[f"step_{step}"] += 1
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Connect (again after a broker restart, with backoff) until ``stop``."""
         timeout = aiohttp.ClientTimeout(total=600, sock_connect=10)
-        async with aiohttp.ClientSession(timeout=timeout) as http, \
-                make_client(self.url, self.client_id, v5=self.v5,
-                            max_inflight_messages=1000) as client:
-            self.http, self.client = http, client
-            await client.subscribe(topics.command(self.prefix), qos=1)
-            self.connected.set()
-            await self.report_all()
-            ticker = asyncio.create_task(self._ticker(stop))
-            reader = asyncio.create_task(self._reader())
-            await stop.wait()
-            ticker.cancel()
-            reader.cancel()
-            for t in list(self._tasks):
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            self.http = http
+            attempt = 0
+            while not stop.is_set():
+                try:
+                    await self._connection(stop)
+                    attempt = 0
+                except aiomqtt.MqttError as exc:
+                    self.connected.clear()
+                    self.client = None
+                    self.stats["reconnects"] += 1
+                    log.info("fleet connection lost", error=str(exc))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), backoff(attempt, 0.2, 2.0))
+                    attempt += 1
+            ticker = [self._tick_task] if self._tick_task else []
+            for t in [*ticker, *self._tasks]:
                 t.cancel()
-            await asyncio.gather(ticker, reader, *self._tasks, return_exceptions=True)
+            await asyncio.gather(*ticker, *self._tasks, return_exceptions=True)
+            self.connected.clear()
+
+    async def _connection(self, stop: asyncio.Event) -> None:
+        first = self.stats["connects"] == 0
+        async with make_client(self.url, self.client_id, v5=self.v5,
+                               persistent=self.client_id is not None,
+                               session_expiry=3600, max_inflight_messages=1000) as client:
+            self.client = client
+            await client.subscribe(topics.command(self.prefix), qos=1)
+            self.stats["connects"] += 1
+            self.connected.set()
+            if first:
+                await self.report_all()
+            if self._tick_task is None:
+                self._tick_task = asyncio.create_task(self._ticker(stop))
+            reader = asyncio.create_task(self._reader())
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({reader, stopper},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            reader.cancel()
+            stopper.cancel()
+            await asyncio.gather(reader, stopper, return_exceptions=True)
+            if reader in done and not stop.is_set():
+                raise aiomqtt.MqttError("command stream ended")
             self.connected.clear()
 
     async def _ticker(self, stop: asyncio.Event) -> None:

@@ -15,10 +15,11 @@ import asyncpg
 
 from orchestrator.domain.campaign import Campaign, Claimed, Member, RunningCampaign, Write
 from orchestrator.domain.payloads import StatusReport
+from orchestrator.domain.progress import Relay
 from orchestrator.domain.resilience import backoff
 from orchestrator.domain.rollout import Counts
 from orchestrator.ports import DatabaseUnavailable, DataRejected, Key, Tx
-from orchestrator.store import campaigns, counts, devices, members, outbox
+from orchestrator.store import campaigns, counts, devices, health, members, outbox, relays
 from orchestrator.store.db import Connection, Pool
 from orchestrator.store.queries import q
 
@@ -118,20 +119,69 @@ class PgTx:
     async def due_backlog(self) -> tuple[int, float]:
         return await counts.due_backlog(self.conn)
 
+    async def renew_claims(self, claimed: Sequence[Claimed], owner: str,
+                           lease: float) -> int:
+        return await members.renew(self.conn, claimed, owner, lease)
+
     async def enqueue(self, commands: Sequence[tuple[int, dict[str, Any]]]) -> list[int]:
         return await outbox.enqueue(self.conn, commands)
 
-    async def take_outbox(self, ids: Sequence[int] | None,
-                          limit: int) -> list[tuple[int, str]]:
-        return await outbox.take(self.conn, ids, limit)
+    async def lease_outbox(self, ids: Sequence[int] | None, limit: int,
+                           seconds: float) -> list[tuple[int, int, str]]:
+        return await outbox.lease(self.conn, ids, limit, seconds)
+
+    async def delete_outbox(self, ids: Sequence[int]) -> None:
+        await outbox.delete(self.conn, ids)
+
+    async def release_outbox(self, ids: Sequence[int]) -> None:
+        await outbox.release(self.conn, ids)
+
+    async def outbox_backlog(self) -> int:
+        return await outbox.backlog(self.conn)
+
+    async def add_relays(self, items: Sequence[Relay]) -> None:
+        await relays.add(self.conn, items)
+
+    async def lease_relays(self, limit: int, seconds: float) -> list[Relay]:
+        return await relays.lease(self.conn, limit, seconds)
+
+    async def relays_done(self, ids: Sequence[int]) -> None:
+        await relays.done(self.conn, ids)
+
+    async def relays_retry_later(self, ids: Sequence[int], seconds: float) -> None:
+        await relays.retry_later(self.conn, ids, seconds)
+
+    async def gap_end(self) -> float:
+        return await health.gap_end(self.conn)
+
+    async def mark_gap(self) -> None:
+        await health.mark_gap(self.conn)
+
+    async def beat(self, owner: str, ingest_ok: bool) -> None:
+        await health.beat(self.conn, owner, ingest_ok)
+
+    async def replica_gone(self, owner: str) -> None:
+        await health.gone(self.conn, owner)
+
+    async def unhealthy_replicas(self, stale_after: float) -> list[str]:
+        return await health.unhealthy(self.conn, stale_after)
+
+    async def forget_replicas(self, silent_for: float) -> list[str]:
+        return await health.forget(self.conn, silent_for)
+
+    async def event_partitions(self, keep_days: int) -> tuple[int, int]:
+        return await health.event_partitions(self.conn, keep_days)
 
 
 class PgDatabase:
-    """The port ``Database`` over an asyncpg pool."""
+    """The port ``Database`` over an asyncpg pool. After an outage (a transaction that
+    failed as DatabaseUnavailable) the first transaction that succeeds records the end of
+    our gap in ``ota.health``, so no device's retry budget pays for it."""
 
     def __init__(self, pool: Pool, *, retries: int = 8) -> None:
         self.pool = pool
         self.retries = retries
+        self.outage = False
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PgTx]:
@@ -142,7 +192,20 @@ class PgDatabase:
             ported = translate(exc)
             if ported is None:
                 raise
+            if isinstance(ported, DatabaseUnavailable):
+                self.outage = True
             raise ported from exc
+        if self.outage:
+            await self._end_outage()
+
+    async def _end_outage(self) -> None:
+        try:
+            async with self.pool.acquire() as conn:
+                await health.mark_gap(conn)
+            self.outage = False
+        except Exception as exc:
+            if translate(exc) is None:
+                raise
 
     async def run(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         attempt = 0

@@ -34,7 +34,7 @@ def device_row(r: Record) -> DeviceRow:
         last_step=r["last_step"], last_error=r["last_error"],
         task=Task.from_json(task) if task else None,
         token_expires_at=_ts(r["token_expires_at"]), dispatched_at=_ts(r["dispatched_at"]),
-        report_asked_at=_ts(r["report_asked_at"]))
+        report_asked_at=_ts(r["report_asked_at"]), heard_at=_ts(r["heard_at"]))
 
 
 def _member(r: Record) -> Member:
@@ -83,9 +83,9 @@ async def write(conn: Connection, writes: Sequence[Write], actor: str, *,
         [w.row.task.to_json() if w.row.task else None for w in ws],
         [_to_dt(w.row.token_expires_at) for w in ws],
         [_to_dt(w.row.dispatched_at) for w in ws],
-        [_to_dt(w.row.report_asked_at) for w in ws])
+        [_to_dt(w.row.report_asked_at) for w in ws], [_to_dt(w.row.heard_at) for w in ws])
     written = {(r["campaign_id"], r["dev_id"]) for r in rows}
-    done = [w for w in ws if (w.campaign_id, w.dev_id) in written]
+    done = [w for w in ws if w.event and (w.campaign_id, w.dev_id) in written]
     if done:
         await conn.execute(
             q("events_transitions"), [w.campaign_id for w in done], [w.dev_id for w in done],
@@ -117,3 +117,11 @@ async def progress(conn: Connection, campaign_id: int, state: str | None = None,
     rows = await conn.fetch(q("members_progress"), campaign_id, state, limit)
     return [{k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in r.items()}
             for r in rows]
+
+
+async def renew(conn: Connection, claimed: Sequence[Claimed], owner: str, lease: float) -> int:
+    """Extend the lease of claimed rows this owner still holds unchanged."""
+    status = await conn.execute(q("members_renew"), [c.campaign_id for c in claimed],
+                                [c.dev_id for c in claimed], owner, lease,
+                                [c.rev for c in claimed])
+    return int(status.split()[-1])

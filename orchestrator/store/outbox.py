@@ -1,5 +1,6 @@
-"""The command outbox: commands written in the transaction that decides them, taken by one
-publisher at a time (SKIP LOCKED) and gone once that transaction commits."""
+"""The command outbox: commands written in the transaction that decides them, leased by one
+publisher at a time (SKIP LOCKED, committed before publishing, so no transaction stays open
+while the broker is slow or gone), deleted once the broker acknowledged them."""
 
 from __future__ import annotations
 
@@ -21,13 +22,24 @@ async def enqueue(conn: Connection, commands: Sequence[tuple[int, dict[str, Any]
     return [r["id"] for r in rows]
 
 
-async def take(conn: Connection, ids: Sequence[int] | None, limit: int) -> list[tuple[int, str]]:
-    """These queued commands (or the oldest ``limit``), skipping those another publisher
-    holds; deleted when the transaction commits."""
-    if ids is not None:
-        if not ids:
-            return []
-        rows = await conn.fetch(q("outbox_take_ids"), list(ids))
-    else:
-        rows = await conn.fetch(q("outbox_take"), limit)
-    return [(r["dev_id"], r["payload"]) for r in rows]
+async def lease(conn: Connection, ids: Sequence[int] | None, limit: int,
+                seconds: float) -> list[tuple[int, int, str]]:
+    """Lease queued commands (these, or the oldest ``limit``) for ``seconds``, skipping those
+    another publisher holds: (id, dev_id, payload)."""
+    if ids is not None and not ids:
+        return []
+    rows = await conn.fetch(q("outbox_lease"), None if ids is None else list(ids), limit,
+                            seconds)
+    return [(r["id"], r["dev_id"], r["payload"]) for r in rows]
+
+
+async def delete(conn: Connection, ids: Sequence[int]) -> None:
+    await conn.execute(q("outbox_delete"), list(ids))
+
+
+async def release(conn: Connection, ids: Sequence[int]) -> None:
+    await conn.execute(q("outbox_release"), list(ids))
+
+
+async def backlog(conn: Connection) -> int:
+    return int(await conn.fetchval(q("outbox_backlog")))

@@ -1,11 +1,13 @@
 """The controller: one replica at a time (advisory lock) folds kept counts, opens waves,
-applies abort rules and completes campaigns; any replica drains the command outbox."""
+applies abort rules, completes campaigns, keeps the event partitions and watches the other
+replicas' health; every replica beats its heartbeat and drains the command outbox."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -24,27 +26,63 @@ from orchestrator.workers import outbox
 log = structlog.get_logger(__name__)
 
 ENROLL_EVERY = 5.0
+PARTITIONS_EVERY = 3600.0
+BEAT_EVERY = 2.0
+STALE_AFTER = 10.0       # a replica silent this long is not listening (its share waits)
 ACTOR = "controller"
 
 
 class Controller:
     def __init__(self, db: Database, publisher: CommandPublisher, metrics: Metrics,
-                 interval: float = 0.5) -> None:
+                 interval: float = 0.5, *, owner: str = "controller",
+                 ingest_ok: Callable[[], bool] = lambda: True,
+                 session_expiry: float = 60.0, event_retention_days: int = 90) -> None:
         self.db = db
         self.publisher = publisher
         self.metrics = metrics
         self.interval = interval
+        self.owner = owner
+        self.ingest_ok = ingest_ok
+        self.session_expiry = session_expiry
+        self.event_retention_days = event_retention_days
         self._last_enroll = 0.0
+        self._last_partitions = -PARTITIONS_EVERY
+        self._last_beat = -BEAT_EVERY
 
     async def run(self, stop: asyncio.Event) -> None:
+        async with self.db.transaction() as tx:
+            # this replica may be coming back from a crash: what it missed is our outage
+            await tx.mark_gap()
         while not stop.is_set():
             try:
+                await self.beat()
                 await self.tick()
                 await self.drain_outbox()
             except (DatabaseUnavailable, DataRejected, PublishFailed) as exc:
                 log.warning("controller tick failed", error=str(exc)[:300])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval)
+        with contextlib.suppress(DatabaseUnavailable):
+            async with self.db.transaction() as tx:
+                await tx.replica_gone(self.owner)
+
+    async def beat(self) -> None:
+        if time.monotonic() - self._last_beat < BEAT_EVERY:
+            return
+        async with self.db.transaction() as tx:
+            await tx.beat(self.owner, self.ingest_ok())
+        self._last_beat = time.monotonic()
+
+    async def _watch_replicas(self, tx: Tx) -> None:
+        """While a replica is silent or its ingest disconnected, its share of device
+        messages is not being read: our side is not healthy."""
+        forgotten = await tx.forget_replicas(self.session_expiry + STALE_AFTER)
+        if forgotten:
+            log.warning("replicas gone for good", replicas=forgotten)
+        unhealthy = await tx.unhealthy_replicas(STALE_AFTER)
+        self.metrics.replicas_unhealthy.set(len(unhealthy))
+        if unhealthy or forgotten:
+            await tx.mark_gap()
 
     async def tick(self) -> bool:
         """Returns False when another replica holds the controller lock."""
@@ -52,6 +90,12 @@ class Controller:
             if not await tx.try_controller_lock():
                 return False
             await tx.fold_counts()
+            await self._watch_replicas(tx)
+            if time.monotonic() - self._last_partitions >= PARTITIONS_EVERY:
+                made, dropped = await tx.event_partitions(self.event_retention_days)
+                self._last_partitions = time.monotonic()
+                if made or dropped:
+                    log.info("event partitions", made=made, dropped=dropped)
             enroll_now = time.monotonic() - self._last_enroll >= ENROLL_EVERY
             for c in await tx.running_campaigns():
                 await self._advance(tx, c.campaign_id, enroll_now)
@@ -60,6 +104,7 @@ class Controller:
             n, lag = await tx.due_backlog()
             self.metrics.due_backlog.set(n)
             self.metrics.claim_lag.set(lag)
+            self.metrics.outbox_backlog.set(await tx.outbox_backlog())
         return True
 
     async def _advance(self, tx: Tx, campaign_id: int, enroll_now: bool) -> None:

@@ -1,16 +1,35 @@
 """Publishing the command outbox. Commands are written in the transaction that records the
-decision and published right after it commits; a row leaves the outbox only in the
-transaction that saw the broker acknowledge it.
+decision; publishing leases them in a short transaction of its own, publishes with no
+transaction open, and deletes them once the broker acknowledged them.
 
 So a device can never report progress for a command the database does not know of yet, a
-crash after the commit leaves the command for any replica to publish (at-least-once), and
-``FOR UPDATE SKIP LOCKED`` keeps two publishers off the same row."""
+crash after the commit leaves the command for any replica to publish (at-least-once: a lease
+ends by itself), ``SKIP LOCKED`` keeps two publishers off the same row, and a slow or absent
+broker holds no row lock and no pool connection."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from orchestrator.ports import CommandPublisher, Database
+from orchestrator.ports import CommandPublisher, Database, PublishFailed
+
+LEASE = 60.0     # longer than a publish may take (the publisher gives up after 30 s)
+
+
+async def _publish(db: Database, publisher: CommandPublisher,
+                   rows: Sequence[tuple[int, int, str]]) -> int:
+    if not rows:
+        return 0
+    ids = [r[0] for r in rows]
+    try:
+        await publisher.publish_many([(dev_id, payload) for _, dev_id, payload in rows])
+    except PublishFailed:
+        async with db.transaction() as tx:
+            await tx.release_outbox(ids)
+        raise
+    async with db.transaction() as tx:
+        await tx.delete_outbox(ids)
+    return len(rows)
 
 
 async def send(db: Database, publisher: CommandPublisher, ids: Sequence[int]) -> int:
@@ -19,9 +38,8 @@ async def send(db: Database, publisher: CommandPublisher, ids: Sequence[int]) ->
     if not ids:
         return 0
     async with db.transaction() as tx:
-        rows = await tx.take_outbox(ids, len(ids))
-        await publisher.publish_many(rows)
-        return len(rows)
+        rows = await tx.lease_outbox(ids, len(ids), LEASE)
+    return await _publish(db, publisher, rows)
 
 
 async def drain(db: Database, publisher: CommandPublisher, batch: int = 500) -> int:
@@ -29,8 +47,7 @@ async def drain(db: Database, publisher: CommandPublisher, batch: int = 500) -> 
     sent = 0
     while True:
         async with db.transaction() as tx:
-            rows = await tx.take_outbox(None, batch)
-            if not rows:
-                return sent
-            await publisher.publish_many(rows)
-            sent += len(rows)
+            rows = await tx.lease_outbox(None, batch, LEASE)
+        if not rows:
+            return sent
+        sent += await _publish(db, publisher, rows)

@@ -93,13 +93,31 @@ class Scheduler:
         self.metrics.breaker_open.set(0)
         async with self.db.transaction() as tx:
             campaigns = await tx.running_campaigns()
+            healthy_since = await tx.gap_end()
         total = 0
         for campaign in campaigns:
             claimed = await self.db.run(functools.partial(self._claim, c=campaign))
             if claimed:
-                await self.process(campaign, claimed)
+                renewer = asyncio.create_task(self._renew(claimed), name="lease-renewal")
+                try:
+                    await self.process(campaign, claimed, healthy_since)
+                finally:
+                    renewer.cancel()
+                    await asyncio.gather(renewer, return_exceptions=True)
                 total += len(claimed)
         return total
+
+    async def _renew(self, claimed: Sequence[Claimed]) -> None:
+        """Keep the claim while a slow endpoint holds the batch, so no other replica takes
+        (and checks again) the same devices."""
+        lease = self.settings.claim_lease
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                async with self.db.transaction() as tx:
+                    await tx.renew_claims(claimed, self.owner, lease)
+            except (DatabaseUnavailable, DataRejected) as exc:
+                log.warning("lease renewal failed", error=str(exc)[:200])
 
     async def _claim(self, tx: Tx, c: RunningCampaign) -> list[Claimed]:
         limit = self.settings.scheduler_batch_size
@@ -118,12 +136,15 @@ class Scheduler:
             return req
         return await self.client.check(req)
 
-    async def process(self, campaign: RunningCampaign, claimed: Sequence[Claimed]) -> None:
+    async def process(self, campaign: RunningCampaign, claimed: Sequence[Claimed],
+                      healthy_since: float | None = None) -> None:
         now = time.time()
         writes: list[Write] = []
         to_check: list[tuple[Claimed, Decision]] = []
         for c in claimed:
-            d = on_claim(c.row, now)
+            d = on_claim(c.row, now, healthy_since)
+            if d.reason == "dispatch_timeout_during_our_outage":
+                self.metrics.free_rechecks.inc()
             if d.row.state == "checking":
                 to_check.append((c, d))
             else:

@@ -310,4 +310,7 @@ async def test_continuous_campaign_takes_late_devices(settings: Settings, start_
         assert await stack.fetchval(
             "SELECT status FROM ota.campaigns WHERE campaign_id = $1", cid) == "running"
         # the simulator saw the device's progress relayed to its progress endpoint
-        assert (50, 201) in sim.sim.progress_reports
+        async def relayed() -> bool:
+            return (50, 201) in sim.sim.progress_reports
+
+        await until(relayed, 10, "progress relayed (ota.relays, sent by the relay worker)")

@@ -137,8 +137,11 @@ class SlowSink(ProgressSink):
 
 async def test_broker_restart_mid_stream_loses_nothing(
         settings: Settings, pool: Any, private_broker: Mosquitto) -> None:
+    # a plain subscription: Mosquitto 2.0 does not restore shared subscriptions from its
+    # persistence, so a shared one drops what is published before ingest re-subscribes
+    # (test_mosquitto_facts measures it; the README states it)
     s = dataclasses.replace(settings, mqtt_url=parse_mqtt_url(private_broker.url),
-                            ingest_batch_size=50)
+                            ingest_batch_size=50, mqtt_shared_group=None)
     async with running(s, SlowSink(PgDatabase(pool))) as (_, metrics):
         await restart_mid_stream(s, private_broker, metrics)
 
@@ -212,17 +215,21 @@ async def test_a_batch_the_database_refuses_is_counted_and_ingest_goes_on(
 
 
 async def refused_then_applied(settings: Settings, metrics: Metrics) -> None:
+    """One message the database refuses, in a batch of good ones: the batch is split until
+    that message alone is rejected (db_refused); the 19 others are applied."""
     p = settings.mqtt_topic_prefix
     url = f"mqtt://{settings.mqtt_url.host}:{settings.mqtt_url.port}"
-    await publish_all(url, [(f"{p}/1/status", b'{"signal": 150}')])
+    batch = [(f"{p}/{i}/status", status(i)) for i in range(2, 21)]
+    batch.insert(7, (f"{p}/1/status", b'{"signal": 150}'))
+    await publish_all(url, batch)
 
     async def refused() -> bool:
-        return metrics.rejected("db_error") == 1
+        return metrics.rejected("db_refused") == 1
 
     await until(refused)
-    await publish_all(url, [(f"{p}/2/status", status(2))])
 
     async def applied() -> bool:
-        return await count_devices(settings.database_url or "") == 1
+        return await count_devices(settings.database_url or "") == 19
 
     await until(applied)
+    assert metrics.rejected("db_refused") == 1

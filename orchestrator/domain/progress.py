@@ -1,0 +1,82 @@
+"""Device messages applied to campaign rows, pure: progress steps in arrival order, status
+reports that reach a campaign's target, which steps are worth an event, and what is passed
+on to OneNET."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from orchestrator.domain.campaign import Member
+from orchestrator.domain.device import DeviceRow, Policy, on_progress, on_version
+from orchestrator.domain.payloads import ProgressReport, Rejection, StatusReport
+
+Key = tuple[int, int]
+EVENT_EVERY_PERCENT = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """A progress step to pass on to OneNET's progress endpoint."""
+
+    token: str
+    dev_id: int
+    step: int
+    id: int | None = None      # its row in ota.relays, once stored
+    attempts: int = 0
+
+
+def apply_progress(members: dict[Key, Member], reports: Sequence[ProgressReport],
+                   now: float, policy: Policy
+                   ) -> tuple[dict[Key, DeviceRow], dict[Key, list[str]], list[Rejection],
+                              list[Relay]]:
+    """Each report, in arrival order, on its (campaign, device) row (pure)."""
+    current = {k: m.row for k, m in members.items()}
+    reasons: dict[Key, list[str]] = {}
+    rejected: list[Rejection] = []
+    relays: list[Relay] = []
+    for r in reports:
+        key = (r.campaign, r.dev_id)
+        row = current.get(key)
+        if row is None:
+            rejected.append(Rejection("unknown_campaign", f"device {r.dev_id} is not in "
+                                      f"campaign {r.campaign}", f"{r.dev_id}/progress"))
+            continue
+        decision = on_progress(row, r.step, now, policy)
+        if r.version is not None and decision.row.state != "succeeded":
+            by_version = on_version(decision.row, r.version, members[key].target_version)
+            if by_version.row.state == "succeeded":
+                decision = by_version
+        if row.task is not None:   # what the device did, whatever we decided of it
+            relays.append(Relay(row.task.token, r.dev_id, r.step))
+        current[key] = decision.row
+        reasons.setdefault(key, []).append(decision.reason)
+    return current, reasons, rejected, relays
+
+
+def apply_versions(members: dict[Key, Member], current: dict[Key, DeviceRow],
+                   reasons: dict[Key, list[str]], statuses: Sequence[StatusReport]) -> None:
+    """A status whose version equals an open campaign's target completes that device."""
+    by_dev = {s.dev_id: s for s in statuses}
+    for key, m in members.items():
+        s = by_dev.get(key[1])
+        if s is None:
+            continue
+        version = s.fota_version if m.type == "fota" else s.sota_version
+        decision = on_version(current[key], version or "", m.target_version)
+        if decision.row.state == "succeeded" and current[key].state != "succeeded":
+            current[key] = decision.row
+            reasons.setdefault(key, []).append(decision.reason)
+
+
+def worth_an_event(old: DeviceRow, new: DeviceRow) -> bool:
+    """A state change, a result step, or a download crossing a 10% mark: a device's whole
+    upgrade is a handful of events, not one per percent."""
+    if old.state != new.state:
+        return True
+    step, before = new.last_step, old.last_step
+    if step is None or not 0 <= step <= 100:
+        return step != before
+    if before is None or not 0 <= before <= 100:
+        return True
+    return step // EVENT_EVERY_PERCENT != before // EVENT_EVERY_PERCENT

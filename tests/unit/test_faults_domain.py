@@ -55,7 +55,7 @@ def test_backoff_is_capped_never_zero_and_jittered(attempt: int, base: float,
 
 
 def test_progress_events_are_folded_to_tens_and_state_changes() -> None:
-    steps = list(range(0, 100)) + [101, 201]
+    steps = [*range(100), 101, 201]
     row = DeviceRow(state="dispatched")
     events = 0
     for step in steps:

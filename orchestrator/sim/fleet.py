@@ -16,6 +16,7 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,8 +99,9 @@ class Fleet:
                 await client.publish(topic, text, qos=1)
                 return
             except (aiomqtt.MqttError, AssertionError):
-                self.connected.clear()
-                await asyncio.sleep(0.1)
+                # the connection loop notices the loss and reconnects; wait for a new one
+                while self.client is client:
+                    await asyncio.sleep(0.05)
 
     async def report_status(self, dev: SimDevice) -> None:
         if time.monotonic() < dev.offline_until:
@@ -153,8 +155,8 @@ class Fleet:
             await client.subscribe(topics.command(self.prefix), qos=1)
             self.stats["connects"] += 1
             self.connected.set()
-            if first:
-                await self.report_all()
+            if first:   # in the background: a publish waits for a reconnection
+                self._spawn(self.report_all())
             if self._tick_task is None:
                 self._tick_task = asyncio.create_task(self._ticker(stop))
             reader = asyncio.create_task(self._reader())
@@ -197,9 +199,12 @@ class Fleet:
                 continue
             self.commands.append((dev.dev_id, payload))
             self.stats[f"cmd_{payload.get('op')}"] += 1
-            task = asyncio.create_task(self._handle(dev, payload))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._handle(dev, payload))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, dev: SimDevice, cmd: dict[str, Any]) -> None:
         if time.monotonic() < dev.offline_until:

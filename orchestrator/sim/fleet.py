@@ -86,6 +86,7 @@ class Fleet:
         self.connected = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._tick_task: asyncio.Task[None] | None = None
+        self._superseded = asyncio.Event()     # set when the current connection is replaced
 
     async def publish(self, topic: str, payload: dict[str, Any]) -> None:
         """QoS 1, like a device with a persistent outgoing queue: while the broker is away
@@ -93,15 +94,14 @@ class Fleet:
         text = json.dumps(payload)
         while True:
             await self.connected.wait()
-            client = self.client
+            client, superseded = self.client, self._superseded
             try:
                 assert client is not None
                 await client.publish(topic, text, qos=1)
                 return
             except (aiomqtt.MqttError, AssertionError):
                 # the connection loop notices the loss and reconnects; wait for a new one
-                while self.client is client:
-                    await asyncio.sleep(0.05)
+                await superseded.wait()
 
     async def report_status(self, dev: SimDevice) -> None:
         if time.monotonic() < dev.offline_until:
@@ -151,7 +151,9 @@ class Fleet:
         async with make_client(self.url, self.client_id, v5=self.v5,
                                persistent=self.client_id is not None,
                                session_expiry=3600, max_inflight_messages=1000) as client:
+            previous, self._superseded = self._superseded, asyncio.Event()
             self.client = client
+            previous.set()
             await client.subscribe(topics.command(self.prefix), qos=1)
             self.stats["connects"] += 1
             self.connected.set()

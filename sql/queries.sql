@@ -181,7 +181,7 @@ WITH due AS (
     RETURNING cd.campaign_id, cd.dev_id, cd.rev, cd.wave, cd.state, cd.attempts,
               cd.transient_errors, cd.next_attempt_at, cd.last_errno, cd.last_step,
               cd.last_error, cd.task, cd.token_expires_at, cd.dispatched_at,
-              cd.report_asked_at, cd.heard_at
+              cd.report_asked_at, cd.heard_at, cd.attempt
 )
 SELECT cd.*, c.type, c.target_version, d.manuf, d.model, d.fota_version, d.sota_version,
        d.signal, d.power, d.status_at
@@ -193,7 +193,7 @@ ORDER BY cd.dev_id;
 SELECT cd.campaign_id, cd.dev_id, cd.rev, cd.wave, cd.state, cd.attempts,
        cd.transient_errors, cd.next_attempt_at, cd.last_errno, cd.last_step, cd.last_error,
        cd.task, cd.token_expires_at, cd.dispatched_at, cd.report_asked_at, cd.heard_at,
-       c.type, c.target_version
+       cd.attempt, c.type, c.target_version
 FROM ota.campaign_devices cd
 JOIN unnest($1::bigint[], $2::bigint[]) AS k(c, d)
   ON cd.campaign_id = k.c AND cd.dev_id = k.d
@@ -206,13 +206,15 @@ UPDATE ota.campaign_devices cd SET
     state = u.state, attempts = u.attempts, transient_errors = u.te,
     next_attempt_at = u.next, last_errno = u.errno, last_step = u.step,
     last_error = u.err, task = u.task, token_expires_at = u.tok,
-    dispatched_at = u.disp, report_asked_at = u.rep, heard_at = u.heard, lease_owner = NULL,
+    dispatched_at = u.disp, report_asked_at = u.rep, heard_at = u.heard, attempt = u.att,
+    lease_owner = NULL,
     lease_until = NULL, rev = cd.rev + 1, updated_at = now()
 FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::text[], $5::int[], $6::int[],
             $7::timestamptz[], $8::int[], $9::int[], $10::text[], $11::jsonb[],
-            $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[])
+            $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[],
+            $16::text[])
      AS u(cid, did, rev, state, attempts, te, next, errno, step, err, task, tok, disp, rep,
-          heard)
+          heard, att)
 WHERE cd.campaign_id = u.cid AND cd.dev_id = u.did AND cd.rev = u.rev
 RETURNING cd.campaign_id, cd.dev_id;
 

@@ -16,9 +16,11 @@ def download_url(template: str, task: Task, onenet_url: str) -> str:
 
 
 def upgrade_command(campaign_id: int, kind: str, task: Task, url: str,
-                    expires_at: float | None) -> dict[str, Any]:
+                    expires_at: float | None, attempt: str | None = None) -> dict[str, Any]:
+    """``attempt``: the dispatch's id, which the device echoes in its progress."""
     return {
-        "op": "upgrade", "campaign": campaign_id, "type": kind, "target": task.target,
+        "op": "upgrade", "campaign": campaign_id, "attempt": attempt, "type": kind,
+        "target": task.target,
         "url": url, "size": task.size, "md5": task.md5,
         "package": "diff" if task.type == DIFF_PACKAGE else "full",
         "retry": task.retry, "interval": task.interval,

@@ -66,6 +66,7 @@ class DeviceRow:
     dispatched_at: float | None = None
     report_asked_at: float | None = None
     heard_at: float | None = None        # last command sent to it or progress heard from it
+    attempt: str | None = None           # id of the upgrade command in flight (echoed back)
 
     def replace(self, **changes: Any) -> DeviceRow:
         return dataclasses.replace(self, **changes)
@@ -146,8 +147,10 @@ def on_claim(row: DeviceRow, now: float, healthy_since: float | None = None) -> 
 
 
 def on_check(row: DeviceRow, outcome: CheckOutcome, status: Status, now: float,
-             policy: Policy, rng: random.Random | None = None) -> Decision:
-    """Apply a check answer to a device in ``checking``."""
+             policy: Policy, rng: random.Random | None = None,
+             attempt: str | None = None) -> Decision:
+    """Apply a check answer to a device in ``checking``. ``attempt``: the id the upgrade
+    command will carry if this check dispatches one (progress must echo it)."""
     if row.state in TERMINAL:
         return Decision(row, "terminal")
     errno = outcome_errno(outcome)
@@ -183,6 +186,7 @@ def on_check(row: DeviceRow, outcome: CheckOutcome, status: Status, now: float,
     if verdict == "pass":
         deadline = min(now + policy.dispatch_timeout, expires - TOKEN_MARGIN)
         return Decision(row.replace(**found, state="dispatched", dispatched_at=now, heard_at=now,
+                                    attempt=attempt,
                                     next_attempt_at=max(deadline, now + 1.0),
                                     report_asked_at=None, last_error=None),
                         "gate passed; upgrade commanded", Command("upgrade"))
@@ -205,15 +209,44 @@ def gate_failed(row: DeviceRow, task: Task, now: float, reason: str) -> Decision
                     f"{reason}; retry {row.attempts + 1}/{task.retry} in {task.interval}s")
 
 
+# steps a device may report in each in-flight state (anything else is out of order)
+DOWNLOAD_STEPS = frozenset(range(0, 101)) | {STEP_DOWNLOADED} | DOWNLOAD_FAILED_STEPS
+STEPS_BY_STATE = {
+    "dispatched": DOWNLOAD_STEPS | INSTALL_FAILED_STEPS | {STEP_SUCCEEDED, 207, 208},
+    "downloading": DOWNLOAD_STEPS | INSTALL_FAILED_STEPS | {STEP_SUCCEEDED, 207, 208},
+    "upgrading": INSTALL_FAILED_STEPS | {STEP_DOWNLOADED, STEP_SUCCEEDED, 207, 208},
+}
+
+
+def progress_refusal(row: DeviceRow, step: int, attempt: str | None,
+                     require_attempt: bool = True) -> str | None:
+    """Why a progress report must not touch this row (a counted reason), or None.
+
+    Progress is bound to a dispatch: only a device we commanded and have not heard finish
+    (in flight), echoing the id of that command, with a step that fits where it is."""
+    if row.state not in IN_FLIGHT:
+        return "not_dispatched"
+    if attempt is None:
+        if require_attempt or row.attempt is None:
+            return "missing_attempt" if require_attempt else None
+        return None
+    if row.attempt is not None and attempt != row.attempt:
+        return "stale_attempt"
+    if step not in STEPS_BY_STATE[row.state]:
+        return "out_of_order"
+    return None
+
+
 def on_progress(row: DeviceRow, step: int, now: float, policy: Policy) -> Decision:
-    """A progress report (OneNET step codes) from the device."""
+    """A progress report (OneNET step codes) from the device, already bound to its dispatch
+    by :func:`progress_refusal`."""
     if row.state in TERMINAL:
+        return Decision(row, f"step {step} ignored: {row.state}")
+    if row.state not in IN_FLIGHT:
         return Decision(row, f"step {step} ignored: {row.state}")
     if step == STEP_SUCCEEDED:
         return Decision(row.replace(state="succeeded", last_step=step, next_attempt_at=None,
                                     last_error=None), "step 201: upgrade succeeded")
-    if row.state not in IN_FLIGHT:
-        return Decision(row.replace(last_step=step), f"step {step} ignored: {row.state}")
     deadline = now + policy.dispatch_timeout
     if row.token_expires_at is not None:
         deadline = min(deadline, row.token_expires_at - TOKEN_MARGIN)
@@ -248,8 +281,9 @@ def on_progress(row: DeviceRow, step: int, now: float, policy: Policy) -> Decisi
 
 
 def on_version(row: DeviceRow, version: str, target: str) -> Decision:
-    """A status report: reaching the target version completes the device."""
-    if row.state in TERMINAL or version != target:
+    """A status report: reaching the target version completes a device we upgraded (in
+    flight); a device never commanded is left to its check."""
+    if row.state not in IN_FLIGHT or version != target:
         return Decision(row, "no change")
     return Decision(row.replace(state="succeeded", next_attempt_at=None, last_error=None),
                     f"reported version {version} = target")

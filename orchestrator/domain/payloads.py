@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ class ProgressReport:
     campaign: int
     step: int
     version: str | None = None
+    attempt: str | None = None      # echoed from the upgrade command
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,9 @@ class _Bad(Exception):
 
 
 def parse_dev_id(text: str) -> int | None:
-    if not text.isascii() or not text.isdigit() or len(text) > 19:
+    """Canonical decimal only: no sign, no leading zero (``0007`` is not device 7, so an
+    ACL keyed on the id cannot be side-stepped)."""
+    if not text.isascii() or not text.isdigit() or len(text) > 19 or text.startswith("0"):
         return None
     value = int(text)
     return value if 0 < value <= INT64_MAX else None
@@ -111,6 +115,9 @@ def _object(payload: bytes) -> dict[str, Any]:
     return obj
 
 
+ATTEMPT_RE = re.compile(r"[0-9a-f]{8,32}")
+
+
 def parse_status(dev_id: int, payload: bytes) -> StatusReport:
     obj = _object(payload)
     return StatusReport(
@@ -134,7 +141,11 @@ def parse_progress(dev_id: int, payload: bytes) -> ProgressReport:
         raise _Bad("missing_field", "step: required")
     if step not in VALID_STEPS:
         raise _Bad("out_of_range", f"step: {step} is not a OneNET step code")
-    return ProgressReport(dev_id, campaign, step, _version(obj, "version"))
+    attempt = obj.get("attempt")
+    if attempt is not None and (not isinstance(attempt, str)
+                                or not ATTEMPT_RE.fullmatch(attempt)):
+        raise _Bad("bad_type", "attempt: the upgrade command's attempt id (hex)")
+    return ProgressReport(dev_id, campaign, step, _version(obj, "version"), attempt)
 
 
 def parse_message(prefix: str, topic: str, payload: bytes) -> Parsed:

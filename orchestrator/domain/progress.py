@@ -8,7 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orchestrator.domain.campaign import Member
-from orchestrator.domain.device import DeviceRow, Policy, on_progress, on_version
+from orchestrator.domain.device import (
+    DeviceRow,
+    Policy,
+    on_progress,
+    on_version,
+    progress_refusal,
+)
 from orchestrator.domain.payloads import ProgressReport, Rejection, StatusReport
 
 Key = tuple[int, int]
@@ -27,10 +33,11 @@ class Relay:
 
 
 def apply_progress(members: dict[Key, Member], reports: Sequence[ProgressReport],
-                   now: float, policy: Policy
+                   now: float, policy: Policy, require_attempt: bool = True
                    ) -> tuple[dict[Key, DeviceRow], dict[Key, list[str]], list[Rejection],
                               list[Relay]]:
-    """Each report, in arrival order, on its (campaign, device) row (pure)."""
+    """Each report, in arrival order, on its (campaign, device) row (pure). A report not
+    bound to the device's dispatch is refused with a counted reason and never relayed."""
     current = {k: m.row for k, m in members.items()}
     reasons: dict[Key, list[str]] = {}
     rejected: list[Rejection] = []
@@ -41,6 +48,11 @@ def apply_progress(members: dict[Key, Member], reports: Sequence[ProgressReport]
         if row is None:
             rejected.append(Rejection("unknown_campaign", f"device {r.dev_id} is not in "
                                       f"campaign {r.campaign}", f"{r.dev_id}/progress"))
+            continue
+        refused = progress_refusal(row, r.step, r.attempt, require_attempt)
+        if refused is not None:
+            rejected.append(Rejection(refused, f"step {r.step} for device {r.dev_id} in "
+                                      f"{row.state}", f"{r.dev_id}/progress"))
             continue
         decision = on_progress(row, r.step, now, policy)
         if r.version is not None and decision.row.state != "succeeded":

@@ -48,6 +48,7 @@ class SimDevice:
     busy: bool = False
     upgrades: int = 0
     cancelled: bool = False
+    attempt: str | None = None
 
     def status(self) -> dict[str, Any]:
         return {"manuf": self.manuf, "model": self.model, "fota_version": self.fota_version,
@@ -117,6 +118,8 @@ class Fleet:
     async def progress(self, dev: SimDevice, campaign: int, step: int,
                        version: str | None = None) -> None:
         payload: dict[str, Any] = {"campaign": campaign, "step": step}
+        if dev.attempt is not None:
+            payload["attempt"] = dev.attempt
         if version:
             payload["version"] = version
         await self.publish(topics.progress(self.prefix, dev.dev_id), payload)
@@ -229,6 +232,8 @@ class Fleet:
     async def _upgrade(self, dev: SimDevice, cmd: dict[str, Any]) -> None:
         cfg = self.config
         campaign = int(cmd.get("campaign", 0))
+        attempt = cmd.get("attempt")
+        dev.attempt = attempt if isinstance(attempt, str) else None   # echoed in progress
         dev.upgrades += 1
         await self.progress(dev, campaign, 0)
         ok = await self._download(dev, cmd, campaign)

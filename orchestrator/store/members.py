@@ -34,7 +34,8 @@ def device_row(r: Record) -> DeviceRow:
         last_step=r["last_step"], last_error=r["last_error"],
         task=Task.from_json(task) if task else None,
         token_expires_at=_ts(r["token_expires_at"]), dispatched_at=_ts(r["dispatched_at"]),
-        report_asked_at=_ts(r["report_asked_at"]), heard_at=_ts(r["heard_at"]))
+        report_asked_at=_ts(r["report_asked_at"]), heard_at=_ts(r["heard_at"]),
+        attempt=r["attempt"])
 
 
 def _member(r: Record) -> Member:
@@ -83,7 +84,8 @@ async def write(conn: Connection, writes: Sequence[Write], actor: str, *,
         [w.row.task.to_json() if w.row.task else None for w in ws],
         [_to_dt(w.row.token_expires_at) for w in ws],
         [_to_dt(w.row.dispatched_at) for w in ws],
-        [_to_dt(w.row.report_asked_at) for w in ws], [_to_dt(w.row.heard_at) for w in ws])
+        [_to_dt(w.row.report_asked_at) for w in ws], [_to_dt(w.row.heard_at) for w in ws],
+        [w.row.attempt for w in ws])
     written = {(r["campaign_id"], r["dev_id"]) for r in rows}
     done = [w for w in ws if w.event and (w.campaign_id, w.dev_id) in written]
     if done:

@@ -19,10 +19,11 @@ class ProgressSink:
     """The port ``IngestSink``: one transaction per batch."""
 
     def __init__(self, db: Database, policy: Policy | None = None, *,
-                 relay: bool = False) -> None:
+                 relay: bool = False, require_attempt: bool = True) -> None:
         self.db = db
         self.policy = policy or Policy()
         self.relay = relay      # queue progress steps for OneNET (ota.relays)
+        self.require_attempt = require_attempt
 
     async def apply(self, statuses: Sequence[StatusReport],
                     reports: Sequence[ProgressReport]) -> Sequence[Rejection]:
@@ -38,7 +39,7 @@ class ProgressSink:
                 # progress first: a device's 201 and its new version often share a batch,
                 # and the step is the more precise record
                 current, reasons, rejected, relays = apply_progress(
-                    members, reports, time.time(), self.policy)
+                    members, reports, time.time(), self.policy, self.require_attempt)
                 apply_versions(members, current, reasons, reported)
                 writes = [Write(k[0], k[1], members[k].rev, members[k].row.state, current[k],
                                 "; ".join(reasons[k])[:500],

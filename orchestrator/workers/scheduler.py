@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import functools
 import math
+import secrets
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -162,13 +163,15 @@ class Scheduler:
             if called:
                 counts[(c.campaign_id, errno)] += 1
                 self.metrics.checks.labels(str(errno)).inc()
-            d = on_check(claimed_decision.row, outcome, c.status, now, self.policy)
+            d = on_check(claimed_decision.row, outcome, c.status, now, self.policy,
+                         attempt=secrets.token_hex(8))
             if d.command is not None and d.command.op == "upgrade":
                 assert d.row.task is not None
                 url = download_url(self.settings.download_url_template, d.row.task,
                                    self.settings.onenet_url)
                 commands.append((c.campaign_id, c.dev_id, upgrade_command(
-                    c.campaign_id, campaign.type, d.row.task, url, d.row.token_expires_at)))
+                    c.campaign_id, campaign.type, d.row.task, url, d.row.token_expires_at,
+                    d.row.attempt)))
             elif d.command is not None and d.command.op == "report":
                 commands.append((c.campaign_id, c.dev_id, report_command()))
             reason = d.reason if claimed_decision.reason == "claimed" else \

@@ -75,6 +75,7 @@ class Settings:
     download_url_template: str = "http://{ipPort}/ota/download/{token}"
     api_listen: str = "127.0.0.1:8080"
     api_token: str | None = dataclasses.field(default=None, repr=False)
+    api_read_token: str | None = dataclasses.field(default=None, repr=False)
     log_format: str | None = None
     log_level: str = "info"
     status_max_age: float = 900.0
@@ -230,6 +231,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "download_url_template": _text,
     "api_listen": _listen,
     "api_token": _text,
+    "api_read_token": _text,
     "log_format": _choice("json", "console"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "status_max_age": _positive(float),
@@ -240,6 +242,9 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "scheduler_batch_size": _positive(int),
     "scheduler_poll_interval": _positive(float),
 }
+
+
+_NO_EMPTY = frozenset({"api_token", "api_read_token"})
 
 
 def env_name(key: str) -> str:
@@ -272,6 +277,9 @@ def load_settings(
         name = env_name(key)
         if name in environ and environ[name] != "":
             raw[key] = (name, environ[name])
+        elif name in environ and key in _NO_EMPTY:
+            raise ConfigError(f"{name}: empty (unset it, or give a token: an empty one would "
+                              "leave the API open)")
     values: dict[str, Any] = {}
     for key, (name, value) in raw.items():
         values[key] = _PARSERS[key](name, value)

@@ -1,4 +1,11 @@
-"""Ops HTTP API under ``/api/v1`` (contract section 5), with health, readiness, metrics."""
+"""Ops HTTP API under ``/api/v1`` (contract section 5), with health, readiness, metrics.
+
+Who may do what: with ``ORCH_API_TOKEN`` set, every ``/api/v1`` route needs a bearer token
+(``ORCH_API_READ_TOKEN``, if set, is enough for reads); without it reads are open and
+mutations are refused unless the API listens on loopback. ``/healthz``, ``/readyz``,
+``/metrics`` and the OpenAPI document stay open. Mutations need ``Content-Type:
+application/json`` (so a browser cannot send one cross-site without a CORS preflight we never
+grant); bodies are at most 1 MiB; every bad input is a 4xx naming the field, never a 500."""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from orchestrator.api.specs import FIELDS, spec_from_body
@@ -19,11 +27,13 @@ from orchestrator.domain.campaign import (
     CampaignError,
     CampaignNotFound,
 )
+from orchestrator.domain.device import STATES
 from orchestrator.metrics import Metrics
+from orchestrator.ports import DataRejected
 from orchestrator.store import campaigns as store
 from orchestrator.store import devices as device_store
 from orchestrator.store import members
-from orchestrator.store.database import is_transient
+from orchestrator.store.database import is_transient, translate
 from orchestrator.store.db import Pool
 
 
@@ -62,6 +72,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bad input is a 4xx naming the field; a database outage a 503; never a 5xx trace."""
     try:
         return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"body: larger than {MAX_BODY} bytes")
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
             return _error(exc.status, exc.reason)
@@ -75,22 +87,52 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception as exc:
         if is_transient(exc):
             return _error(503, f"database unavailable: {type(exc).__name__}")
+        if isinstance(translate(exc), DataRejected):
+            # a value our checks let through and PostgreSQL does not (a bug to report, but
+            # the caller's input all the same): a 400, never a 500
+            return _error(400, f"input: refused by the database ({type(exc).__name__})")
         raise
+
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"})
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_BODY = 1024 * 1024
+
+
+def _bearer(request: web.Request) -> bytes | None:
+    """The bearer token of the request (scheme case-insensitive), or None."""
+    raw = request.headers.get("Authorization", "")
+    scheme, _, token = raw.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    try:
+        return token.strip().encode("utf-8", "surrogateescape")
+    except UnicodeError:
+        return None
+
+
+def _matches(given: bytes | None, expected: str | None) -> bool:
+    return given is not None and expected is not None and hmac.compare_digest(
+        given, expected.encode())
 
 
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.method in ("GET", "HEAD", "OPTIONS"):
+    if request.path in OPEN_PATHS or request.method == "OPTIONS":
         return await handler(request)
     settings = request.app[STATE].settings
+    mutating = request.method in MUTATING
+    given = _bearer(request)
     if settings.api_token:
-        given = request.headers.get("Authorization", "")
-        expected = f"Bearer {settings.api_token}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            return _error(401, "mutating calls need 'Authorization: Bearer <ORCH_API_TOKEN>'")
-    elif not _loopback(settings.api_host):
+        if not (_matches(given, settings.api_token)
+                or (not mutating and _matches(given, settings.api_read_token))):
+            return _error(401, "this route needs 'Authorization: Bearer <ORCH_API_TOKEN>'"
+                          + ("" if mutating else " (or ORCH_API_READ_TOKEN)"))
+    elif mutating and not _loopback(settings.api_host):
         return _error(403, "set ORCH_API_TOKEN: without it mutating calls are refused unless "
                            "the API listens on loopback")
+    if mutating and request.content_type != "application/json":
+        return _error(415, "Content-Type: mutating calls need application/json")
     return await handler(request)
 
 
@@ -101,9 +143,16 @@ def _int(request: web.Request, name: str, default: int | None = None, *, lo: int
         if default is None:
             raise CampaignError(f"{name}: required")
         return default
-    if not raw.isascii() or not raw.isdigit() or not lo <= int(raw) <= hi:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not lo <= int(raw) <= hi:
         raise CampaignError(f"{name}: expected an integer in [{lo}, {hi}], got {raw[:30]!r}")
     return int(raw)
+
+
+def _text(request: web.Request, name: str) -> str | None:
+    raw = request.query.get(name)
+    if raw is not None and (not 0 < len(raw) <= 64 or not raw.isprintable()):
+        raise CampaignError(f"{name}: 1-64 printable characters")
+    return raw
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -133,7 +182,7 @@ async def list_campaigns(request: web.Request) -> web.Response:
     status = request.query.get("status")
     if status is not None and status not in STATUSES:
         raise CampaignError(f"status: unknown status {status[:30]!r}")
-    limit = _int(request, "limit", 100, lo=1, hi=1000)
+    limit = _int(request, "limit", 100, lo=1, hi=10000)
     async with request.app[STATE].pool.acquire() as conn:
         rows = await store.list_campaigns(conn, status, limit)
     return _json([c.to_json() for c in rows])
@@ -141,8 +190,8 @@ async def list_campaigns(request: web.Request) -> web.Response:
 
 async def create_campaign(request: web.Request) -> web.Response:
     try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
+        body = orjson.loads(await request.read())   # strict UTF-8, nesting at most 1024
+    except (ValueError, RecursionError):
         raise CampaignError("body: not valid JSON") from None
     spec, start = spec_from_body(body)
     async with request.app[STATE].pool.acquire() as conn:
@@ -163,7 +212,9 @@ async def show_campaign(request: web.Request) -> web.Response:
 
 async def campaign_devices(request: web.Request) -> web.Response:
     cid = _int(request, "id", lo=1)
-    state = request.query.get("state")
+    state = _text(request, "state")
+    if state is not None and state not in STATES:
+        raise CampaignError(f"state: one of {', '.join(STATES)}")
     limit = _int(request, "limit", 100, lo=1, hi=10000)
     async with request.app[STATE].pool.acquire() as conn:
         if await store.get_campaign(conn, cid) is None:
@@ -185,7 +236,7 @@ def _action(action: str) -> Handler:
 async def list_devices(request: web.Request) -> web.Response:
     async with request.app[STATE].pool.acquire() as conn:
         rows = await device_store.list_devices(
-            conn, manuf=request.query.get("manuf"), model=request.query.get("model"),
+            conn, manuf=_text(request, "manuf"), model=_text(request, "model"),
             after=_int(request, "after", 0), limit=_int(request, "limit", 100, lo=1, hi=10000))
     return _json([d.to_json() for d in rows])
 
@@ -204,7 +255,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def build_app(state: ApiState) -> web.Application:
-    app = web.Application(middlewares=[errors, auth], client_max_size=64 * 1024 * 1024)
+    app = web.Application(middlewares=[errors, auth], client_max_size=MAX_BODY)
     app[STATE] = state
     app.add_routes([
         web.get("/healthz", healthz),
@@ -232,10 +283,17 @@ _ERR = {"description": "error", "content": {"application/json": {"schema": _ref(
 
 def _ok(schema: dict[str, Any], code: str = "200") -> dict[str, Any]:
     return {code: {"description": "ok", "content": {"application/json": {"schema": schema}}},
-            "400": _ERR, "404": _ERR}
+            "400": _ERR, "401": _ERR, "403": _ERR, "404": _ERR, "413": _ERR, "415": _ERR,
+            "503": _ERR}
 
 
-_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+_INT64 = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+_INT32 = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 64}
+_PCT = {"type": "number", "minimum": 0, "maximum": 100}
+_ID = {"name": "id", "in": "path", "required": True, "schema": _INT64}
+_LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                      "maximum": 10000}}
 _SECURE: list[dict[str, list[str]]] = [{"bearer": []}]
 
 OPENAPI: dict[str, Any] = {
@@ -249,18 +307,20 @@ OPENAPI: dict[str, Any] = {
                 "type": "object", "required": ["name", "type", "target"],
                 "additionalProperties": False,
                 "properties": {
-                    "name": {"type": "string"},
+                    "name": {"type": "string", "minLength": 1, "maxLength": 200},
                     "type": {"type": "string", "enum": ["fota", "sota"]},
                     "target": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,20}$"},
-                    "manuf": {"type": "string"}, "model": {"type": "string"},
-                    "from_versions": {"type": "array", "items": {"type": "string"}},
-                    "devices": {"type": "array", "items": {"type": "integer"}},
-                    "waves": {"type": "array", "items": {"type": "integer"},
+                    "manuf": _TEXT, "model": _TEXT,
+                    "from_versions": {"type": "array", "items": {
+                        "type": "string", "pattern": "^[A-Za-z0-9_.-]{1,20}$"}},
+                    "devices": {"type": "array", "minItems": 1, "items": _INT64},
+                    "waves": {"type": "array", "items": {"type": "integer", "minimum": 1,
+                                                        "maximum": 100},
                               "description": "cumulative percentages ending at 100"},
-                    "wave_success_pct": {"type": "number"},
-                    "max_per_minute": {"type": "integer"},
-                    "abort_failure_pct": {"type": "number"},
-                    "abort_min_finished": {"type": "integer"},
+                    "wave_success_pct": _PCT,
+                    "max_per_minute": _INT32,
+                    "abort_failure_pct": _PCT,
+                    "abort_min_finished": _INT32,
                     "continuous": {"type": "boolean"},
                     "start": {"type": "boolean"},
                 },
@@ -281,31 +341,32 @@ OPENAPI: dict[str, Any] = {
                                           "503": {"description": "not ready"}}}},
         "/metrics": {"get": {"responses": {"200": {"description": "Prometheus metrics"}}}},
         "/api/v1/campaigns": {
-            "get": {"parameters": [
-                {"name": "status", "in": "query", "schema": {"type": "string"}},
-                {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+            "get": {"security": _SECURE, "parameters": [
+                {"name": "status", "in": "query",
+                 "schema": {"type": "string", "enum": list(STATUSES)}}, _LIMIT],
                 "responses": _ok({"type": "array", "items": _ref("Campaign")})},
             "post": {"security": _SECURE,
                      "requestBody": {"required": True, "content": {
                          "application/json": {"schema": _ref("CampaignCreate")}}},
                      "responses": _ok(_ref("Campaign"), "201")},
         },
-        "/api/v1/campaigns/{id}": {"get": {"parameters": [_ID],
+        "/api/v1/campaigns/{id}": {"get": {"security": _SECURE, "parameters": [_ID],
                                            "responses": _ok(_ref("Campaign"))}},
-        "/api/v1/campaigns/{id}/devices": {"get": {"parameters": [
-            _ID, {"name": "state", "in": "query", "schema": {"type": "string"}},
-            {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+        "/api/v1/campaigns/{id}/devices": {"get": {"security": _SECURE, "parameters": [
+            _ID, {"name": "state", "in": "query",
+                  "schema": {"type": "string", "enum": list(STATES)}}, _LIMIT],
             "responses": _ok({"type": "array", "items": {"type": "object"}})}},
         **{f"/api/v1/campaigns/{{id}}/{a}": {"post": {
             "security": _SECURE, "parameters": [_ID],
             "responses": {**_ok(_ref("Campaign")), "409": _ERR}}}
            for a in ("start", "pause", "resume", "cancel")},
-        "/api/v1/devices": {"get": {"parameters": [
-            {"name": k, "in": "query", "schema": {"type": t}}
-            for k, t in (("manuf", "string"), ("model", "string"), ("after", "integer"),
-                         ("limit", "integer"))],
+        "/api/v1/devices": {"get": {"security": _SECURE, "parameters": [
+            {"name": "manuf", "in": "query", "schema": _TEXT},
+            {"name": "model", "in": "query", "schema": _TEXT},
+            {"name": "after", "in": "query",
+             "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}}, _LIMIT],
             "responses": _ok({"type": "array", "items": _ref("Device")})}},
-        "/api/v1/devices/{id}": {"get": {"parameters": [_ID],
+        "/api/v1/devices/{id}": {"get": {"security": _SECURE, "parameters": [_ID],
                                          "responses": _ok(_ref("Device"))}},
     },
 }

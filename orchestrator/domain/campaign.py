@@ -13,6 +13,8 @@ from orchestrator.domain.device import NON_TERMINAL, DeviceRow, Status
 from orchestrator.domain.rollout import Counts, Rules, check_waves
 from orchestrator.domain.versions import check_version
 
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 STATUSES = ("draft", "running", "paused", "completed", "cancelled", "aborted")
 DONE = frozenset({"completed", "cancelled", "aborted"})
 __all__ = ["DONE", "NON_TERMINAL", "STATUSES"]
@@ -89,8 +91,16 @@ class CampaignSpec:
     continuous: bool = False
 
     def validate(self) -> None:
-        if not self.name.strip() or len(self.name) > 200:
-            raise CampaignError("name: 1-200 characters")
+        if not self.name.strip() or len(self.name) > 200 or not self.name.isprintable():
+            raise CampaignError("name: 1-200 printable characters")
+        for key, text in (("manuf", self.selector.manuf), ("model", self.selector.model)):
+            if text is not None and (not 0 < len(text) <= 64 or not text.isprintable()):
+                raise CampaignError(f"{key}: 1-64 printable characters")
+        if self.selector.devices is not None:
+            if not self.selector.devices:
+                raise CampaignError("devices: at least one id")
+            if any(not 0 < d <= INT64_MAX for d in self.selector.devices):
+                raise CampaignError(f"devices: ids are 1..{INT64_MAX}")
         if self.type not in ("fota", "sota"):
             raise CampaignError(f"type: fota or sota (got {self.type!r})")
         try:
@@ -100,14 +110,14 @@ class CampaignSpec:
             check_waves(self.waves)
         except ValueError as exc:
             raise CampaignError(str(exc)) from None
-        if not 0 <= self.wave_success_pct <= 100:
+        if not 0 <= self.wave_success_pct <= 100:     # also refuses nan
             raise CampaignError("wave_success_pct: 0..100")
-        if self.max_per_minute is not None and self.max_per_minute <= 0:
-            raise CampaignError("max_per_minute: > 0")
+        if self.max_per_minute is not None and not 0 < self.max_per_minute <= INT32_MAX:
+            raise CampaignError(f"max_per_minute: 1..{INT32_MAX}")
         if self.abort_failure_pct is not None and not 0 <= self.abort_failure_pct <= 100:
             raise CampaignError("abort_failure_pct: 0..100")
-        if self.abort_min_finished < 1:
-            raise CampaignError("abort_min_finished: >= 1")
+        if not 1 <= self.abort_min_finished <= INT32_MAX:
+            raise CampaignError(f"abort_min_finished: 1..{INT32_MAX}")
 
 
 @dataclass(frozen=True, slots=True)

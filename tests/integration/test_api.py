@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from orchestrator.api.app import ApiState, build_app
-from orchestrator.config import Settings
+from orchestrator.config import ConfigError, Settings, load_settings
 from orchestrator.domain.payloads import StatusReport
 from orchestrator.metrics import Metrics
 from orchestrator.store.devices import upsert_status
@@ -39,9 +40,12 @@ async def api(pool: Any, settings: Settings) -> Any:
 
 async def call(method: str, url: str, body: Any = None, headers: Any = None,
                raw: bytes | None = None) -> tuple[int, Any]:
+    """Mutating calls go as ``application/json`` unless ``headers`` say otherwise."""
+    sent = {} if method == "GET" else {"Content-Type": "application/json"}
+    sent.update(headers or {})
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     async with aiohttp.ClientSession() as s, s.request(
-            method, url, json=body if raw is None else None, data=raw,
-            headers=headers) as r:
+            method, url, data=data, headers=sent) as r:
         text = await r.text()
         try:
             return r.status, json.loads(text)
@@ -122,7 +126,13 @@ async def test_mutating_calls_need_the_bearer_token(api: Any) -> None:
                            headers={"Authorization": "Bearer s3cret"})
     assert status == 201
     status, _ = await call("GET", f"{url}/api/v1/campaigns")
-    assert status == 200
+    assert status == 401                      # reads need it too once a token is set
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        status, _ = await call("GET", f"{url}/api/v1/campaigns",
+                               headers={"Authorization": f"{scheme} s3cret"})
+        assert status == 200, scheme
+    for open_path in ("/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"):
+        assert (await call("GET", url + open_path))[0] == 200, open_path
     exposed = await api(token=None, listen="0.0.0.0:8080")
     status, err = await call("POST", f"{exposed}/api/v1/campaigns", body)
     assert status == 403 and "ORCH_API_TOKEN" in err["error"]
@@ -143,3 +153,63 @@ async def test_devices_health_metrics_openapi(api: Any) -> None:
     assert status == 200 and doc["openapi"].startswith("3.")
     assert {"/api/v1/campaigns", "/api/v1/campaigns/{id}/cancel",
             "/api/v1/devices/{id}"} <= set(doc["paths"])
+
+
+async def test_a_read_token_reads_and_cannot_change(api: Any, pool: Any,
+                                                    settings: Settings) -> None:
+    s = dataclasses.replace(settings, api_token="admin", api_read_token="viewer",
+                            api_listen="127.0.0.1:0")
+    runner = web.AppRunner(build_app(ApiState(s, pool, Metrics(), lambda: {})))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        viewer = {"Authorization": "Bearer viewer"}
+        assert (await call("GET", f"{url}/api/v1/devices", headers=viewer))[0] == 200
+        status, err = await call("POST", f"{url}/api/v1/campaigns",
+                                 {"name": "x", "type": "fota", "target": "1.3"}, viewer)
+        assert status == 401 and "ORCH_API_TOKEN" in err["error"]
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_thirteen_hostile_requests_get_a_4xx(api: Any) -> None:
+    """Each of the inputs that once got a 500, and the cross-site form post."""
+    url = await api()
+    ok = {"name": "x", "type": "fota", "target": "1.3"}
+    deep = b"[" * 100_000 + b"]" * 100_000
+    cases: list[tuple[str, str, Any, bytes | None, dict[str, str] | None, int]] = [
+        ("GET", "/api/v1/campaigns/" + "9" * 5000, None, None, None, 400),
+        ("GET", "/api/v1/devices/" + "9" * 5000, None, None, None, 400),
+        ("GET", "/api/v1/devices?after=" + "9" * 5000, None, None, None, 400),
+        ("POST", "/api/v1/campaigns", None, deep, None, 400),
+        ("POST", "/api/v1/campaigns", {**ok, "name": "a\u0000b"}, None, None, 400),
+        ("POST", "/api/v1/campaigns", {**ok, "model": "M\u00005310"}, None, None, 400),
+        ("GET", "/api/v1/devices?model=M%005310", None, None, None, 400),
+        ("POST", "/api/v1/campaigns", {**ok, "max_per_minute": 2**40}, None, None, 400),
+        ("POST", "/api/v1/campaigns", {**ok, "abort_min_finished": 2**70}, None, None, 400),
+        ("POST", "/api/v1/campaigns", {**ok, "devices": [2**64]}, None, None, 400),
+        ("POST", "/api/v1/campaigns", None, json.dumps(ok).encode(),
+         {"Content-Type": "text/plain"}, 415),
+        ("POST", "/api/v1/campaigns", None, b"x" * (2 * 1024 * 1024), None, 413),
+    ]
+    for method, path, body, raw, headers, code in cases:
+        data = json.dumps(body).encode() if body is not None else raw
+        status, err = await call(method, url + path, None, headers, data)
+        assert status == code, (path[:60], status, err)
+        assert status < 500
+    # a non-UTF-8 Authorization header, sent as raw bytes to a guarded API
+    guarded = await api(token="s3cret")
+    host, port = guarded.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /api/v1/campaigns HTTP/1.1\r\nHost: x\r\n"
+                 b"Authorization: Bearer \xff\xfe\xfd\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    head = await reader.readline()
+    writer.close()
+    assert head.split()[1] in (b"400", b"401"), head
+
+
+def test_an_empty_api_token_is_a_start_up_error() -> None:
+    with pytest.raises(ConfigError, match="ORCH_API_TOKEN: empty"):
+        load_settings({"ORCH_API_TOKEN": ""})

@@ -52,7 +52,7 @@ def default_client_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    database_url: str | None = None
+    database_url: str | None = dataclasses.field(default=None, repr=False)
     mqtt_url: MqttUrl = dataclasses.field(
         default_factory=lambda: MqttUrl("mqtt", "127.0.0.1", 1883)
     )
@@ -70,6 +70,7 @@ class Settings:
     onenet_check_method: str = "POST"
     onenet_send: str = "name"
     onenet_timeout: float = 10.0
+    onenet_ca_file: str | None = None
     onenet_concurrency: int = 64
     onenet_progress_relay: bool = True
     download_url_template: str = "http://{ipPort}/ota/download/{token}"
@@ -202,6 +203,12 @@ def _group(name: str, value: str) -> str | None:
     return _prefix(name, value)
 
 
+def _file(name: str, value: str) -> str:
+    if not Path(value).is_file():
+        raise ConfigError(f"{name}: no such file {value!r}")
+    return value
+
+
 def _text(name: str, value: str) -> str:
     if not value:
         raise ConfigError(f"{name}: empty")
@@ -226,6 +233,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "onenet_check_method": _choice("POST", "GET"),
     "onenet_send": _choice("name", "code"),
     "onenet_timeout": _positive(float),
+    "onenet_ca_file": _file,
     "onenet_concurrency": _positive(int),
     "onenet_progress_relay": _bool,
     "download_url_template": _text,

@@ -17,7 +17,7 @@ import structlog
 
 _SECRET_KEYS = re.compile(r"(password|passwd|secret|token|authorization|access_key|api_key)",
                           re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
 _AUTH_SIGN = re.compile(r"(sign=)[^&\s\"']+", re.IGNORECASE)
 _BEARER = re.compile(r"(Bearer\s+)\S+", re.IGNORECASE)
 _NOT_SECRET = {"token_expires_at", "tokens", "token_count"}
@@ -29,13 +29,29 @@ def scrub(text: str) -> str:
     return _BEARER.sub(r"\1***", text)
 
 
+def _clean(key: str, value: Any, depth: int = 0) -> Any:
+    if key not in _NOT_SECRET and _SECRET_KEYS.search(key) and value is not None:
+        return "***"
+    if isinstance(value, str):
+        return scrub(value)
+    if depth < 8 and isinstance(value, dict):
+        return {k: _clean(str(k), v, depth + 1) for k, v in value.items()}
+    if depth < 8 and isinstance(value, list | tuple):
+        return [_clean(key, v, depth + 1) for v in value]
+    return value
+
+
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Mask credential-looking keys and scrub strings, nested values included."""
     for key, value in list(event.items()):
-        if key not in _NOT_SECRET and _SECRET_KEYS.search(key) and value is not None:
-            event[key] = "***"
-        elif isinstance(value, str):
-            event[key] = scrub(value)
+        event[key] = _clean(key, value)
     return event
+
+
+def scrub_rendered(_: Any, __: str, line: Any) -> Any:
+    """The last step: scrub the rendered line itself, so a traceback or a repr formatted
+    after ``redact`` ran is scrubbed too."""
+    return scrub(line) if isinstance(line, str) else line
 
 
 def configure(fmt: str | None = None, level: str = "info") -> None:
@@ -66,6 +82,7 @@ def configure(fmt: str | None = None, level: str = "info") -> None:
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if fmt == "json" else _identity,
             renderer,
+            scrub_rendered,
         ],
     )
     handler = logging.StreamHandler(sys.stdout)

@@ -6,6 +6,7 @@ concurrency, a circuit breaker. Every answer becomes a typed outcome; nothing ra
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,7 @@ import structlog
 from orchestrator.config import Settings
 from orchestrator.domain.catalogue import UnknownModule, resolve
 from orchestrator.domain.onenet import (
+    MAX_ANSWER,
     CheckOutcome,
     CheckRequest,
     Failed,
@@ -103,7 +105,10 @@ class OneNetClient:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self.settings.onenet_concurrency)
+            tls = ssl.create_default_context(cafile=self.settings.onenet_ca_file) \
+                if self.settings.onenet_ca_file else None
+            connector = aiohttp.TCPConnector(limit=self.settings.onenet_concurrency,
+                                             ssl=tls if tls is not None else True)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
         return self._session
 
@@ -153,7 +158,9 @@ class OneNetClient:
                     ctx = self.session.post(url, data=orjson.dumps(body),
                                             headers=self._headers(), timeout=self.timeout)
                 async with ctx as resp:
-                    data = await resp.read()
+                    data = await resp.content.read(MAX_ANSWER + 1)
+                    if len(data) > MAX_ANSWER:
+                        return ProtocolError(f"answer larger than {MAX_ANSWER} bytes")
                     return parse_check_response(resp.status, data)
         except TimeoutError:
             return Retryable("timeout", f"no answer within {self.settings.onenet_timeout}s")
@@ -167,7 +174,7 @@ class OneNetClient:
                     method, f"{self.base}{path}", params=params, json=json_body,
                     headers=self._headers(json_body is not None),
                     timeout=self.timeout) as resp:
-                return parse_errno_answer(resp.status, await resp.read())
+                return parse_errno_answer(resp.status, await resp.content.read(MAX_ANSWER))
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("onenet call failed", path=path.split("/")[1:4], error=str(exc)[:200])
             return None

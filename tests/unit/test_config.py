@@ -1,9 +1,10 @@
 from pathlib import Path
 
 import pytest
+import structlog
 
 from orchestrator.config import ConfigError, load_settings
-from orchestrator.logs import redact, scrub
+from orchestrator.logs import configure, redact, scrub
 
 
 def test_defaults() -> None:
@@ -71,3 +72,27 @@ def test_secrets_are_scrubbed_from_logs() -> None:
         assert secret not in text
     assert out["token_expires_at"] == "2026-01-01"
     assert scrub("Bearer abc.def") == "Bearer ***"
+
+
+def test_scrubbing_covers_nested_values_slashes_tracebacks_and_settings_repr(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = redact(None, "info", {"detail": {"dsn": "postgresql://u:pa/ss@h/db",
+                                           "inner": [{"password": "p1"}]}})
+    assert "pa/ss" not in str(out) and "p1" not in str(out)
+    configure("json", "info")
+    log = structlog.get_logger("t")
+    try:
+        raise RuntimeError("cannot reach mqtt://orch:s3cr/et@broker:1883")
+    except RuntimeError:
+        log.exception("boom")
+    printed = capsys.readouterr().out
+    assert "Traceback" in printed and "s3cr/et" not in printed, printed
+    settings = load_settings({"ORCH_DATABASE_URL": "postgresql://u:hunter2@db/x",
+                              "ORCH_API_TOKEN": "t0k"})
+    assert "hunter2" not in repr(settings) and "t0k" not in repr(settings)
+
+
+def test_numbers_must_be_finite() -> None:
+    for value in ("nan", "inf", "-inf"):
+        with pytest.raises(ConfigError, match="ORCH_ONENET_TIMEOUT"):
+            load_settings({"ORCH_ONENET_TIMEOUT": value})

@@ -22,7 +22,7 @@ from orchestrator.domain.versions import is_valid_version
 IP_PORT = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
     r"[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])"
-    r":(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})")
+    r"(?::(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3}))?")
 MAX_ANSWER = 1024 * 1024      # bytes of a check answer we read at most
 
 FOTA, SOTA = 1, 2
@@ -191,8 +191,8 @@ def parse_task(data: Any) -> Task:
     if task.type not in (FULL_PACKAGE, DIFF_PACKAGE):
         raise ValueError(f"data.type: {task.type} is neither 1 nor 2")
     if task.ip_port is not None and not IP_PORT.fullmatch(task.ip_port):
-        # it becomes the host of the device's download URL: host:port, nothing else
-        raise ValueError(f"data.ipPort: {task.ip_port[:60]!r} is not host:port")
+        # it becomes the host of the device's download URL: host[:port], nothing else
+        raise ValueError(f"data.ipPort: {task.ip_port[:60]!r} is not host[:port]")
     return task
 
 

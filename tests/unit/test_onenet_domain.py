@@ -141,7 +141,7 @@ def test_breaker_never_allows_two_probes(events: list[tuple[bool, float]]) -> No
         assert b.open_until <= now + b.max_cooldown
 
 
-def test_ip_port_must_be_host_and_port_only() -> None:
+def test_ip_port_must_be_a_host_and_an_optional_port() -> None:
     def answer(ip_port: str) -> object:
         data = {"target": "1.3", "token": "t", "size": 1, "signal": 1, "power": 1,
                 "retry": 1, "interval": 1, "md5": "m", "type": 1, "ipPort": ip_port}
@@ -149,6 +149,7 @@ def test_ip_port_must_be_host_and_port_only() -> None:
 
     assert isinstance(answer("cdn.example.com:8080"), TaskFound)
     assert isinstance(answer("10.1.2.3:80"), TaskFound)
-    for bad in ("evil.com/x?", "user:pw@host:80", "host", "host:0", "host:80/path",
+    assert isinstance(answer("172.19.3.3"), TaskFound)     # the seed's own example
+    for bad in ("evil.com/x?", "user:pw@host:80", "host:", "host:0", "host:80/path",
                 "host:80#frag", "a b:80"):
         assert isinstance(answer(bad), ProtocolError), bad

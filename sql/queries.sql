@@ -367,3 +367,6 @@ SELECT errno, calls FROM ota.check_outcomes WHERE campaign_id = $1 ORDER BY errn
 INSERT INTO ota.devices (dev_id, manuf, model, fota_version, signal, power, status_at, last_seen)
 SELECT g, 'China Mobile', 'M5310', '1.2', 20, 80, now(), now()
 FROM generate_series(1, $1::bigint) g;
+
+-- name: devices_known
+SELECT dev_id FROM ota.devices WHERE dev_id = ANY($1);

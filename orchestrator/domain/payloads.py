@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +117,12 @@ def _object(payload: bytes) -> dict[str, Any]:
 
 
 ATTEMPT_RE = re.compile(r"[0-9a-f]{8,32}")
+
+
+def registers(reports: Sequence[StatusReport]) -> bool:
+    """May these reports (one device's, in one batch) create its registry row? Only with
+    a manufacturer, a model and a version: a bare ``{}`` must not add devices."""
+    return any(r.manuf and r.model and (r.fota_version or r.sota_version) for r in reports)
 
 
 def parse_status(dev_id: int, payload: bytes) -> StatusReport:

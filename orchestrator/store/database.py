@@ -107,6 +107,9 @@ class PgTx:
     async def upsert_status(self, reports: Sequence[StatusReport]) -> int:
         return await devices.upsert_status(self.conn, reports)
 
+    async def known_devices(self, dev_ids: Sequence[int]) -> set[int]:
+        return await devices.known(self.conn, dev_ids)
+
     async def try_controller_lock(self) -> bool:
         return bool(await self.conn.fetchval(q("controller_lock"), CONTROLLER_LOCK))
 

@@ -113,6 +113,11 @@ async def count_reported(conn: Connection, dev_ids: Sequence[int]) -> int:
     return int(await conn.fetchval(q("devices_count_reported"), list(dev_ids)))
 
 
+async def known(conn: Connection, dev_ids: Sequence[int]) -> set[int]:
+    """Those of ``dev_ids`` already in the registry."""
+    return {r["dev_id"] for r in await conn.fetch(q("devices_known"), list(dev_ids))}
+
+
 async def seed(conn: Connection, n: int) -> None:
     """Devices 1..n, M5310 on FOTA 1.2 with a fresh status (benchmarks, staging)."""
     await conn.execute(q("devices_seed"), n)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from orchestrator.domain.campaign import Write
 from orchestrator.domain.device import Policy
-from orchestrator.domain.payloads import ProgressReport, Rejection, StatusReport
+from orchestrator.domain.payloads import ProgressReport, Rejection, StatusReport, registers
 from orchestrator.domain.progress import Relay, apply_progress, apply_versions, worth_an_event
 from orchestrator.ports import Database, Key, Tx
 
@@ -49,7 +49,27 @@ class ProgressSink:
                 if self.relay:
                     await tx.add_relays(relays)
             if statuses:
-                await tx.upsert_status(statuses)
+                accepted, refused = await self._registry_hygiene(tx, statuses)
+                rejected.extend(refused)
+                if accepted:
+                    await tx.upsert_status(accepted)
             return rejected
 
         return await self.db.run(write)
+
+    @staticmethod
+    async def _registry_hygiene(tx: Tx, statuses: Sequence[StatusReport]
+                                ) -> tuple[list[StatusReport], list[Rejection]]:
+        """Reports of devices the registry does not know are kept only when they register
+        the device (manufacturer, model and a version); the rest are refused."""
+        known = await tx.known_devices(sorted({s.dev_id for s in statuses}))
+        by_dev: dict[int, list[StatusReport]] = {}
+        for s in statuses:
+            if s.dev_id not in known:
+                by_dev.setdefault(s.dev_id, []).append(s)
+        refused_ids = {d for d, reports in by_dev.items() if not registers(reports)}
+        accepted = [s for s in statuses if s.dev_id not in refused_ids]
+        refused = [Rejection("unknown_device", "a device's first status needs manuf, model and "
+                             "a version", f"{s.dev_id}/status")
+                   for s in statuses if s.dev_id in refused_ids]
+        return accepted, refused

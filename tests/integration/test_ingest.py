@@ -220,7 +220,9 @@ async def refused_then_applied(settings: Settings, metrics: Metrics) -> None:
     p = settings.mqtt_topic_prefix
     url = f"mqtt://{settings.mqtt_url.host}:{settings.mqtt_url.port}"
     batch = [(f"{p}/{i}/status", status(i)) for i in range(2, 21)]
-    batch.insert(7, (f"{p}/1/status", b'{"signal": 150}'))
+    bad = json.dumps({"manuf": "China Mobile", "model": "M5310", "fota_version": "1.0",
+                      "signal": 150}).encode()
+    batch.insert(7, (f"{p}/1/status", bad))
     await publish_all(url, batch)
 
     async def refused() -> bool:
@@ -233,3 +235,30 @@ async def refused_then_applied(settings: Settings, metrics: Metrics) -> None:
 
     await until(applied)
     assert metrics.rejected("db_refused") == 1
+
+
+async def test_a_status_registers_a_device_only_with_manufacturer_model_and_version(
+        settings: Settings, pool: Any) -> None:
+    async with running(settings, ProgressSink(PgDatabase(pool))) as (_, metrics):
+        p = settings.mqtt_topic_prefix
+        url = f"mqtt://{settings.mqtt_url.host}:{settings.mqtt_url.port}"
+        await publish_all(url, [(f"{p}/{i}/status", b'{"signal": 5}') for i in range(1, 51)]
+                          + [(f"{p}/51/status", b"{}"), (f"{p}/52/status", status(52))])
+
+        async def counted() -> bool:
+            return metrics.rejected("unknown_device") == 51
+
+        await until(counted)
+        assert await count_devices(settings.database_url or "") == 1
+        # a known device may then send any subset
+        await publish_all(url, [(f"{p}/52/status", b'{"signal": 9}')])
+
+        async def updated() -> bool:
+            conn = await asyncpg.connect(settings.database_url)
+            try:
+                return bool(await conn.fetchval(
+                    "SELECT signal = 9 FROM ota.devices WHERE dev_id = 52"))
+            finally:
+                await conn.close()
+
+        await until(updated)

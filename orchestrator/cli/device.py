@@ -12,6 +12,7 @@ from orchestrator.cli.common import UsageError, print_json, table, with_conn
 from orchestrator.config import Settings
 from orchestrator.domain.payloads import parse_dev_id
 from orchestrator.domain.registry import parse_csv
+from orchestrator.mqtt import dynsec
 from orchestrator.store.db import Connection
 from orchestrator.store.devices import get_device, import_devices, list_devices
 
@@ -68,6 +69,28 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_credentials(args: argparse.Namespace, settings: Settings) -> int:
+    """Create device ID's broker account (or rotate its secret); the secret is shown once."""
+    if not settings.mqtt_url.username:
+        raise UsageError("ORCH_MQTT_URL: needs the orchestrator's broker account "
+                         "(mqtt://USER:PASSWORD@host:port; see 'orchestrator broker init')")
+    try:
+        secret, created = asyncio.run(dynsec.set_device_secret(
+            settings.mqtt_url, settings.mqtt_topic_prefix, args.dev_id))
+    except dynsec.DynsecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json({"dev_id": args.dev_id, "username": str(args.dev_id), "password": secret,
+                    "created": created})
+    else:
+        print(f"device {args.dev_id}: broker account {'created' if created else 'rotated'};"
+              " the secret is shown once:", file=sys.stderr)
+        print(f"username {args.dev_id}")
+        print(f"password {secret}")
+    return 0
+
+
 def dev_id_arg(text: str) -> int:
     value = parse_dev_id(text)
     if value is None:
@@ -94,3 +117,8 @@ def register(sub: Any) -> None:
     p.add_argument("dev_id", type=dev_id_arg)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_show)
+    p = dev.add_parser("credentials", help="create or rotate the device's broker account "
+                       "(its secret is shown once)")
+    p.add_argument("dev_id", type=dev_id_arg)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_credentials)

@@ -22,7 +22,9 @@ from aiohttp import web
 from orchestrator.api.specs import FIELDS, spec_from_body
 from orchestrator.config import Settings
 from orchestrator.domain.campaign import (
+    NAME_RE,
     STATUSES,
+    TEXT_RE,
     CampaignConflict,
     CampaignError,
     CampaignNotFound,
@@ -76,7 +78,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(413, f"body: larger than {MAX_BODY} bytes")
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
-            return _error(exc.status, exc.reason)
+            response = _error(exc.status, exc.reason)
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
         raise
     except CampaignNotFound as exc:
         return _error(404, str(exc))
@@ -118,8 +123,9 @@ def _matches(given: bytes | None, expected: str | None) -> bool:
 
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in OPEN_PATHS or request.method == "OPTIONS":
-        return await handler(request)
+    if request.path in OPEN_PATHS or request.method == "OPTIONS" \
+            or request.match_info.http_exception is not None:
+        return await handler(request)      # open, or a 404/405 with nothing to guard
     settings = request.app[STATE].settings
     mutating = request.method in MUTATING
     given = _bearer(request)
@@ -150,8 +156,8 @@ def _int(request: web.Request, name: str, default: int | None = None, *, lo: int
 
 def _text(request: web.Request, name: str) -> str | None:
     raw = request.query.get(name)
-    if raw is not None and (not 0 < len(raw) <= 64 or not raw.isprintable()):
-        raise CampaignError(f"{name}: 1-64 printable characters")
+    if raw is not None and not TEXT_RE.fullmatch(raw):
+        raise CampaignError(f"{name}: 1-64 characters, no control characters")
     return raw
 
 
@@ -226,6 +232,14 @@ async def campaign_devices(request: web.Request) -> web.Response:
 def _action(action: str) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         cid = _int(request, "id", lo=1)
+        raw = await request.read()
+        if raw.strip():
+            try:
+                body = orjson.loads(raw)
+            except (ValueError, RecursionError):
+                raise CampaignError("body: not valid JSON") from None
+            if body != {}:
+                raise CampaignError("body: expected {} (or none)")
         async with request.app[STATE].pool.acquire() as conn:
             campaign = await store.set_status(conn, cid, action, actor="api")
         return _json(campaign.to_json())
@@ -289,7 +303,9 @@ def _ok(schema: dict[str, Any], code: str = "200") -> dict[str, Any]:
 
 _INT64 = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 _INT32 = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
-_TEXT = {"type": "string", "minLength": 1, "maxLength": 64}
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": TEXT_RE.pattern}
+_NO_BODY = {"required": True, "content": {"application/json": {
+    "schema": {"type": "object", "maxProperties": 0}}}}
 _PCT = {"type": "number", "minimum": 0, "maximum": 100}
 _ID = {"name": "id", "in": "path", "required": True, "schema": _INT64}
 _LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
@@ -307,20 +323,21 @@ OPENAPI: dict[str, Any] = {
                 "type": "object", "required": ["name", "type", "target"],
                 "additionalProperties": False,
                 "properties": {
-                    "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "name": {"type": "string", "minLength": 1, "maxLength": 200,
+                             "pattern": NAME_RE.pattern},
                     "type": {"type": "string", "enum": ["fota", "sota"]},
                     "target": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,20}$"},
-                    "manuf": _TEXT, "model": _TEXT,
+                    "manuf": {**_TEXT}, "model": {**_TEXT},
                     "from_versions": {"type": "array", "items": {
                         "type": "string", "pattern": "^[A-Za-z0-9_.-]{1,20}$"}},
                     "devices": {"type": "array", "minItems": 1, "items": _INT64},
                     "waves": {"type": "array", "items": {"type": "integer", "minimum": 1,
                                                         "maximum": 100},
                               "description": "cumulative percentages ending at 100"},
-                    "wave_success_pct": _PCT,
-                    "max_per_minute": _INT32,
-                    "abort_failure_pct": _PCT,
-                    "abort_min_finished": _INT32,
+                    "wave_success_pct": {**_PCT},
+                    "max_per_minute": {**_INT32},
+                    "abort_failure_pct": {**_PCT},
+                    "abort_min_finished": {**_INT32},
                     "continuous": {"type": "boolean"},
                     "start": {"type": "boolean"},
                 },
@@ -357,7 +374,7 @@ OPENAPI: dict[str, Any] = {
                   "schema": {"type": "string", "enum": list(STATES)}}, _LIMIT],
             "responses": _ok({"type": "array", "items": {"type": "object"}})}},
         **{f"/api/v1/campaigns/{{id}}/{a}": {"post": {
-            "security": _SECURE, "parameters": [_ID],
+            "security": _SECURE, "parameters": [_ID], "requestBody": _NO_BODY,
             "responses": {**_ok(_ref("Campaign")), "409": _ERR}}}
            for a in ("start", "pause", "resume", "cancel")},
         "/api/v1/devices": {"get": {"security": _SECURE, "parameters": [
@@ -371,3 +388,6 @@ OPENAPI: dict[str, Any] = {
     },
 }
 assert set(OPENAPI["components"]["schemas"]["CampaignCreate"]["properties"]) == FIELDS
+for _key, _prop in OPENAPI["components"]["schemas"]["CampaignCreate"]["properties"].items():
+    if _key not in ("name", "type", "target"):
+        _prop.update(nullable=True)     # null means "not given"

@@ -5,6 +5,7 @@ store (a claimed device, a decided row to write)."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -13,6 +14,11 @@ from orchestrator.domain.device import NON_TERMINAL, DeviceRow, Status
 from orchestrator.domain.rollout import Counts, Rules, check_waves
 from orchestrator.domain.versions import check_version
 
+# text an operator may give: no control characters (C0, DEL, C1) — the same patterns stand
+# in the OpenAPI document
+TEXT_RE = re.compile(r"^[^\x00-\x1f\x7f-\x9f]{1,64}$")
+NAME_RE = re.compile(r"^(?=[^\x00-\x1f\x7f-\x9f]{1,200}$)[^\x00-\x1f\x7f-\x9f]*\S"
+                     r"[^\x00-\x1f\x7f-\x9f]*$")
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 STATUSES = ("draft", "running", "paused", "completed", "cancelled", "aborted")
@@ -91,11 +97,11 @@ class CampaignSpec:
     continuous: bool = False
 
     def validate(self) -> None:
-        if not self.name.strip() or len(self.name) > 200 or not self.name.isprintable():
-            raise CampaignError("name: 1-200 printable characters")
+        if not NAME_RE.fullmatch(self.name):
+            raise CampaignError("name: 1-200 characters, not all blank, no control characters")
         for key, text in (("manuf", self.selector.manuf), ("model", self.selector.model)):
-            if text is not None and (not 0 < len(text) <= 64 or not text.isprintable()):
-                raise CampaignError(f"{key}: 1-64 printable characters")
+            if text is not None and not TEXT_RE.fullmatch(text):
+                raise CampaignError(f"{key}: 1-64 characters, no control characters")
         if self.selector.devices is not None:
             if not self.selector.devices:
                 raise CampaignError("devices: at least one id")

@@ -73,6 +73,7 @@ class Settings:
     onenet_ca_file: str | None = None
     onenet_concurrency: int = 64
     onenet_progress_relay: bool = True
+    progress_require_attempt: bool = True
     download_url_template: str = "http://{ipPort}/ota/download/{token}"
     api_listen: str = "127.0.0.1:8080"
     api_token: str | None = dataclasses.field(default=None, repr=False)
@@ -236,6 +237,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "onenet_ca_file": _file,
     "onenet_concurrency": _positive(int),
     "onenet_progress_relay": _bool,
+    "progress_require_attempt": _bool,
     "download_url_template": _text,
     "api_listen": _listen,
     "api_token": _text,

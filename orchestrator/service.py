@@ -63,8 +63,9 @@ class Service:
                 raise RuntimeError(
                     f"database needs {len(todo)} migration(s): run 'orchestrator migrate'")
             policy = policy_from(s)
-            self.ingest = Ingest(s, ProgressSink(db, policy, relay=s.onenet_progress_relay),
-                                 self.metrics)
+            sink = ProgressSink(db, policy, relay=s.onenet_progress_relay,
+                                require_attempt=s.progress_require_attempt)
+            self.ingest = Ingest(s, sink, self.metrics)
             self.scheduler = Scheduler(s, db, self.client, publisher, self.metrics,
                                        self.owner, policy)
             self.controller = Controller(

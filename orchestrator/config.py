@@ -33,6 +33,9 @@ class MqttUrl:
     port: int
     username: str | None = None
     password: str | None = None
+    ca_file: str | None = None        # mqtts: a private CA instead of the system's
+    cert_file: str | None = None      # mqtts: a client certificate (with key_file)
+    key_file: str | None = None
 
     @property
     def tls(self) -> bool:
@@ -220,6 +223,9 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "database_url": _parse_dsn,
     "mqtt_url": lambda n, v: parse_mqtt_url(v, n),
     "mqtt_topic_prefix": _prefix,
+    "mqtt_ca_file": _file,
+    "mqtt_cert_file": _file,
+    "mqtt_key_file": _file,
     "mqtt_protocol": _choice("5", "3.1.1"),
     "mqtt_shared_group": _group,
     "mqtt_session_expiry": _positive(int),
@@ -294,6 +300,13 @@ def load_settings(
     for key, (name, value) in raw.items():
         values[key] = _PARSERS[key](name, value)
     values.update(overrides)
+    tls = {k: values.pop(f"mqtt_{k}") for k in ("ca_file", "cert_file", "key_file")
+           if f"mqtt_{k}" in values}
+    if tls:
+        if bool(tls.get("cert_file")) != bool(tls.get("key_file")):
+            raise ConfigError("ORCH_MQTT_CERT_FILE and ORCH_MQTT_KEY_FILE go together")
+        url = values.get("mqtt_url") or MqttUrl("mqtt", "127.0.0.1", 1883)
+        values["mqtt_url"] = dataclasses.replace(url, **tls)
     if values.get("onenet_access_key") and not values.get("onenet_product_id"):
         raise ConfigError("ORCH_ONENET_PRODUCT_ID: required with ORCH_ONENET_ACCESS_KEY")
     if "onenet_access_key" in values:

@@ -14,6 +14,16 @@ from orchestrator.config import MqttUrl
 RECEIVE_MAXIMUM = 65535
 
 
+def tls_context(url: MqttUrl) -> ssl.SSLContext | None:
+    """For mqtts: the system's CAs or ``ca_file``, and a client certificate if given."""
+    if not url.tls:
+        return None
+    context = ssl.create_default_context(cafile=url.ca_file)
+    if url.cert_file and url.key_file:
+        context.load_cert_chain(url.cert_file, url.key_file)
+    return context
+
+
 def make_client(
     url: MqttUrl,
     identifier: str | None = None,
@@ -51,7 +61,7 @@ def make_client(
         password=url.password,
         identifier=identifier,
         properties=props,
-        tls_context=ssl.create_default_context() if url.tls else None,
+        tls_context=tls_context(url),
         **extra,
         **kwargs,
     )

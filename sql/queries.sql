@@ -55,7 +55,8 @@ SELECT c.campaign_id, c.name, c.status, c.type, c.target_version, c.selector, c.
        c.wave_success_pct::float8 AS wave_success_pct, c.current_wave, c.max_per_minute,
        c.abort_failure_pct::float8 AS abort_failure_pct, c.abort_min_finished, c.continuous,
        c.status_reason, c.created_at, c.started_at, c.finished_at,
-       p.pending, p.in_progress, p.succeeded, p.failed, p.no_task, p.cancelled
+       p.pending, p.in_progress, p.succeeded, p.failed, p.no_task, p.cancelled,
+       c.abort_action, c.rule_failed_base, c.rule_finished_base, c.gate_accepted_wave
 FROM ota.campaigns c JOIN ota.campaign_progress p USING (campaign_id)
 WHERE ($1::bigint IS NULL OR c.campaign_id = $1) AND ($2::text IS NULL OR c.status = $2)
 ORDER BY c.campaign_id DESC LIMIT $3;
@@ -63,8 +64,8 @@ ORDER BY c.campaign_id DESC LIMIT $3;
 -- name: campaign_insert
 INSERT INTO ota.campaigns (name, type, target_version, selector, waves, wave_success_pct,
                            max_per_minute, abort_failure_pct, abort_min_finished, continuous,
-                           rate_tokens)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING campaign_id;
+                           rate_tokens, abort_action)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING campaign_id;
 
 -- name: campaign_lock_status
 SELECT status FROM ota.campaigns WHERE campaign_id = $1 FOR UPDATE;
@@ -74,6 +75,12 @@ UPDATE ota.campaigns SET status = $2, status_reason = $3, updated_at = now(),
     started_at = CASE WHEN $2 = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
     finished_at = CASE WHEN $2 IN ('completed', 'cancelled', 'aborted') THEN now()
                        ELSE finished_at END
+WHERE campaign_id = $1;
+
+-- name: campaign_accept_evidence
+-- Resumed: the rules judge only what happens from here on.
+UPDATE ota.campaigns SET rule_failed_base = $2, rule_finished_base = $3,
+    gate_accepted_wave = $4
 WHERE campaign_id = $1;
 
 -- name: campaign_set_wave
@@ -229,7 +236,7 @@ WHERE cd.state = ANY($4)
        OR (c.type = 'sota' AND u.sota = c.target_version));
 
 -- name: members_progress
-SELECT dev_id, state, attempts, last_errno, last_step, next_attempt_at, updated_at
+SELECT dev_id, state, attempts, last_errno, last_step, next_attempt_at, updated_at, reason
 FROM ota.device_progress WHERE campaign_id = $1 AND ($2::text IS NULL OR state = $2)
 ORDER BY dev_id LIMIT $3;
 

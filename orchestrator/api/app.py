@@ -339,6 +339,7 @@ OPENAPI: dict[str, Any] = {
                     "abort_failure_pct": {**_PCT},
                     "abort_min_finished": {**_INT32},
                     "continuous": {"type": "boolean"},
+                    "abort_action": {"type": "string", "enum": ["pause", "abort"]},
                     "start": {"type": "boolean"},
                 },
             },

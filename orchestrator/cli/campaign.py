@@ -54,7 +54,8 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
                           read_device_file(args.devices) if args.devices else None),
         waves=waves, wave_success_pct=args.wave_success_pct,
         max_per_minute=args.max_per_minute, abort_failure_pct=args.abort_failure_pct,
-        abort_min_finished=args.abort_min_finished, continuous=args.continuous)
+        abort_min_finished=args.abort_min_finished, continuous=args.continuous,
+        abort_action=args.abort_action)
 
     async def go(conn: Connection) -> Campaign | None:
         cid = await create_campaign(conn, spec, start=args.start)
@@ -100,7 +101,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     if devices:
         print()
         print(table(devices, ("dev_id", "state", "attempts", "last_errno", "last_step",
-                               "next_attempt_at")))
+                               "next_attempt_at", "reason")))
     return 0
 
 
@@ -156,6 +157,9 @@ def register(sub: Any) -> None:
                    help="pause when more than this %% of finished devices failed")
     p.add_argument("--abort-min-finished", type=int, default=1,
                    help="... once at least this many have finished")
+    p.add_argument("--abort-action", choices=("pause", "abort"), default="pause",
+                   help="what the abort rule does: pause (resume accepts the failures so "
+                        "far) or abort (status aborted, in-flight devices get cancel)")
     p.add_argument("--continuous", action="store_true",
                    help="devices that register later and match join")
     p.add_argument("--start", action="store_true", help="start it now")
@@ -175,8 +179,8 @@ def register(sub: Any) -> None:
     for action in ("start", "pause", "resume", "cancel"):
         p = camp.add_parser(action, help=f"{action} a campaign")
         p.add_argument("id", type=int)
-        if action == "pause":
-            p.add_argument("--reason")
+        if action in ("pause", "resume", "cancel"):
+            p.add_argument("--reason", help="recorded in the campaign's events")
         p.set_defaults(handler=_action(action))
     p = camp.add_parser("watch", help="live progress until the campaign ends")
     p.add_argument("id", type=int)

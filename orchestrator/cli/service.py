@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import runtime
-from orchestrator.cli.common import LiveView, UsageError
+from orchestrator.cli.common import LiveView, UsageError, print_json, table
 from orchestrator.config import Settings
+from orchestrator.domain.onenet import ERRNO_ACTION, ERRNO_TEXT
 from orchestrator.logs import configure
 from orchestrator.mqtt import dynsec
 from orchestrator.service import run_service
@@ -59,6 +60,17 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                                     timeout=args.timeout, show=view.show)))
 
 
+def cmd_errno(args: argparse.Namespace, settings: Settings) -> int:
+    """OneNET's errno codes, what each means, and what the orchestrator does with it."""
+    rows = [{"errno": e, "meaning": text, "orchestrator": ERRNO_ACTION.get(e, "")}
+            for e, text in sorted(ERRNO_TEXT.items())]
+    if args.json:
+        print_json(rows)
+    else:
+        print(table(rows, ("errno", "meaning", "orchestrator")))
+    return 0
+
+
 def cmd_broker_init(args: argparse.Namespace, settings: Settings) -> int:
     """Write the dynamic security plugin's file: the orchestrator's account and role."""
     path = Path(args.file)
@@ -90,6 +102,9 @@ def register(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=600.0,
                    help="give up (exit 1) if the campaign has not finished by then")
     p.set_defaults(handler=cmd_demo)
+    p = sub.add_parser("errno", help="OneNET's errno codes and what the orchestrator does")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_errno)
     broker = sub.add_parser("broker", help="the broker's security set-up").add_subparsers(
         dest="broker_command", required=True, metavar="ACTION")
     p = broker.add_parser("init", help="write Mosquitto's dynamic-security file with the "

@@ -95,6 +95,7 @@ class CampaignSpec:
     abort_failure_pct: float | None = None
     abort_min_finished: int = 1
     continuous: bool = False
+    abort_action: str = "pause"
 
     def validate(self) -> None:
         if not NAME_RE.fullmatch(self.name):
@@ -124,6 +125,8 @@ class CampaignSpec:
             raise CampaignError("abort_failure_pct: 0..100")
         if not 1 <= self.abort_min_finished <= INT32_MAX:
             raise CampaignError(f"abort_min_finished: 1..{INT32_MAX}")
+        if self.abort_action not in ("pause", "abort"):
+            raise CampaignError("abort_action: pause or abort")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,11 +149,17 @@ class Campaign:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     counts: Counts = field(default_factory=Counts)
+    abort_action: str = "pause"
+    rule_failed_base: int = 0
+    rule_finished_base: int = 0
+    gate_accepted_wave: int = -1
 
     @property
     def rules(self) -> Rules:
         return Rules(tuple(self.waves), self.wave_success_pct, self.abort_failure_pct,
-                     self.abort_min_finished, self.continuous)
+                     self.abort_min_finished, self.continuous,
+                     "abort" if self.abort_action == "abort" else "pause",
+                     self.rule_failed_base, self.rule_finished_base, self.gate_accepted_wave)
 
     def to_json(self, *, with_devices: bool = False) -> dict[str, Any]:
         """The campaign with its counts flat, as in ``ota.campaign_progress``."""

@@ -40,6 +40,17 @@ ERRNO_TEXT = {
     27: "version number format error",
     32: "task exists but no matching differential package (no reported version)",
 }
+ERRNO_ACTION = {
+    0: "gate on signal and power, then command the upgrade",
+    1: "device failed (not retried)",
+    2: "device failed (not retried)",
+    7: "retried with backoff on its own budget; the breaker opens if it persists",
+    8: "device failed (not retried)",
+    9: "device failed (not retried)",
+    11: "device ends no_task",
+    27: "device failed (not retried)",
+    32: "device failed (not retried)",
+}
 TERMINAL_ERRNOS = frozenset({1, 2, 8, 9, 27, 32})
 RETRYABLE_ERRNOS = frozenset({7})
 NO_TASK = 11

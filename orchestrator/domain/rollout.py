@@ -99,11 +99,31 @@ class Rules:
     abort_failure_pct: float | None = None
     abort_min_finished: int = 1
     continuous: bool = False
+    abort_action: Literal["pause", "abort"] = "pause"
+    # the evidence an operator accepted by resuming: judged no more
+    failed_base: int = 0
+    finished_base: int = 0
+    gate_accepted_wave: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What resuming accepts: failures so far no longer count against the abort rule, and
+    the current wave's gate is open."""
+
+    failed_base: int
+    finished_base: int
+    gate_accepted_wave: int
+
+
+def accept(by_wave: Mapping[int, Counts], current_wave: int) -> Evidence:
+    every = sum(by_wave.values(), Counts())
+    return Evidence(every.failed, every.finished, current_wave)
 
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    kind: Literal["none", "open_wave", "pause", "complete"]
+    kind: Literal["none", "open_wave", "pause", "abort", "complete"]
     reason: str = ""
     wave: int | None = None
 
@@ -111,19 +131,23 @@ class Action:
 def decide(rules: Rules, current_wave: int, by_wave: Mapping[int, Counts]) -> Action:
     """What the controller does with a running campaign, given counts per wave."""
     every = sum(by_wave.values(), Counts())
-    if rules.abort_failure_pct is not None and every.finished >= rules.abort_min_finished \
-            and every.finished > 0:
-        pct = 100.0 * every.failed / every.finished
+    failed = every.failed - rules.failed_base
+    finished = every.finished - rules.finished_base
+    if rules.abort_failure_pct is not None and finished >= rules.abort_min_finished \
+            and finished > 0:
+        pct = 100.0 * failed / finished
         if pct > rules.abort_failure_pct:
-            return Action("pause", f"abort rule: {pct:.1f}% failed of {every.finished} "
-                                   f"finished > {rules.abort_failure_pct:g}%")
+            since = " since the last resume" if rules.finished_base else ""
+            return Action(rules.abort_action,
+                          f"abort rule: {pct:.1f}% failed of {finished} finished{since} > "
+                          f"{rules.abort_failure_pct:g}%")
     opened = sum((c for w, c in by_wave.items() if w <= current_wave), Counts())
     if opened.open > 0:
         return Action("none")
     last_wave = len(rules.waves) - 1
     if current_wave < last_wave:
         judged = opened.finished
-        if judged and rules.wave_success_pct:
+        if judged and rules.wave_success_pct and current_wave > rules.gate_accepted_wave:
             pct = 100.0 * opened.succeeded / judged
             if pct < rules.wave_success_pct:
                 return Action("pause", f"wave {current_wave + 1}: {pct:.1f}% succeeded < "

@@ -17,8 +17,8 @@ from orchestrator.domain.campaign import (
 )
 from orchestrator.domain.commands import cancel_command
 from orchestrator.domain.device import IN_FLIGHT, TERMINAL
-from orchestrator.domain.rollout import Counts, rate_capacity, wave_bounds
-from orchestrator.store import devices
+from orchestrator.domain.rollout import Counts, accept, rate_capacity, wave_bounds
+from orchestrator.store import counts, devices
 from orchestrator.store.db import Connection, Record
 from orchestrator.store.queries import q
 
@@ -93,7 +93,8 @@ async def create_campaign(conn: Connection, spec: CampaignSpec, *, start: bool =
             q("campaign_insert"), spec.name, spec.type, spec.target, spec.selector.to_json(),
             list(spec.waves), spec.wave_success_pct, spec.max_per_minute,
             spec.abort_failure_pct, spec.abort_min_finished, spec.continuous,
-            0.0 if spec.max_per_minute is None else rate_capacity(spec.max_per_minute))
+            0.0 if spec.max_per_minute is None else rate_capacity(spec.max_per_minute),
+            spec.abort_action)
         n = await enroll_fresh(conn, cid, spec)
         await event(conn, "campaign_created", f"{n} device(s) enrolled", campaign_id=cid,
                     actor=actor, to_state="draft")
@@ -113,6 +114,14 @@ async def set_status(conn: Connection, campaign_id: int, action: str, *, actor: 
             raise CampaignNotFound(f"campaign {campaign_id} not found")
         new = transition(campaign_id, current, action)
         await conn.execute(q("campaign_set_status"), campaign_id, new, reason)
+        if action == "resume":
+            # the operator's decision: what the rules paused on is accepted; they fire
+            # again only on new failures (or a wave gate not yet accepted)
+            campaign = await get_campaign(conn, campaign_id)
+            assert campaign is not None
+            seen = accept(await counts.by_wave(conn, campaign_id), campaign.current_wave)
+            await conn.execute(q("campaign_accept_evidence"), campaign_id, seen.failed_base,
+                               seen.finished_base, seen.gate_accepted_wave)
         if new in ("cancelled", "aborted"):
             await conn.execute(q("members_cancel_commands"), campaign_id,
                                cancel_command(campaign_id),

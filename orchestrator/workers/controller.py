@@ -124,7 +124,7 @@ class Controller:
             await tx.set_wave(campaign_id, action.wave)
             await tx.event("wave_opened", action.reason, campaign_id=campaign_id, actor=ACTOR)
             log.info("wave opened", campaign=campaign_id, wave=action.wave)
-        elif action.kind in ("pause", "complete"):
+        elif action.kind in ("pause", "abort", "complete"):
             await tx.set_status(campaign_id, action.kind, actor=ACTOR, reason=action.reason)
             log.info(f"campaign {action.kind}", campaign=campaign_id, reason=action.reason)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from conftest import orchestrator_env, run_cli
 from orchestrator.config import Settings
 from orchestrator.domain.campaign import CampaignSpec, Selector
 from orchestrator.sim.auth import verify_authorization
@@ -314,3 +315,49 @@ async def test_continuous_campaign_takes_late_devices(settings: Settings, start_
             return (50, 201) in sim.sim.progress_reports
 
         await until(relayed, 10, "progress relayed (ota.relays, sent by the relay worker)")
+
+
+async def test_resume_after_the_abort_rule_goes_on_to_completion(
+        settings: Settings, start_sim: Any) -> None:
+    """Half the devices fail their install once with retry 0: the abort rule pauses; the
+    operator resumes through the CLI; the rule does not fire again on the same failures
+    and the campaign completes."""
+    scenario = {"devices": [{"dev_id": i, **M, "fota_version": "1.2"} for i in range(1, 11)],
+                "packages": [{"id": "p", "version": "1.3", "size": 1000}],
+                "tasks": [{"type": "fota", "package": "p", "retry": 0, "interval": 1}]}
+    sim = await start_sim(scenario)
+    devices = [SimDevice(i, **M, install_failures=[206] if i <= 4 else [])
+               for i in range(1, 11)]
+    async with Stack(settings, sim, devices) as stack:
+        await stack.wait_devices(10)
+        cid = await create(stack.settings, abort_failure_pct=20, abort_min_finished=10)
+        await stack.wait_status(cid, "paused")
+        env = orchestrator_env(stack.settings)
+        out = await asyncio.to_thread(run_cli, "campaign", "resume", str(cid), "--reason",
+                                      "4 known-bad units; accepted", env=env)
+        assert out.returncode == 0, out.stderr
+        row = await stack.wait_status(cid, "completed", "paused", timeout=30)
+        assert row["status"] == "completed", dict(row)
+        assert (row["succeeded"], row["failed"]) == (6, 4)
+        actor, reason = (await stack.fetch(
+            "SELECT actor, reason FROM ota.events WHERE campaign_id = $1"
+            " AND kind = 'campaign_resume'", cid))[0]
+        assert (actor, reason) == ("cli", "4 known-bad units; accepted")
+
+
+async def test_an_abort_rule_with_action_abort_aborts(settings: Settings,
+                                                     start_sim: Any) -> None:
+    scenario = {"devices": [{"dev_id": i, **M, "fota_version": "1.2"} for i in range(1, 11)],
+                "packages": [{"id": "p", "version": "1.3", "size": 1000}],
+                "tasks": [{"type": "fota", "package": "p", "retry": 0, "interval": 1}]}
+    sim = await start_sim(scenario)
+    devices = [SimDevice(i, **M, install_failures=[206]) for i in range(1, 11)]
+    async with Stack(settings, sim, devices) as stack:
+        await stack.wait_devices(10)
+        cid = await create(stack.settings, abort_failure_pct=20, abort_min_finished=3,
+                           abort_action="abort")
+        row = await stack.wait_status(cid, "aborted")
+        assert row["finished_at"] is not None
+        assert await stack.fetchval(
+            "SELECT count(*) FROM ota.campaign_devices WHERE campaign_id = $1"
+            " AND state NOT IN ('succeeded', 'failed', 'no_task', 'cancelled')", cid) == 0

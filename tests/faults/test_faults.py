@@ -43,6 +43,10 @@ async def test_postgres_restarts_fast_and_immediate(tmp_path: Path) -> None:
         await check(w, cid, "PostgreSQL restarted 4x (fast, immediate)")
         assert all(r.alive() for r in w.replicas)
         assert w.felt("waits for the database", "tick failed") > 0
+        # SIGTERM while the database is down: the replica still drains and exits 0
+        await asyncio.to_thread(w.pg.stop, "fast")
+        await asyncio.sleep(1)
+        assert await asyncio.to_thread(w.replicas[1].stop) == 0
 
 
 async def test_broker_restarts(tmp_path: Path) -> None:

@@ -1,6 +1,9 @@
+import asyncio
 import json
 import os
 from pathlib import Path
+
+import asyncpg
 
 from conftest import run_cli
 
@@ -76,3 +79,33 @@ def test_bad_flags_are_clear(database: str, tmp_path: Path) -> None:
     assert out.returncode == 2 and "bad:2" in out.stderr
     out = run_cli("campaign", "show", "42", env=env)
     assert out.returncode == 1 and "not found" in out.stderr
+
+
+def test_errno_table_and_failure_reasons_where_the_operator_looks(database: str) -> None:
+    env = {**os.environ, "ORCH_DATABASE_URL": database, "ORCH_LOG_FORMAT": "json"}
+    out = run_cli("errno", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    table = {r["errno"]: r for r in json.loads(out.stdout)}
+    assert table[1]["meaning"].startswith("authentication failed")
+    assert "no_task" in table[11]["orchestrator"]
+
+    async def failed_device() -> int:
+        conn = await asyncpg.connect(database)
+        try:
+            await conn.execute("INSERT INTO ota.devices (dev_id, manuf, model, fota_version)"
+                               " VALUES (1, 'China Mobile', 'M5310', '1.2')")
+            cid = await conn.fetchval("INSERT INTO ota.campaigns (name, type, target_version)"
+                                      " VALUES ('x', 'fota', '1.3') RETURNING campaign_id")
+            await conn.execute(
+                "INSERT INTO ota.campaign_devices (campaign_id, dev_id, state, last_errno,"
+                " last_error) VALUES ($1, 1, 'failed', 1, 'device does not exist')", cid)
+            return int(cid)
+        finally:
+            await conn.close()
+
+    cid = asyncio.run(failed_device())
+    out = run_cli("campaign", "show", str(cid), "--devices", "10", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    reason = json.loads(out.stdout)["devices"][0]["reason"]
+    assert reason == ("device does not exist; errno 1: authentication failed (or the device "
+                      "does not exist)")

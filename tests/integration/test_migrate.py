@@ -13,7 +13,7 @@ VIEW_COLUMNS = {
                           "pending", "in_progress", "succeeded", "failed", "no_task",
                           "cancelled", "started_at", "finished_at"],
     "device_progress": ["campaign_id", "dev_id", "state", "attempts", "last_errno", "last_step",
-                        "next_attempt_at", "updated_at"],
+                        "next_attempt_at", "updated_at", "reason"],
     "check_outcomes": ["campaign_id", "errno", "calls"],
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -28,6 +29,7 @@ from orchestrator.domain.rollout import (
     BadRollout,
     Counts,
     Rules,
+    accept,
     decide,
     parse_waves,
     rate_tokens,
@@ -296,3 +298,28 @@ def test_controller_decisions() -> None:
 def test_rate_bucket_never_exceeds_capacity(tokens: float, per_minute: int, dt: float) -> None:
     t = rate_tokens(min(tokens, max(1.0, per_minute / 12)), per_minute, dt)
     assert 0 <= t <= max(1.0, per_minute / 12.0)
+
+
+def test_resume_accepts_the_evidence_and_the_rules_judge_only_what_follows() -> None:
+    rules = Rules(waves=(50, 100), wave_success_pct=90, abort_failure_pct=20,
+                  abort_min_finished=3)
+    bad = {0: Counts(failed=4, succeeded=6)}
+    assert decide(rules, 0, bad).kind == "pause"            # 40% failed
+    seen = accept(bad, 0)
+    resumed = dataclasses.replace(rules, failed_base=seen.failed_base,
+                                  finished_base=seen.finished_base,
+                                  gate_accepted_wave=seen.gate_accepted_wave)
+    act = decide(resumed, 0, bad)                          # same evidence: go on
+    assert act.kind == "open_wave", act
+    # new failures past the resume point fire the rule again
+    worse = {0: Counts(failed=4, succeeded=6), 1: Counts(failed=3, succeeded=1)}
+    again = decide(resumed, 1, worse)
+    assert again.kind == "pause" and "since the last resume" in again.reason
+    # all finished after a resume: the campaign completes, it is not paused for good
+    done = {0: Counts(failed=4, succeeded=6), 1: Counts(succeeded=10)}
+    assert decide(resumed, 1, done).kind == "complete"
+
+
+def test_the_abort_rule_names_its_action() -> None:
+    rules = Rules(abort_failure_pct=10, abort_min_finished=2, abort_action="abort")
+    assert decide(rules, 0, {0: Counts(failed=2)}).kind == "abort"

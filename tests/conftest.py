@@ -153,6 +153,22 @@ def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = N
                           capture_output=True, text=True, timeout=timeout, input=input)
 
 
+def start_mosquitto(conf: Path, port: int) -> subprocess.Popen[bytes]:
+    """Mosquitto with this configuration, once it answers on ``port``."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"mosquitto did not start with {conf}")
+
+
 class Mosquitto:
     """A private Mosquitto broker with persistence, for tests that restart the broker."""
 
@@ -175,17 +191,7 @@ class Mosquitto:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([binary, "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
+        self.proc = start_mosquitto(self.conf, self.port)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -35,6 +35,12 @@ def six_devices_scenario() -> dict[str, Any]:
     }
 
 
+def ten_devices_no_retry() -> dict[str, Any]:
+    return {"devices": [{"dev_id": i, **M, "fota_version": "1.2"} for i in range(1, 11)],
+            "packages": [{"id": "p", "version": "1.3", "size": 1000}],
+            "tasks": [{"type": "fota", "package": "p", "retry": 0, "interval": 1}]}
+
+
 async def create(settings: Settings, **kw: Any) -> int:
     conn = await connect(settings.database_url or "")
     try:
@@ -132,10 +138,7 @@ async def test_waves_open_in_turn(settings: Settings, start_sim: Any) -> None:
 
 
 async def test_abort_rule_pauses_the_campaign(settings: Settings, start_sim: Any) -> None:
-    scenario = {"devices": [{"dev_id": i, **M, "fota_version": "1.2"} for i in range(1, 11)],
-                "packages": [{"id": "p", "version": "1.3", "size": 1000}],
-                "tasks": [{"type": "fota", "package": "p", "retry": 0, "interval": 1}]}
-    sim = await start_sim(scenario)
+    sim = await start_sim(ten_devices_no_retry())
     devices = [SimDevice(i, **M, install_failures=[206]) for i in range(1, 11)]
     async with Stack(settings, sim, devices) as stack:
         await stack.wait_devices(10)
@@ -322,10 +325,7 @@ async def test_resume_after_the_abort_rule_goes_on_to_completion(
     """Half the devices fail their install once with retry 0: the abort rule pauses; the
     operator resumes through the CLI; the rule does not fire again on the same failures
     and the campaign completes."""
-    scenario = {"devices": [{"dev_id": i, **M, "fota_version": "1.2"} for i in range(1, 11)],
-                "packages": [{"id": "p", "version": "1.3", "size": 1000}],
-                "tasks": [{"type": "fota", "package": "p", "retry": 0, "interval": 1}]}
-    sim = await start_sim(scenario)
+    sim = await start_sim(ten_devices_no_retry())
     devices = [SimDevice(i, **M, install_failures=[206] if i <= 4 else [])
                for i in range(1, 11)]
     async with Stack(settings, sim, devices) as stack:
@@ -347,10 +347,7 @@ async def test_resume_after_the_abort_rule_goes_on_to_completion(
 
 async def test_an_abort_rule_with_action_abort_aborts(settings: Settings,
                                                      start_sim: Any) -> None:
-    scenario = {"devices": [{"dev_id": i, **M, "fota_version": "1.2"} for i in range(1, 11)],
-                "packages": [{"id": "p", "version": "1.3", "size": 1000}],
-                "tasks": [{"type": "fota", "package": "p", "retry": 0, "interval": 1}]}
-    sim = await start_sim(scenario)
+    sim = await start_sim(ten_devices_no_retry())
     devices = [SimDevice(i, **M, install_failures=[206]) for i in range(1, 11)]
     async with Stack(settings, sim, devices) as stack:
         await stack.wait_devices(10)

@@ -7,16 +7,13 @@ import asyncio
 import json
 import os
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
-from conftest import free_port, run_cli
+from conftest import free_port, run_cli, start_mosquitto
 
 PLUGINS = ["/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
            "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
@@ -40,15 +37,7 @@ def secure_broker(tmp_path: Path) -> Iterator[tuple[int, str]]:
     conf.write_text(f"{user}listener {port} 127.0.0.1\nallow_anonymous false\n"
                     f"plugin {plugin}\nplugin_opt_config_file {dynsec}\n"
                     f"log_dest file {tmp_path}/mosquitto.log\n")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    proc = start_mosquitto(conf, port)
     yield port, url
     proc.terminate()
     proc.wait(10)

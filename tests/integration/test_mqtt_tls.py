@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
-from conftest import free_port
+from conftest import free_port, start_mosquitto
 from orchestrator.config import load_settings
 from orchestrator.mqtt.connection import make_client
 
@@ -45,15 +43,7 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         f"certfile {d}/server.pem\nkeyfile {d}/server.key\nrequire_certificate true\n")
     for f in d.iterdir():
         f.chmod(0o644)
-    proc = subprocess.Popen([binary, "-c", str(d / "m.conf")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    proc = start_mosquitto(d / "m.conf", port)
     yield port, d
     proc.terminate()
     proc.wait(10)

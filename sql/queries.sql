@@ -74,7 +74,7 @@ SELECT status FROM ota.campaigns WHERE campaign_id = $1 FOR UPDATE;
 UPDATE ota.campaigns SET status = $2, status_reason = $3, updated_at = now(),
     started_at = CASE WHEN $2 = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
     finished_at = CASE WHEN $2 IN ('completed', 'cancelled', 'aborted') THEN now()
-                       ELSE finished_at END
+                       WHEN $2 = 'running' THEN NULL ELSE finished_at END
 WHERE campaign_id = $1;
 
 -- name: campaign_accept_evidence
@@ -234,6 +234,12 @@ JOIN ota.campaigns c ON c.campaign_id = cd.campaign_id
 WHERE cd.state = ANY($4)
   AND ((c.type = 'fota' AND u.fota = c.target_version)
        OR (c.type = 'sota' AND u.sota = c.target_version));
+
+-- name: members_to_retry
+-- A campaign's devices in these states ($2), with this last errno ($3) if given.
+SELECT campaign_id, dev_id FROM ota.campaign_devices
+WHERE campaign_id = $1 AND state = ANY($2) AND ($3::int IS NULL OR last_errno = $3)
+ORDER BY dev_id;
 
 -- name: members_progress
 SELECT dev_id, state, attempts, last_errno, last_step, next_attempt_at, updated_at, reason

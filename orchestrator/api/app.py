@@ -23,13 +23,14 @@ from orchestrator.api.specs import FIELDS, spec_from_body
 from orchestrator.config import Settings
 from orchestrator.domain.campaign import (
     NAME_RE,
+    REASON_RE,
     STATUSES,
     TEXT_RE,
     CampaignConflict,
     CampaignError,
     CampaignNotFound,
 )
-from orchestrator.domain.device import STATES
+from orchestrator.domain.device import RETRYABLE_STATES, STATES
 from orchestrator.metrics import Metrics
 from orchestrator.ports import DataRejected
 from orchestrator.store import campaigns as store
@@ -247,6 +248,31 @@ def _action(action: str) -> Handler:
     return handle
 
 
+async def retry_devices(request: web.Request) -> web.Response:
+    cid = _int(request, "id", lo=1)
+    try:
+        body = orjson.loads(await request.read() or b"{}")
+    except (ValueError, RecursionError):
+        raise CampaignError("body: not valid JSON") from None
+    if not isinstance(body, dict) or set(body) - {"state", "errno", "reason"}:
+        raise CampaignError("body: an object with state, errno, reason")
+    state = body.get("state", "failed")
+    if state not in RETRYABLE_STATES:
+        raise CampaignError(f"state: one of {', '.join(sorted(RETRYABLE_STATES))}")
+    errno = body.get("errno")
+    if errno is not None and (isinstance(errno, bool) or not isinstance(errno, int)
+                              or not -1 <= errno <= 2**31 - 1):
+        raise CampaignError("errno: an integer")
+    reason = body.get("reason") or "by the operator"
+    if not isinstance(reason, str) or not REASON_RE.fullmatch(reason):
+        raise CampaignError("reason: 1-200 characters, no control characters")
+    async with request.app[STATE].pool.acquire() as conn:
+        n = await store.retry(conn, cid, [state], errno, reason, actor="api")
+        campaign = await store.get_campaign(conn, cid)
+    assert campaign is not None
+    return _json({"retried": n, "campaign": campaign.to_json()})
+
+
 async def list_devices(request: web.Request) -> web.Response:
     async with request.app[STATE].pool.acquire() as conn:
         rows = await device_store.list_devices(
@@ -282,6 +308,7 @@ def build_app(state: ApiState) -> web.Application:
         web.get("/api/v1/campaigns/{id}/devices", campaign_devices),
         *[web.post(f"/api/v1/campaigns/{{id}}/{a}", _action(a))
           for a in ("start", "pause", "resume", "cancel")],
+        web.post("/api/v1/campaigns/{id}/retry", retry_devices),
         web.get("/api/v1/devices", list_devices),
         web.get("/api/v1/devices/{id}", show_device),
     ])
@@ -378,6 +405,15 @@ OPENAPI: dict[str, Any] = {
             "security": _SECURE, "parameters": [_ID], "requestBody": _NO_BODY,
             "responses": {**_ok(_ref("Campaign")), "409": _ERR}}}
            for a in ("start", "pause", "resume", "cancel")},
+        "/api/v1/campaigns/{id}/retry": {"post": {
+            "security": _SECURE, "parameters": [_ID],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False, "properties": {
+                    "state": {"type": "string", "enum": sorted(RETRYABLE_STATES)},
+                    "errno": {"type": "integer", "minimum": -1, "maximum": 2**31 - 1},
+                    "reason": {"type": "string", "minLength": 1, "maxLength": 200,
+                               "pattern": REASON_RE.pattern}}}}}},
+            "responses": {**_ok({"type": "object"}), "409": _ERR}}},
         "/api/v1/devices": {"get": {"security": _SECURE, "parameters": [
             {"name": "manuf", "in": "query", "schema": _TEXT},
             {"name": "model", "in": "query", "schema": _TEXT},

@@ -11,10 +11,17 @@ from typing import Any
 from orchestrator.cli.common import LiveView, UsageError, print_json, table, with_conn
 from orchestrator.config import Settings
 from orchestrator.domain.campaign import DONE, Campaign, CampaignSpec, Selector
+from orchestrator.domain.device import RETRYABLE_STATES
 from orchestrator.domain.payloads import parse_dev_id
 from orchestrator.domain.rollout import BadRollout, parse_waves
 from orchestrator.store import members
-from orchestrator.store.campaigns import create_campaign, get_campaign, list_campaigns, set_status
+from orchestrator.store.campaigns import (
+    create_campaign,
+    get_campaign,
+    list_campaigns,
+    retry,
+    set_status,
+)
 from orchestrator.store.db import Connection, connect
 
 
@@ -115,6 +122,18 @@ def _action(action: str) -> Any:
     return handler
 
 
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    states = args.state or ["failed"]
+    bad = [s for s in states if s not in RETRYABLE_STATES]
+    if bad:
+        raise UsageError(f"--state: {bad[0]!r} cannot be retried (one of "
+                         f"{', '.join(sorted(RETRYABLE_STATES))})")
+    n = asyncio.run(with_conn(settings, lambda c: retry(
+        c, args.id, states, args.errno, args.reason or "by the operator")))
+    print(f"campaign {args.id}: {n} device(s) retried with a fresh budget")
+    return 0
+
+
 def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     view = LiveView(every=args.every)
 
@@ -182,6 +201,13 @@ def register(sub: Any) -> None:
         if action in ("pause", "resume", "cancel"):
             p.add_argument("--reason", help="recorded in the campaign's events")
         p.set_defaults(handler=_action(action))
+    p = camp.add_parser("retry", help="give failed devices a fresh budget in the campaign")
+    p.add_argument("id", type=int)
+    p.add_argument("--state", action="append", metavar="STATE",
+                   help="devices in this state (repeatable; default failed)")
+    p.add_argument("--errno", type=int, help="only devices whose last errno is this")
+    p.add_argument("--reason", help="recorded in each device's event")
+    p.set_defaults(handler=cmd_retry)
     p = camp.add_parser("watch", help="live progress until the campaign ends")
     p.add_argument("id", type=int)
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")

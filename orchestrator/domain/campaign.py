@@ -19,6 +19,7 @@ from orchestrator.domain.versions import check_version
 TEXT_RE = re.compile(r"^[^\x00-\x1f\x7f-\x9f]{1,64}$")
 NAME_RE = re.compile(r"^(?=[^\x00-\x1f\x7f-\x9f]{1,200}$)[^\x00-\x1f\x7f-\x9f]*\S"
                      r"[^\x00-\x1f\x7f-\x9f]*$")
+REASON_RE = re.compile(r"^[^\x00-\x1f\x7f-\x9f]{1,200}$")
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 STATUSES = ("draft", "running", "paused", "completed", "cancelled", "aborted")
@@ -46,6 +47,8 @@ TRANSITIONS: Mapping[str, tuple[frozenset[str], str]] = {
     "cancel": (frozenset({"draft", "running", "paused"}), "cancelled"),
     "complete": (frozenset({"running"}), "completed"),
     "abort": (frozenset({"running", "paused"}), "aborted"),
+    # failed devices get a fresh budget: a completed campaign runs again for them
+    "retry": (frozenset({"completed"}), "running"),
 }
 
 

@@ -289,6 +289,19 @@ def on_version(row: DeviceRow, version: str, target: str) -> Decision:
                     f"reported version {version} = target")
 
 
+RETRYABLE_STATES = frozenset({"failed"})
+
+
+def on_retry(row: DeviceRow, now: float, reason: str) -> Decision:
+    """An operator gives a failed device a fresh budget in the same campaign."""
+    if row.state not in RETRYABLE_STATES:
+        return Decision(row, f"not retried: {row.state}")
+    return Decision(row.replace(state="pending", attempts=0, transient_errors=0,
+                                next_attempt_at=now, dispatched_at=None, attempt=None,
+                                report_asked_at=None, last_error=f"retried: {reason}"),
+                    f"retried by the operator: {reason}")
+
+
 def on_cancel(row: DeviceRow) -> Decision:
     if row.state in TERMINAL:
         return Decision(row, "terminal")

@@ -3,22 +3,26 @@ domain's status machine, and the audit events. Rows become typed values here."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.domain.campaign import (
     Campaign,
+    CampaignConflict,
     CampaignError,
     CampaignNotFound,
     CampaignSpec,
     RunningCampaign,
     Selector,
+    Write,
     transition,
 )
 from orchestrator.domain.commands import cancel_command
-from orchestrator.domain.device import IN_FLIGHT, TERMINAL
+from orchestrator.domain.device import IN_FLIGHT, TERMINAL, on_retry
 from orchestrator.domain.rollout import Counts, accept, rate_capacity, wave_bounds
-from orchestrator.store import counts, devices
+from orchestrator.store import counts, devices, members
 from orchestrator.store.db import Connection, Record
 from orchestrator.store.queries import q
 
@@ -132,6 +136,32 @@ async def set_status(conn: Connection, campaign_id: int, action: str, *, actor: 
     campaign = await get_campaign(conn, campaign_id)
     assert campaign is not None
     return campaign
+
+
+async def retry(conn: Connection, campaign_id: int, states: Sequence[str],
+                errno: int | None, reason: str, actor: str = "cli") -> int:
+    """Give the chosen devices a fresh budget in the same campaign (an event each); a
+    completed campaign runs again. Returns how many devices were retried."""
+    async with conn.transaction():
+        campaign = await get_campaign(conn, campaign_id)
+        if campaign is None:
+            raise CampaignNotFound(f"campaign {campaign_id} not found")
+        rows = await conn.fetch(q("members_to_retry"), campaign_id, list(states), errno)
+        if not rows:
+            return 0
+        locked = await members.lock(conn, [(r["campaign_id"], r["dev_id"]) for r in rows])
+        now = time.time()
+        writes = []
+        for key, m in locked.items():
+            d = on_retry(m.row, now, reason)
+            if d.row != m.row:
+                writes.append(Write(key[0], key[1], m.rev, m.row.state, d.row, d.reason))
+        if campaign.status in ("cancelled", "aborted", "draft"):
+            raise CampaignConflict(f"campaign {campaign_id} is {campaign.status}: cannot retry")
+        if campaign.status == "completed":
+            await set_status(conn, campaign_id, "retry", actor=actor,
+                             reason=f"{len(writes)} device(s) retried: {reason}")
+        return len(await members.write(conn, writes, actor, locked=True))
 
 
 async def set_wave(conn: Connection, campaign_id: int, wave: int) -> None:

@@ -358,3 +358,39 @@ async def test_an_abort_rule_with_action_abort_aborts(settings: Settings,
         assert await stack.fetchval(
             "SELECT count(*) FROM ota.campaign_devices WHERE campaign_id = $1"
             " AND state NOT IN ('succeeded', 'failed', 'no_task', 'cancelled')", cid) == 0
+
+
+async def test_retry_gives_failed_devices_a_fresh_budget(settings: Settings,
+                                                        start_sim: Any) -> None:
+    """Four devices fail the gate (signal 5 <= the task's 10, no retries); the campaign
+    completes; their signal improves; 'campaign retry' (CLI) reopens the campaign for
+    them and they are upgraded."""
+    scenario = {**ten_devices_no_retry(), "tasks": [
+        {"type": "fota", "package": "p", "retry": 0, "interval": 1, "signal": 10}]}
+    sim = await start_sim(scenario)
+    devices = [SimDevice(i, **M, signal=5 if i <= 4 else 25, drift=False)
+               for i in range(1, 11)]
+    async with Stack(settings, sim, devices) as stack:
+        await stack.wait_devices(10)
+        cid = await create(stack.settings)
+        row = await stack.wait_status(cid, "completed")
+        assert (row["succeeded"], row["failed"]) == (6, 4)
+        for d in devices[:4]:
+            d.signal = 25
+            await stack.fleet.report_status(d)
+        await asyncio.sleep(0.5)
+        env = orchestrator_env(stack.settings)
+        out = await asyncio.to_thread(run_cli, "campaign", "retry", str(cid), "--reason",
+                                      "coverage fixed", env=env)
+        assert out.returncode == 0, out.stderr
+        assert "4 device(s) retried" in out.stdout
+        await until(lambda: stack.fetchval(
+            "SELECT status = 'completed' AND succeeded = 10 FROM ota.campaign_progress"
+            " WHERE campaign_id = $1", cid), 30, "retried devices upgraded")
+        events = await stack.fetchval(
+            "SELECT count(*) FROM ota.events WHERE campaign_id = $1 AND kind = 'transition'"
+            " AND reason LIKE 'retried by the operator: coverage fixed%'", cid)
+        assert events == 4
+        bad = await asyncio.to_thread(run_cli, "campaign", "retry", str(cid), "--state",
+                                      "succeeded", env=env)
+        assert bad.returncode == 2 and "cannot be retried" in bad.stderr

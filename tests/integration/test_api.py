@@ -213,3 +213,20 @@ async def test_the_thirteen_hostile_requests_get_a_4xx(api: Any) -> None:
 def test_an_empty_api_token_is_a_start_up_error() -> None:
     with pytest.raises(ConfigError, match="ORCH_API_TOKEN: empty"):
         load_settings({"ORCH_API_TOKEN": ""})
+
+
+async def test_retry_through_the_api(api: Any, pool: Any) -> None:
+    url = await api()
+    status, c = await call("POST", f"{url}/api/v1/campaigns",
+                           {"name": "r", "type": "fota", "target": "1.3", "start": True})
+    assert status == 201, c
+    cid = c["campaign_id"]
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE ota.campaign_devices SET state = 'failed', last_errno = 8"
+                           " WHERE campaign_id = $1 AND dev_id <= 3", cid)
+    status, out = await call("POST", f"{url}/api/v1/campaigns/{cid}/retry",
+                             {"errno": 8, "reason": "module table fixed"})
+    assert status == 200 and out["retried"] == 3, out
+    status, err = await call("POST", f"{url}/api/v1/campaigns/{cid}/retry",
+                             {"state": "succeeded"})
+    assert status == 400 and err["error"].startswith("state")

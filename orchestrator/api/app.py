@@ -263,7 +263,7 @@ async def retry_devices(request: web.Request) -> web.Response:
     if errno is not None and (isinstance(errno, bool) or not isinstance(errno, int)
                               or not -1 <= errno <= 2**31 - 1):
         raise CampaignError("errno: an integer")
-    reason = body.get("reason") or "by the operator"
+    reason = body.get("reason", "by the operator")
     if not isinstance(reason, str) or not REASON_RE.fullmatch(reason):
         raise CampaignError("reason: 1-200 characters, no control characters")
     async with request.app[STATE].pool.acquire() as conn:

@@ -257,7 +257,7 @@ async def retry_devices(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or set(body) - {"state", "errno", "reason"}:
         raise CampaignError("body: an object with state, errno, reason")
     state = body.get("state", "failed")
-    if state not in RETRYABLE_STATES:
+    if not isinstance(state, str) or state not in RETRYABLE_STATES:
         raise CampaignError(f"state: one of {', '.join(sorted(RETRYABLE_STATES))}")
     errno = body.get("errno")
     if errno is not None and (isinstance(errno, bool) or not isinstance(errno, int)
@@ -410,7 +410,8 @@ OPENAPI: dict[str, Any] = {
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "additionalProperties": False, "properties": {
                     "state": {"type": "string", "enum": sorted(RETRYABLE_STATES)},
-                    "errno": {"type": "integer", "minimum": -1, "maximum": 2**31 - 1},
+                    "errno": {"type": "integer", "minimum": -1, "maximum": 2**31 - 1,
+                              "nullable": True},
                     "reason": {"type": "string", "minLength": 1, "maxLength": 200,
                                "pattern": REASON_RE.pattern}}}}}},
             "responses": {**_ok({"type": "object"}), "409": _ERR}}},

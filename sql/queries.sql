@@ -383,3 +383,23 @@ FROM generate_series(1, $1::bigint) g;
 
 -- name: devices_known
 SELECT dev_id FROM ota.devices WHERE dev_id = ANY($1);
+
+-- name: events_list
+-- A campaign's events after $3 (event id), optionally one device's ($2), oldest first.
+SELECT event_id, at, campaign_id, dev_id, kind, from_state, to_state, reason, actor, detail
+FROM ota.events
+WHERE campaign_id = $1 AND ($2::bigint IS NULL OR dev_id = $2) AND event_id > $3
+ORDER BY event_id LIMIT $4;
+
+-- name: device_campaigns
+-- A device's memberships, newest campaign first, with its last event in each.
+SELECT cd.campaign_id, c.name, c.status, cd.state, cd.attempts, dp.reason,
+       (SELECT e.at FROM ota.events e WHERE e.dev_id = cd.dev_id
+          AND e.campaign_id = cd.campaign_id ORDER BY e.at DESC LIMIT 1) AS last_event_at,
+       (SELECT e.reason FROM ota.events e WHERE e.dev_id = cd.dev_id
+          AND e.campaign_id = cd.campaign_id ORDER BY e.at DESC LIMIT 1) AS last_event
+FROM ota.campaign_devices cd
+JOIN ota.campaigns c USING (campaign_id)
+JOIN ota.device_progress dp ON dp.campaign_id = cd.campaign_id AND dp.dev_id = cd.dev_id
+WHERE cd.dev_id = $1
+ORDER BY cd.campaign_id DESC LIMIT 20;

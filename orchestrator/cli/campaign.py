@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from orchestrator.domain.rollout import BadRollout, parse_waves
 from orchestrator.store import members
 from orchestrator.store.campaigns import (
     create_campaign,
+    events,
     get_campaign,
     list_campaigns,
     retry,
@@ -134,6 +136,38 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
+    """The campaign's audit log, oldest first; --follow prints new events as they come."""
+
+    def line(e: dict[str, Any]) -> str:
+        who = f"device {e['dev_id']}" if e["dev_id"] else "campaign"
+        move = f"{e['from_state'] or ''}->{e['to_state'] or ''}" \
+            if e["from_state"] or e["to_state"] else ""
+        return (f"{e['at'][:23]}  #{e['event_id']:<8} {who:16} {e['kind']:18} {move:24} "
+                f"{e['actor'] or '':10} {e['reason'] or ''}").rstrip()
+
+    async def go() -> int:
+        conn = await connect(settings.require_database())
+        try:
+            if await get_campaign(conn, args.id) is None:
+                print(f"campaign {args.id} not found", file=sys.stderr)
+                return 1
+            after = 0
+            while True:
+                batch = await events(conn, args.id, args.device, after, 1000)
+                for e in batch:
+                    print(json.dumps(e, default=str) if args.json else line(e), flush=True)
+                    after = e["event_id"]
+                if not args.follow and len(batch) < 1000:
+                    return 0
+                if not batch:
+                    await asyncio.sleep(1.0)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
 def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     view = LiveView(every=args.every)
 
@@ -208,6 +242,12 @@ def register(sub: Any) -> None:
     p.add_argument("--errno", type=int, help="only devices whose last errno is this")
     p.add_argument("--reason", help="recorded in each device's event")
     p.set_defaults(handler=cmd_retry)
+    p = camp.add_parser("events", help="the campaign's audit log (--follow: as it grows)")
+    p.add_argument("id", type=int)
+    p.add_argument("--device", type=int, metavar="ID", help="only this device's events")
+    p.add_argument("--follow", "-f", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(handler=cmd_events)
     p = camp.add_parser("watch", help="live progress until the campaign ends")
     p.add_argument("id", type=int)
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")

@@ -13,8 +13,9 @@ from orchestrator.config import Settings
 from orchestrator.domain.payloads import parse_dev_id
 from orchestrator.domain.registry import parse_csv
 from orchestrator.mqtt import dynsec
+from orchestrator.store.campaigns import of_device
 from orchestrator.store.db import Connection
-from orchestrator.store.devices import get_device, import_devices, list_devices
+from orchestrator.store.devices import Device, get_device, import_devices, list_devices
 
 DEVICE_COLUMNS = ("dev_id", "manuf", "model", "fota_version", "sota_version", "signal", "power",
                   "last_seen")
@@ -56,16 +57,23 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
-    device = asyncio.run(with_conn(settings, lambda c: get_device(c, args.dev_id)))
+    async def go(conn: Connection) -> tuple[Device | None, list[dict[str, Any]]]:
+        return await get_device(conn, args.dev_id), await of_device(conn, args.dev_id)
+
+    device, memberships = asyncio.run(with_conn(settings, go))
     if device is None:
         print(f"device {args.dev_id} not found", file=sys.stderr)
         return 1
     data = device.to_json()
     if args.json:
-        print_json(data)
+        print_json({**data, "campaigns": memberships})
     else:
         for key, value in data.items():
             print(f"{key:14} {'' if value is None else value}")
+        if memberships:
+            print()
+            print(table(memberships, ("campaign_id", "name", "status", "state", "attempts",
+                                      "last_event_at", "last_event")))
     return 0
 
 

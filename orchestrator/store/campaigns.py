@@ -164,6 +164,22 @@ async def retry(conn: Connection, campaign_id: int, states: Sequence[str],
         return len(await members.write(conn, writes, actor, locked=True))
 
 
+def _plain(row: Record) -> dict[str, Any]:
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+
+
+async def events(conn: Connection, campaign_id: int, dev_id: int | None = None,
+                 after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+    """A campaign's audit events after event id ``after``, oldest first."""
+    rows = await conn.fetch(q("events_list"), campaign_id, dev_id, after, limit)
+    return [_plain(r) for r in rows]
+
+
+async def of_device(conn: Connection, dev_id: int) -> list[dict[str, Any]]:
+    """The device's campaigns (newest first), its state and last event in each."""
+    return [_plain(r) for r in await conn.fetch(q("device_campaigns"), dev_id)]
+
+
 async def set_wave(conn: Connection, campaign_id: int, wave: int) -> None:
     await conn.execute(q("campaign_set_wave"), campaign_id, wave)
 

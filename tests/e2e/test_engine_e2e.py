@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from conftest import orchestrator_env, run_cli
@@ -394,3 +395,18 @@ async def test_retry_gives_failed_devices_a_fresh_budget(settings: Settings,
         bad = await asyncio.to_thread(run_cli, "campaign", "retry", str(cid), "--state",
                                       "succeeded", env=env)
         assert bad.returncode == 2 and "cannot be retried" in bad.stderr
+        # where the operator looks: the device's own history, and the device's campaigns
+        out = await asyncio.to_thread(run_cli, "campaign", "events", str(cid), "--device",
+                                      "1", "--json", env=env)
+        assert out.returncode == 0, out.stderr
+        history = [json.loads(x) for x in out.stdout.splitlines()]
+        assert {e["dev_id"] for e in history} == {1}
+        reasons = [e["reason"] for e in history]
+        assert any("retries spent" in r for r in reasons), reasons
+        assert any(r.startswith("retried by the operator") for r in reasons), reasons
+        assert history[-1]["to_state"] == "succeeded"
+        out = await asyncio.to_thread(run_cli, "device", "show", "1", "--json", env=env)
+        shown = json.loads(out.stdout)
+        assert shown["campaigns"][0]["campaign_id"] == cid
+        assert shown["campaigns"][0]["state"] == "succeeded"
+        assert shown["campaigns"][0]["last_event"]

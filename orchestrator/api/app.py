@@ -367,6 +367,8 @@ OPENAPI: dict[str, Any] = {
                     "abort_min_finished": {**_INT32},
                     "continuous": {"type": "boolean"},
                     "abort_action": {"type": "string", "enum": ["pause", "abort"]},
+                    "all_devices": {"type": "boolean",
+                                    "description": "required when no selector is given"},
                     "start": {"type": "boolean"},
                 },
             },

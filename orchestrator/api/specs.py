@@ -8,7 +8,7 @@ from orchestrator.domain.campaign import CampaignError, CampaignSpec, Selector
 
 FIELDS = {"name", "type", "target", "manuf", "model", "from_versions", "devices", "waves",
           "wave_success_pct", "max_per_minute", "abort_failure_pct", "abort_min_finished",
-          "continuous", "start", "abort_action"}
+          "continuous", "start", "abort_action", "all_devices"}
 
 
 def _opt(body: dict[str, Any], key: str, kinds: tuple[type, ...], what: str) -> Any:
@@ -62,6 +62,7 @@ def spec_from_body(body: Any) -> tuple[CampaignSpec, bool]:
         abort_min_finished=_opt(body, "abort_min_finished", (int,), "an integer") or 1,
         continuous=bool(_opt(body, "continuous", (bool,), "a boolean") or False),
         abort_action=_opt(body, "abort_action", (str,), "a string") or "pause",
+        all_devices=bool(_opt(body, "all_devices", (bool,), "a boolean") or False),
     )
     spec.validate()
     return spec, bool(_opt(body, "start", (bool,), "a boolean") or False)

@@ -64,7 +64,7 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
         waves=waves, wave_success_pct=args.wave_success_pct,
         max_per_minute=args.max_per_minute, abort_failure_pct=args.abort_failure_pct,
         abort_min_finished=args.abort_min_finished, continuous=args.continuous,
-        abort_action=args.abort_action)
+        abort_action=args.abort_action, all_devices=args.all_devices)
 
     async def go(conn: Connection) -> Campaign | None:
         cid = await create_campaign(conn, spec, start=args.start)
@@ -215,6 +215,8 @@ def register(sub: Any) -> None:
                         "far) or abort (status aborted, in-flight devices get cancel)")
     p.add_argument("--continuous", action="store_true",
                    help="devices that register later and match join")
+    p.add_argument("--all-devices", action="store_true",
+                   help="required to select the whole registry (no other selector)")
     p.add_argument("--start", action="store_true", help="start it now")
     p.set_defaults(handler=cmd_create)
     p = camp.add_parser("list", help="list campaigns")

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from orchestrator.domain.catalogue import known_manuf, known_model
 from orchestrator.domain.device import NON_TERMINAL, DeviceRow, Status
 from orchestrator.domain.rollout import Counts, Rules, check_waves
 from orchestrator.domain.versions import check_version
@@ -99,6 +100,7 @@ class CampaignSpec:
     abort_min_finished: int = 1
     continuous: bool = False
     abort_action: str = "pause"
+    all_devices: bool = False     # required to select the whole registry
 
     def validate(self) -> None:
         if not NAME_RE.fullmatch(self.name):
@@ -130,6 +132,16 @@ class CampaignSpec:
             raise CampaignError(f"abort_min_finished: 1..{INT32_MAX}")
         if self.abort_action not in ("pause", "abort"):
             raise CampaignError("abort_action: pause or abort")
+        sel = self.selector
+        if sel.manuf is not None and not known_manuf(sel.manuf):
+            raise CampaignError(f"manuf: {sel.manuf!r} is not in OneNET's manufacturer table "
+                                "(orchestrator's catalogue, by name or code)")
+        if sel.model is not None and not known_model(sel.model):
+            raise CampaignError(f"model: {sel.model!r} is not in OneNET's module table")
+        if not (sel.manuf or sel.model or sel.from_versions or sel.devices is not None
+                or self.all_devices):
+            raise CampaignError("selector: none given — this would enrol the whole registry; "
+                                "say so with all_devices (--all-devices)")
 
 
 @dataclass(frozen=True, slots=True)

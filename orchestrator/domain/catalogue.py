@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from orchestrator.domain._tables import MODULES, Module
 
-__all__ = ["MODULES", "Module", "Resolved", "UnknownModule", "resolve"]
+__all__ = ["MODULES", "Module", "Resolved", "UnknownModule", "known_manuf", "known_model",
+           "resolve"]
 
 
 class UnknownModule(ValueError):
@@ -35,6 +36,18 @@ for _m in MODULES:
     _BY_CODE.setdefault((_m.manuf_code, _m.model_code), _m)
 _MANUF_NAMES = {_norm(m.manuf) for m in MODULES}
 _MANUF_CODES = {m.manuf_code for m in MODULES}
+
+
+_MODEL_NAMES = {_norm(m.model) for m in MODULES}
+_MODEL_CODES = {m.model_code for m in MODULES}
+
+
+def known_manuf(text: str) -> bool:
+    return _norm(text) in _MANUF_NAMES or text.strip() in _MANUF_CODES
+
+
+def known_model(text: str) -> bool:
+    return _norm(text) in _MODEL_NAMES or text.strip() in _MODEL_CODES
 
 
 def resolve(manuf: str, model: str) -> Resolved:

@@ -100,6 +100,10 @@ async def create_campaign(conn: Connection, spec: CampaignSpec, *, start: bool =
             0.0 if spec.max_per_minute is None else rate_capacity(spec.max_per_minute),
             spec.abort_action)
         n = await enroll_fresh(conn, cid, spec)
+        if n == 0 and not spec.continuous:
+            raise CampaignError("selector: matches no device that is not on the target "
+                                "already (nothing to upgrade; a --continuous campaign may "
+                                "start empty)")
         await event(conn, "campaign_created", f"{n} device(s) enrolled", campaign_id=cid,
                     actor=actor, to_state="draft")
         if start:

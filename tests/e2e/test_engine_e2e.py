@@ -45,6 +45,7 @@ def ten_devices_no_retry() -> dict[str, Any]:
 async def create(settings: Settings, **kw: Any) -> int:
     conn = await connect(settings.database_url or "")
     try:
+        kw.setdefault("all_devices", True)
         spec = CampaignSpec(name=kw.pop("name", "test"), type="fota", target="1.3", **kw)
         return await create_campaign(conn, spec, start=True)
     finally:
@@ -222,7 +223,8 @@ async def test_terminal_errno_paths(settings: Settings, start_sim: Any) -> None:
         await stack.wait_devices(4)
         conn = await connect(stack.settings.database_url or "")
         try:
-            cid = await create_campaign(conn, CampaignSpec("e", "fota", "2.1"), start=True)
+            cid = await create_campaign(conn, CampaignSpec("e", "fota", "2.1",
+                                                       all_devices=True), start=True)
         finally:
             await conn.close()
         row = await stack.wait_status(cid, "completed")

@@ -54,7 +54,8 @@ async def progress(dsn: str, cid: int) -> Any:
 async def make_campaign(dsn: str) -> int:
     conn = await connect(dsn)
     try:
-        return await create_campaign(conn, CampaignSpec("p", "fota", "1.3"), start=True)
+        return await create_campaign(conn, CampaignSpec("p", "fota", "1.3",
+                                                       all_devices=True), start=True)
     finally:
         await conn.close()
 

@@ -116,7 +116,7 @@ async def test_bad_bodies_get_a_4xx_naming_the_field(api: Any) -> None:
 
 async def test_mutating_calls_need_the_bearer_token(api: Any) -> None:
     url = await api(token="s3cret")
-    body = {"name": "x", "type": "fota", "target": "1.3"}
+    body = {"name": "x", "type": "fota", "target": "1.3", "all_devices": True}
     status, err = await call("POST", f"{url}/api/v1/campaigns", body)
     assert status == 401
     status, _ = await call("POST", f"{url}/api/v1/campaigns", body,
@@ -218,7 +218,8 @@ def test_an_empty_api_token_is_a_start_up_error() -> None:
 async def test_retry_through_the_api(api: Any, pool: Any) -> None:
     url = await api()
     status, c = await call("POST", f"{url}/api/v1/campaigns",
-                           {"name": "r", "type": "fota", "target": "1.3", "start": True})
+                           {"name": "r", "type": "fota", "target": "1.3", "start": True,
+                            "all_devices": True})
     assert status == 201, c
     cid = c["campaign_id"]
     async with pool.acquire() as conn:

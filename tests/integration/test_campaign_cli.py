@@ -109,3 +109,21 @@ def test_errno_table_and_failure_reasons_where_the_operator_looks(database: str)
     reason = json.loads(out.stdout)["devices"][0]["reason"]
     assert reason == ("device does not exist; errno 1: authentication failed (or the device "
                       "does not exist)")
+
+
+def test_selector_guardrails(database: str, tmp_path: Path) -> None:
+    env = env_for(database)
+    seed(env, tmp_path)
+    base = ["campaign", "create", "--name", "g", "--type", "fota", "--target", "1.3"]
+    out = run_cli(*base, env=env)
+    assert out.returncode == 1 and "--all-devices" in out.stderr
+    out = run_cli(*base, "--model", "M9999", env=env)
+    assert out.returncode == 1 and "model: 'M9999' is not in OneNET's module table" in out.stderr
+    out = run_cli(*base, "--manuf", "Acme", env=env)
+    assert out.returncode == 1 and "manuf" in out.stderr
+    out = run_cli(*base, "--model", "BC28", env=env)     # in the tables, not in the fleet
+    assert out.returncode == 1 and "matches no device" in out.stderr
+    listed = json.loads(run_cli("campaign", "list", "--json", env=env).stdout)
+    assert listed == []                                   # nothing half-created
+    out = run_cli(*base, "--all-devices", env=env)
+    assert out.returncode == 0, out.stderr

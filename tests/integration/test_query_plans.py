@@ -17,7 +17,8 @@ async def test_claim_and_progress_use_their_indexes(pool: Any) -> None:
                SELECT g, 'China Mobile', 'M5310', '1.2', 20, 80
                FROM generate_series(1, 50000) g""")
         for _ in range(3):
-            await create_campaign(conn, CampaignSpec("p", "fota", "1.3"), start=True)
+            await create_campaign(conn, CampaignSpec("p", "fota", "1.3",
+                                                       all_devices=True), start=True)
         await conn.execute("ANALYZE")
         claim = "\n".join(r[0] for r in await conn.fetch(
             "EXPLAIN " + q("members_claim"), 2, list(NON_TERMINAL), 0, 500, 60.0, "t"))

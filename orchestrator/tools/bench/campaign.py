@@ -66,7 +66,8 @@ async def bench_campaign(settings: Settings, say: Say, n: int = 2_000) -> dict[s
                         while await devices.count_reported(conn, range(1, n + 1)) < n:
                             await asyncio.sleep(0.1)
                     started = time.perf_counter()
-                    cid = await create_campaign(conn, CampaignSpec("bench", "fota", "1.3"),
+                    cid = await create_campaign(conn, CampaignSpec("bench", "fota", "1.3",
+                                                       all_devices=True),
                                                 start=True)
                     async with asyncio.timeout(600):
                         while True:

@@ -49,7 +49,8 @@ async def bench_checks(settings: Settings, say: Say, n: int = 20_000) -> dict[st
             pool = await create_pool(dsn, max_size=8)
             async with pool.acquire() as conn:
                 await devices.seed(conn, n)
-                cid = await create_campaign(conn, CampaignSpec("bench", "fota", "1.3"),
+                cid = await create_campaign(conn, CampaignSpec("bench", "fota", "1.3",
+                                                       all_devices=True),
                                             start=True)
             s = dataclasses.replace(settings, database_url=dsn, onenet_url=url,
                                     onenet_product_id=PRODUCT_ID, onenet_access_key=DEMO_ACCESS_KEY,

@@ -42,7 +42,7 @@ async def bench_enroll(settings: Settings, say: Say, n: int = 1_000_000) -> dict
             await _checkpoint(conn)
             started = time.perf_counter()
             cid = await create_campaign(conn, CampaignSpec(
-                "bench", "fota", "1.3", waves=(1, 10, 50, 100)), start=True)
+                "bench", "fota", "1.3", all_devices=True, waves=(1, 10, 50, 100)), start=True)
             ours_s = time.perf_counter() - started
             say(f"  orchestrator enrolment (selector, waves, counts): {ours_s:.2f} s")
             await counts.fold(conn)

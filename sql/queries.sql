@@ -403,3 +403,14 @@ JOIN ota.campaigns c USING (campaign_id)
 JOIN ota.device_progress dp ON dp.campaign_id = cd.campaign_id AND dp.dev_id = cd.dev_id
 WHERE cd.dev_id = $1
 ORDER BY cd.campaign_id DESC LIMIT 20;
+
+-- name: campaign_update_rules
+-- Change a live campaign's rules: each pair is (change it?, new value).
+UPDATE ota.campaigns SET
+    max_per_minute = CASE WHEN $2 THEN $3::int ELSE max_per_minute END,
+    wave_success_pct = CASE WHEN $4 THEN $5::numeric ELSE wave_success_pct END,
+    abort_failure_pct = CASE WHEN $6 THEN $7::numeric ELSE abort_failure_pct END,
+    abort_min_finished = CASE WHEN $8 THEN $9::int ELSE abort_min_finished END,
+    abort_action = CASE WHEN $10 THEN $11::text ELSE abort_action END,
+    updated_at = now()
+WHERE campaign_id = $1;

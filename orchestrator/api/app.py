@@ -248,6 +248,19 @@ def _action(action: str) -> Handler:
     return handle
 
 
+async def update_campaign(request: web.Request) -> web.Response:
+    cid = _int(request, "id", lo=1)
+    try:
+        body = orjson.loads(await request.read())
+    except (ValueError, RecursionError):
+        raise CampaignError("body: not valid JSON") from None
+    if not isinstance(body, dict):
+        raise CampaignError("body: expected a JSON object")
+    async with request.app[STATE].pool.acquire() as conn:
+        campaign = await store.update_rules(conn, cid, body, actor="api")
+    return _json(campaign.to_json())
+
+
 async def retry_devices(request: web.Request) -> web.Response:
     cid = _int(request, "id", lo=1)
     try:
@@ -305,6 +318,7 @@ def build_app(state: ApiState) -> web.Application:
         web.get("/api/v1/campaigns", list_campaigns),
         web.post("/api/v1/campaigns", create_campaign),
         web.get("/api/v1/campaigns/{id}", show_campaign),
+        web.patch("/api/v1/campaigns/{id}", update_campaign),
         web.get("/api/v1/campaigns/{id}/devices", campaign_devices),
         *[web.post(f"/api/v1/campaigns/{{id}}/{a}", _action(a))
           for a in ("start", "pause", "resume", "cancel")],
@@ -397,8 +411,20 @@ OPENAPI: dict[str, Any] = {
                          "application/json": {"schema": _ref("CampaignCreate")}}},
                      "responses": _ok(_ref("Campaign"), "201")},
         },
-        "/api/v1/campaigns/{id}": {"get": {"security": _SECURE, "parameters": [_ID],
-                                           "responses": _ok(_ref("Campaign"))}},
+        "/api/v1/campaigns/{id}": {
+            "get": {"security": _SECURE, "parameters": [_ID],
+                    "responses": _ok(_ref("Campaign"))},
+            "patch": {"security": _SECURE, "parameters": [_ID],
+                      "requestBody": {"required": True, "content": {"application/json": {
+                          "schema": {"type": "object", "additionalProperties": False,
+                                     "minProperties": 1, "properties": {
+                                         "max_per_minute": {**_INT32, "nullable": True},
+                                         "wave_success_pct": _PCT,
+                                         "abort_failure_pct": {**_PCT, "nullable": True},
+                                         "abort_min_finished": _INT32,
+                                         "abort_action": {"type": "string",
+                                                          "enum": ["pause", "abort"]}}}}}},
+                      "responses": {**_ok(_ref("Campaign")), "409": _ERR}}},
         "/api/v1/campaigns/{id}/devices": {"get": {"security": _SECURE, "parameters": [
             _ID, {"name": "state", "in": "query",
                   "schema": {"type": "string", "enum": list(STATES)}}, _LIMIT],

@@ -23,6 +23,7 @@ from orchestrator.store.campaigns import (
     list_campaigns,
     retry,
     set_status,
+    update_rules,
 )
 from orchestrator.store.db import Connection, connect
 
@@ -122,6 +123,30 @@ def _action(action: str) -> Any:
         return 0
 
     return handler
+
+
+def cmd_update(args: argparse.Namespace, settings: Settings) -> int:
+    changes: dict[str, Any] = {}
+    if args.max_per_minute is not None:
+        changes["max_per_minute"] = args.max_per_minute
+    if args.no_rate_limit:
+        changes["max_per_minute"] = None
+    if args.wave_success_pct is not None:
+        changes["wave_success_pct"] = args.wave_success_pct
+    if args.abort_failure_pct is not None:
+        changes["abort_failure_pct"] = args.abort_failure_pct
+    if args.no_abort_rule:
+        changes["abort_failure_pct"] = None
+    if args.abort_min_finished is not None:
+        changes["abort_min_finished"] = args.abort_min_finished
+    if args.abort_action is not None:
+        changes["abort_action"] = args.abort_action
+    if not changes:
+        raise UsageError("campaign update: give at least one change (see --help)")
+    campaign = asyncio.run(with_conn(settings, lambda c: update_rules(c, args.id, changes)))
+    print(f"campaign {campaign.campaign_id}: " + ", ".join(
+        f"{k}={getattr(campaign, k)}" for k in changes))
+    return 0
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
@@ -237,6 +262,16 @@ def register(sub: Any) -> None:
         if action in ("pause", "resume", "cancel"):
             p.add_argument("--reason", help="recorded in the campaign's events")
         p.set_defaults(handler=_action(action))
+    p = camp.add_parser("update", help="change a live campaign's rate, wave gate, abort rule")
+    p.add_argument("id", type=int)
+    p.add_argument("--max-per-minute", type=int)
+    p.add_argument("--no-rate-limit", action="store_true")
+    p.add_argument("--wave-success-pct", type=float)
+    p.add_argument("--abort-failure-pct", type=float)
+    p.add_argument("--no-abort-rule", action="store_true")
+    p.add_argument("--abort-min-finished", type=int)
+    p.add_argument("--abort-action", choices=("pause", "abort"))
+    p.set_defaults(handler=cmd_update)
     p = camp.add_parser("retry", help="give failed devices a fresh budget in the campaign")
     p.add_argument("id", type=int)
     p.add_argument("--state", action="append", metavar="STATE",

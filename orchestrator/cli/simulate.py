@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import sys
 from typing import Any
 
 from orchestrator import runtime
@@ -110,11 +111,25 @@ def cmd_simulate_fleet(args: argparse.Namespace, settings: Settings) -> int:
     fleet = Fleet(settings.mqtt_url, settings.mqtt_topic_prefix, devices, config,
                   client_id=None, v5=settings.mqtt_v5)
 
-    async def main() -> None:
+    async def main() -> int:
         stop = asyncio.Event()
         runtime.stop_on_signals(stop)
         task = asyncio.create_task(fleet.run(stop))
-        await fleet.connected.wait()
+        connected = asyncio.create_task(fleet.connected.wait())
+        stopped = asyncio.create_task(stop.wait())
+        while not fleet.connected.is_set() and not stop.is_set():
+            done, _ = await asyncio.wait({connected, stopped}, timeout=5,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                print(f"fleet: cannot reach the broker at {settings.mqtt_url!r} yet; "
+                      "retrying (Ctrl-C stops)", file=sys.stderr, flush=True)
+        connected.cancel()
+        stopped.cancel()
+        if not fleet.connected.is_set():
+            await task
+            print(f"error: ORCH_MQTT_URL: never reached the broker at {settings.mqtt_url!r}",
+                  file=sys.stderr)
+            return 1
         print(f"{len(devices)} simulated devices ({devices[0].dev_id}..{devices[-1].dev_id}) "
               f"on {settings.mqtt_url!r}, prefix {settings.mqtt_topic_prefix!r}", flush=True)
         while not stop.is_set():
@@ -123,9 +138,9 @@ def cmd_simulate_fleet(args: argparse.Namespace, settings: Settings) -> int:
             print("fleet: " + ", ".join(f"{k}={v}" for k, v in sorted(fleet.stats.items())),
                   flush=True)
         await task
+        return 0
 
-    runtime.run(main())
-    return 0
+    return runtime.run(main())
 
 
 def register_fleet(sim: Any) -> None:

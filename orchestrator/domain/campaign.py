@@ -61,6 +61,35 @@ def transition(campaign_id: int, current: str, action: str) -> str:
     return new
 
 
+RULE_FIELDS = ("max_per_minute", "wave_success_pct", "abort_failure_pct",
+               "abort_min_finished", "abort_action")
+
+
+def check_rule_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The rules of a live campaign an operator may change, checked as at creation;
+    ``None`` removes the rate limit or the abort rule."""
+    unknown = sorted(set(changes) - set(RULE_FIELDS))
+    if unknown:
+        raise CampaignError(f"{unknown[0]}: cannot be changed (one of {', '.join(RULE_FIELDS)})")
+    if not changes:
+        raise CampaignError("changes: none given")
+    out = dict(changes)
+    for key in ("max_per_minute", "abort_min_finished"):
+        v = out.get(key)
+        if key in out and (v is not None or key == "abort_min_finished") and (
+                isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= INT32_MAX):
+            raise CampaignError(f"{key}: 1..{INT32_MAX}")
+    for key in ("wave_success_pct", "abort_failure_pct"):
+        v = out.get(key)
+        if key in out and (v is not None or key == "wave_success_pct"):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 100:
+                raise CampaignError(f"{key}: 0..100")
+            out[key] = float(v)
+    if "abort_action" in out and out["abort_action"] not in ("pause", "abort"):
+        raise CampaignError("abort_action: pause or abort")
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Selector:
     manuf: str | None = None

@@ -128,8 +128,16 @@ class Ingest:
                         reader.result()  # re-raises the connection error
                         raise aiomqtt.MqttError("message stream ended")
             finally:
-                reader.cancel()
                 stopper.cancel()
+                if stop.is_set() and _paho.is_connected(client) and not reader.done():
+                    # a clean stop: no new messages, then read and commit what the broker
+                    # already sent us (the session ends below; Mosquitto drops what an
+                    # ended session leaves unacknowledged)
+                    room.set()
+                    with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                        await asyncio.wait_for(client.unsubscribe(self.subscriptions()), 5)
+                    await self._quiet(batch, 0.3, 10.0)
+                reader.cancel()
                 await asyncio.gather(reader, stopper, return_exceptions=True)
                 # flush what arrived while stopping, so the broker need not resend it
                 if batch and _paho.is_connected(client):
@@ -143,6 +151,15 @@ class Ingest:
                     _paho.end_session_on_disconnect(client)
             if stop.is_set():
                 log.info("ingest stopped", applied=self.applied)
+
+    @staticmethod
+    async def _quiet(batch: list[aiomqtt.Message], idle: float, limit: float) -> None:
+        """Until no message arrived for ``idle`` s (the reader keeps filling ``batch``)."""
+        deadline = asyncio.get_running_loop().time() + limit
+        seen = -1
+        while len(batch) != seen and asyncio.get_running_loop().time() < deadline:
+            seen = len(batch)
+            await asyncio.sleep(idle)
 
     def _reject(self, r: Rejection) -> None:
         self.metrics.ingest_rejected.labels(r.reason).inc()

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.domain.campaign import (
+    DONE,
+    RULE_FIELDS,
     Campaign,
     CampaignConflict,
     CampaignError,
@@ -17,6 +19,7 @@ from orchestrator.domain.campaign import (
     RunningCampaign,
     Selector,
     Write,
+    check_rule_changes,
     transition,
 )
 from orchestrator.domain.commands import cancel_command
@@ -182,6 +185,34 @@ async def events(conn: Connection, campaign_id: int, dev_id: int | None = None,
 async def of_device(conn: Connection, dev_id: int) -> list[dict[str, Any]]:
     """The device's campaigns (newest first), its state and last event in each."""
     return [_plain(r) for r in await conn.fetch(q("device_campaigns"), dev_id)]
+
+
+async def update_rules(conn: Connection, campaign_id: int, changes: dict[str, Any], *,
+                       actor: str = "cli") -> Campaign:
+    """Change a live campaign's rate, wave gate or abort rule; an event per change."""
+    checked = check_rule_changes(changes)
+    async with conn.transaction():
+        current = await conn.fetchval(q("campaign_lock_status"), campaign_id)
+        if current is None:
+            raise CampaignNotFound(f"campaign {campaign_id} not found")
+        if current in DONE:
+            raise CampaignConflict(f"campaign {campaign_id} is {current}: cannot update")
+        before = await get_campaign(conn, campaign_id)
+        assert before is not None
+        args: list[Any] = [campaign_id]
+        for key in RULE_FIELDS:
+            args += [key in checked, checked.get(key)]
+        await conn.execute(q("campaign_update_rules"), *args)
+        for key in RULE_FIELDS:
+            if key in checked and getattr(before, key) != checked[key]:
+                await event(conn, "campaign_update",
+                            f"{key}: {getattr(before, key)} -> {checked[key]}",
+                            campaign_id=campaign_id, actor=actor,
+                            detail={"field": key, "from": getattr(before, key),
+                                    "to": checked[key]})
+    after = await get_campaign(conn, campaign_id)
+    assert after is not None
+    return after
 
 
 async def set_wave(conn: Connection, campaign_id: int, wave: int) -> None:

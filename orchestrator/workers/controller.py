@@ -65,6 +65,9 @@ class Controller:
         with contextlib.suppress(DatabaseUnavailable):
             async with self.db.transaction() as tx:
                 await tx.replica_gone(self.owner)
+                # a replica leaving is a moment our side may have missed a report: no
+                # dispatch timeout overlapping it is charged to a device
+                await tx.mark_gap()
 
     async def beat(self) -> None:
         if time.monotonic() - self._last_beat < BEAT_EVERY:

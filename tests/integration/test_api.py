@@ -231,3 +231,30 @@ async def test_retry_through_the_api(api: Any, pool: Any) -> None:
     status, err = await call("POST", f"{url}/api/v1/campaigns/{cid}/retry",
                              {"state": "succeeded"})
     assert status == 400 and err["error"].startswith("state")
+
+
+async def test_patch_changes_a_live_campaign_with_an_event_each(api: Any, pool: Any) -> None:
+    url = await api()
+    status, c = await call("POST", f"{url}/api/v1/campaigns",
+                           {"name": "u", "type": "fota", "target": "1.3", "model": "M5310",
+                            "max_per_minute": 60, "abort_failure_pct": 5, "start": True})
+    cid = c["campaign_id"]
+    status, c = await call("PATCH", f"{url}/api/v1/campaigns/{cid}",
+                           {"max_per_minute": 600, "abort_failure_pct": None,
+                            "abort_action": "abort"})
+    assert status == 200, c
+    assert (c["max_per_minute"], c["abort_failure_pct"], c["abort_action"]) == (600, None,
+                                                                               "abort")
+    async with pool.acquire() as conn:
+        reasons = [r["reason"] for r in await conn.fetch(
+            "SELECT reason FROM ota.events WHERE campaign_id = $1 AND kind = 'campaign_update'"
+            " ORDER BY event_id", cid)]
+    assert reasons == ["max_per_minute: 60 -> 600", "abort_failure_pct: 5.0 -> None",
+                       "abort_action: pause -> abort"]
+    for body, field in [({"max_per_minute": 0}, "max_per_minute"), ({"waves": [100]}, "waves"),
+                        ({}, "changes"), ({"wave_success_pct": 101}, "wave_success_pct")]:
+        status, err = await call("PATCH", f"{url}/api/v1/campaigns/{cid}", body)
+        assert status == 400 and err["error"].startswith(field), (body, err)
+    await call("POST", f"{url}/api/v1/campaigns/{cid}/cancel", {})
+    status, err = await call("PATCH", f"{url}/api/v1/campaigns/{cid}", {"max_per_minute": 5})
+    assert status == 409

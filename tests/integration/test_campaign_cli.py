@@ -127,3 +127,18 @@ def test_selector_guardrails(database: str, tmp_path: Path) -> None:
     assert listed == []                                   # nothing half-created
     out = run_cli(*base, "--all-devices", env=env)
     assert out.returncode == 0, out.stderr
+
+
+def test_update_a_live_campaign(database: str, tmp_path: Path) -> None:
+    env = env_for(database)
+    seed(env, tmp_path)
+    out = run_cli("campaign", "create", "--name", "u", "--type", "fota", "--target", "1.3",
+                  "--model", "M5310", "--max-per-minute", "60", "--start", env=env)
+    cid = out.stdout.strip().splitlines()[-1]
+    out = run_cli("campaign", "update", cid, "--no-rate-limit", "--wave-success-pct", "90",
+                  env=env)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(run_cli("campaign", "show", cid, "--json", env=env).stdout)
+    assert (shown["max_per_minute"], shown["wave_success_pct"]) == (None, 90.0)
+    out = run_cli("campaign", "update", cid, env=env)
+    assert out.returncode == 2 and "at least one change" in out.stderr

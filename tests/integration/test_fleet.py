@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from typing import Any
 
 import aiomqtt
 
-from conftest import SIM_KEY
+from conftest import SIM_KEY, free_port
 from orchestrator.config import Settings
 from orchestrator.domain.onenet import CheckRequest
 from orchestrator.mqtt import topics
@@ -159,3 +164,16 @@ async def test_offline_devices_stay_quiet(settings: Settings) -> None:
     assert fleet.stats["offline"] == 20 and fleet.stats["status"] == sent
     stop.set()
     await ft
+
+
+def test_simulate_fleet_says_it_cannot_reach_the_broker_and_stops_on_sigterm() -> None:
+    env = {**os.environ, "ORCH_MQTT_URL": f"mqtt://127.0.0.1:{free_port()}",
+           "ORCH_LOG_LEVEL": "error"}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "simulate", "fleet",
+                             "--devices", "3"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(7)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 1, (out, err)
+    assert "cannot reach the broker" in err and "ORCH_MQTT_URL" in err

@@ -88,6 +88,11 @@ class Service:
                 asyncio.create_task(self.controller.run(self.stop), name="controller"),
                 asyncio.create_task(self.relayer.run(self.stop), name="relay"),
             ]
+            if not (s.onenet_authorization or (s.onenet_product_id and s.onenet_access_key)):
+                log.warning("no OneNET credentials: set ORCH_ONENET_PRODUCT_ID and "
+                            "ORCH_ONENET_ACCESS_KEY (or ORCH_ONENET_AUTHORIZATION); the "
+                            "platform will refuse every check (errno 1)",
+                            onenet=s.onenet_url)
             self.ready.set()
             log.info("orchestrator running", mqtt=repr(s.mqtt_url), onenet=s.onenet_url)
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

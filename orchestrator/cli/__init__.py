@@ -5,6 +5,7 @@ module of its own. Nothing imports this package."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -51,8 +52,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         print(f"error: database: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # the reader went away (`... | head`): not an error; keep Python quiet at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ConnectionError, TimeoutError) as exc:
+        print(f"error: ORCH_DATABASE_URL: cannot connect ({exc})", file=sys.stderr)
+        return 1
     except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if "Connect call failed" in str(exc):
+            print(f"error: ORCH_DATABASE_URL: cannot connect ({exc})", file=sys.stderr)
+        else:
+            print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

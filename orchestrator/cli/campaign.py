@@ -11,8 +11,8 @@ from typing import Any
 
 from orchestrator.cli.common import LiveView, UsageError, print_json, table, with_conn
 from orchestrator.config import Settings
-from orchestrator.domain.campaign import DONE, Campaign, CampaignSpec, Selector
-from orchestrator.domain.device import RETRYABLE_STATES
+from orchestrator.domain.campaign import DONE, STATUSES, Campaign, CampaignSpec, Selector
+from orchestrator.domain.device import RETRYABLE_STATES, STATES
 from orchestrator.domain.payloads import parse_dev_id
 from orchestrator.domain.rollout import BadRollout, parse_waves
 from orchestrator.store import members
@@ -87,11 +87,15 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         print_json(data)
     else:
         print(table(data, ("campaign_id", "name", "status", "type", "target_version", "total",
-                            "pending", "in_progress", "succeeded", "failed", "no_task")))
+                            "pending", "in_progress", "succeeded", "failed", "no_task",
+                           "cancelled")))
     return 0
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    if args.state and not args.devices:
+        args.devices = 100        # --state alone means: list them
+
     async def go(conn: Connection) -> tuple[Campaign | None, list[dict[str, Any]]]:
         campaign = await get_campaign(conn, args.id)
         devices = await members.progress(conn, args.id, args.state, args.devices) \
@@ -107,7 +111,8 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         print_json({**data, "devices": devices} if args.devices else data)
         return 0
     for key, value in data.items():
-        print(f"{key:20} {'' if value is None else value}")
+        shown = json.dumps(value) if isinstance(value, dict | list) else value
+        print(f"{key:20} {'' if shown is None else shown}")
     if devices:
         print()
         print(table(devices, ("dev_id", "state", "attempts", "last_errno", "last_step",
@@ -245,7 +250,7 @@ def register(sub: Any) -> None:
     p.add_argument("--start", action="store_true", help="start it now")
     p.set_defaults(handler=cmd_create)
     p = camp.add_parser("list", help="list campaigns")
-    p.add_argument("--status")
+    p.add_argument("--status", choices=STATUSES)
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_list)
@@ -253,7 +258,8 @@ def register(sub: Any) -> None:
     p.add_argument("id", type=int)
     p.add_argument("--devices", type=int, default=0, metavar="N",
                    help="also list up to N devices")
-    p.add_argument("--state", help="with --devices: only devices in this state")
+    p.add_argument("--state", choices=STATES,
+                   help="only devices in this state (lists up to 100 without --devices)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_show)
     for action in ("start", "pause", "resume", "cancel"):

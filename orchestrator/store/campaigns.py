@@ -124,6 +124,8 @@ async def set_status(conn: Connection, campaign_id: int, action: str, *, actor: 
         if current is None:
             raise CampaignNotFound(f"campaign {campaign_id} not found")
         new = transition(campaign_id, current, action)
+        if reason is None and new in DONE:
+            reason = f"{new} by {actor}"     # a finished campaign always says why
         await conn.execute(q("campaign_set_status"), campaign_id, new, reason)
         if action == "resume":
             # the operator's decision: what the rules paused on is accepted; they fire

@@ -1,6 +1,8 @@
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import asyncpg
@@ -142,3 +144,27 @@ def test_update_a_live_campaign(database: str, tmp_path: Path) -> None:
     assert (shown["max_per_minute"], shown["wave_success_pct"]) == (None, 90.0)
     out = run_cli("campaign", "update", cid, env=env)
     assert out.returncode == 2 and "at least one change" in out.stderr
+
+
+def test_smaller_operator_items(database: str, tmp_path: Path) -> None:
+    env = env_for(database)
+    seed(env, tmp_path)
+    out = run_cli("campaign", "create", "--name", "s", "--type", "fota", "--target", "1.3",
+                  "--model", "M5310", env=env)
+    cid = out.stdout.strip().splitlines()[-1]
+    bogus = run_cli("campaign", "show", cid, "--state", "bogus", env=env)
+    assert bogus.returncode == 2 and "invalid choice" in bogus.stderr
+    shown = run_cli("campaign", "show", cid, "--state", "pending", env=env)
+    assert shown.returncode == 0 and "dev_id" in shown.stdout     # --state lists devices
+    assert '{"model": "M5310"}' in shown.stdout                    # the selector as JSON
+    assert run_cli("campaign", "list", "--status", "nope", env=env).returncode == 2
+    assert "cancelled" in run_cli("campaign", "list", env=env).stdout.splitlines()[0]
+    run_cli("campaign", "cancel", cid, env=env)
+    after = json.loads(run_cli("campaign", "show", cid, "--json", env=env).stdout)
+    assert after["status_reason"] == "cancelled by cli"
+    piped = subprocess.run(f"{sys.executable} -m orchestrator device show 1 | head -1",
+                           shell=True, env=env, capture_output=True, text=True, timeout=60)
+    assert "Broken pipe" not in piped.stderr and piped.stdout.startswith("dev_id")
+    down = run_cli("device", "list", env={**env, "ORCH_DATABASE_URL":
+                                          "postgresql://postgres@127.0.0.1:1/x"})
+    assert down.returncode == 1 and "ORCH_DATABASE_URL" in down.stderr

@@ -114,17 +114,32 @@ FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::
             $8::int[]) AS u(c, d, f, t, r, e, s);
 
 -- name: enroll_count
--- How many devices a fresh campaign's selector picks ($1 unused, kept for one parameter
--- list across the enrolment queries).
+-- How many devices a fresh campaign ($1) enrols: the selector's, less those another
+-- running or paused campaign of the type is upgrading.
 SELECT count(*) FROM ota.devices d
-WHERE $1::bigint IS NOT NULL
-  AND ($2::text IS NULL OR d.manuf = $2)
+WHERE ($2::text IS NULL OR d.manuf = $2)
   AND ($3::text IS NULL OR d.model = $3)
   AND (cardinality($4::text[]) = 0
        OR CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END = ANY($4))
   AND ($5::bigint[] IS NULL OR d.dev_id = ANY($5))
   AND CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END
-      IS DISTINCT FROM $6;
+      IS DISTINCT FROM $6
+  AND NOT EXISTS (SELECT 1 FROM ota.busy_devices b
+                  WHERE b.dev_id = d.dev_id AND b.type = $7 AND b.campaign_id <> $1);
+
+-- name: enroll_busy
+-- How many devices the selector picks that another running or paused campaign of the same
+-- type is upgrading (left out).
+SELECT count(*) FROM ota.devices d
+WHERE ($2::text IS NULL OR d.manuf = $2)
+  AND ($3::text IS NULL OR d.model = $3)
+  AND (cardinality($4::text[]) = 0
+       OR CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END = ANY($4))
+  AND ($5::bigint[] IS NULL OR d.dev_id = ANY($5))
+  AND CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END
+      IS DISTINCT FROM $6
+  AND EXISTS (SELECT 1 FROM ota.busy_devices b
+              WHERE b.dev_id = d.dev_id AND b.type = $7 AND b.campaign_id <> $1);
 
 -- name: enroll_waves
 -- A fresh campaign's devices, spread over waves by a hash of their id (so the first 1% is a
@@ -140,7 +155,10 @@ FROM (SELECT d.dev_id, row_number() OVER (ORDER BY hashint8(d.dev_id), d.dev_id)
                 = ANY($4))
         AND ($5::bigint[] IS NULL OR d.dev_id = ANY($5))
         AND CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END
-            IS DISTINCT FROM $6) ranked
+            IS DISTINCT FROM $6
+        AND NOT EXISTS (SELECT 1 FROM ota.busy_devices b
+                        WHERE b.dev_id = d.dev_id AND b.type = $7 AND b.campaign_id <> $1)
+      ) ranked
 ORDER BY dev_id;  -- index order: random-order B-tree inserts cost twice as much
 
 -- name: enroll_late
@@ -157,6 +175,8 @@ WHERE ($2::text IS NULL OR d.manuf = $2)
       IS DISTINCT FROM $6
   AND NOT EXISTS (SELECT 1 FROM ota.campaign_devices x
                   WHERE x.campaign_id = $1 AND x.dev_id = d.dev_id)
+  AND NOT EXISTS (SELECT 1 FROM ota.busy_devices b
+                  WHERE b.dev_id = d.dev_id AND b.type = $7 AND b.campaign_id <> $1)
 ORDER BY d.dev_id
 ON CONFLICT DO NOTHING;
 

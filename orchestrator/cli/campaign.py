@@ -17,6 +17,7 @@ from orchestrator.domain.payloads import parse_dev_id
 from orchestrator.domain.rollout import BadRollout, parse_waves
 from orchestrator.store import members
 from orchestrator.store.campaigns import (
+    busy,
     create_campaign,
     events,
     get_campaign,
@@ -67,14 +68,17 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
         abort_min_finished=args.abort_min_finished, continuous=args.continuous,
         abort_action=args.abort_action, all_devices=args.all_devices)
 
-    async def go(conn: Connection) -> Campaign | None:
+    async def go(conn: Connection) -> tuple[Campaign | None, int]:
         cid = await create_campaign(conn, spec, start=args.start)
-        return await get_campaign(conn, cid)
+        return await get_campaign(conn, cid), await busy(conn, cid, spec)
 
-    campaign = asyncio.run(with_conn(settings, go))
+    campaign, skipped = asyncio.run(with_conn(settings, go))
     assert campaign is not None
     print(f"campaign {campaign.campaign_id} {campaign.name!r}: {campaign.counts.total} device(s) "
           f"enrolled, {campaign.status}")
+    if skipped:
+        print(f"{skipped} device(s) left out: another running or paused {spec.type} campaign "
+              "is upgrading them")
     print(campaign.campaign_id)
     return 0
 

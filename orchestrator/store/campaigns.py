@@ -67,6 +67,12 @@ def _selection_args(campaign_id: int, kind: str, target: str, sel: Selector) -> 
             None if sel.devices is None else list(sel.devices), target, kind]
 
 
+async def busy(conn: Connection, campaign_id: int, spec: CampaignSpec) -> int:
+    """Selected devices left out: another running or paused campaign of the type has them."""
+    args = _selection_args(campaign_id, spec.type, spec.target, spec.selector)
+    return int(await conn.fetchval(q("enroll_busy"), *args))
+
+
 async def enroll_fresh(conn: Connection, campaign_id: int, spec: CampaignSpec) -> int:
     """Enrol a new campaign's devices over its waves, in one set-based statement."""
     args = _selection_args(campaign_id, spec.type, spec.target, spec.selector)
@@ -103,12 +109,16 @@ async def create_campaign(conn: Connection, spec: CampaignSpec, *, start: bool =
             0.0 if spec.max_per_minute is None else rate_capacity(spec.max_per_minute),
             spec.abort_action)
         n = await enroll_fresh(conn, cid, spec)
+        skipped = await busy(conn, cid, spec)
+        left_out = (f"; {skipped} left out: another running or paused {spec.type} campaign "
+                    "is upgrading them") if skipped else ""
         if n == 0 and not spec.continuous:
-            raise CampaignError("selector: matches no device that is not on the target "
-                                "already (nothing to upgrade; a --continuous campaign may "
-                                "start empty)")
-        await event(conn, "campaign_created", f"{n} device(s) enrolled", campaign_id=cid,
-                    actor=actor, to_state="draft")
+            raise CampaignError("selector: matches no device to upgrade (none, or all on the "
+                                f"target already{left_out}; a --continuous campaign may start "
+                                "empty)")
+        await event(conn, "campaign_created", f"{n} device(s) enrolled{left_out}",
+                    campaign_id=cid, actor=actor, to_state="draft",
+                    detail={"enrolled": n, "left_out_busy": skipped})
         if start:
             await set_status(conn, cid, "start", actor=actor)
     return int(cid)

@@ -168,3 +168,16 @@ def test_smaller_operator_items(database: str, tmp_path: Path) -> None:
     down = run_cli("device", "list", env={**env, "ORCH_DATABASE_URL":
                                           "postgresql://postgres@127.0.0.1:1/x"})
     assert down.returncode == 1 and "ORCH_DATABASE_URL" in down.stderr
+
+
+def test_a_device_is_in_one_running_campaign_per_type(database: str, tmp_path: Path) -> None:
+    env = env_for(database)
+    seed(env, tmp_path)
+    base = ["campaign", "create", "--type", "fota", "--target", "1.3", "--model", "M5310"]
+    first = run_cli(*base, "--name", "a", "--start", env=env)
+    assert first.returncode == 0 and "5 device(s) enrolled" in first.stdout
+    second = run_cli(*base, "--name", "b", env=env)
+    assert second.returncode == 1 and "5 left out" in second.stderr
+    sota = run_cli("campaign", "create", "--type", "sota", "--target", "s2", "--model",
+                   "M5310", "--name", "c", env=env)
+    assert sota.returncode == 0 and "5 device(s) enrolled" in sota.stdout   # another type

@@ -16,9 +16,8 @@ async def test_claim_and_progress_use_their_indexes(pool: Any) -> None:
             """INSERT INTO ota.devices (dev_id, manuf, model, fota_version, signal, power)
                SELECT g, 'China Mobile', 'M5310', '1.2', 20, 80
                FROM generate_series(1, 50000) g""")
-        for _ in range(3):
-            await create_campaign(conn, CampaignSpec("p", "fota", "1.3",
-                                                       all_devices=True), start=True)
+        for _ in range(3):     # drafts: a device is in one *running* campaign per type
+            await create_campaign(conn, CampaignSpec("p", "fota", "1.3", all_devices=True))
         await conn.execute("ANALYZE")
         claim = "\n".join(r[0] for r in await conn.fetch(
             "EXPLAIN " + q("members_claim"), 2, list(NON_TERMINAL), 0, 500, 60.0, "t"))
@@ -38,3 +37,18 @@ async def test_claim_and_progress_use_their_indexes(pool: Any) -> None:
             "EXPLAIN ANALYZE SELECT * FROM ota.campaign_progress WHERE campaign_id = 2"))
         # kept counts: the view never touches the 150,000 membership rows
         assert "campaign_devices" not in progress, progress
+
+
+async def test_enrolment_leaves_busy_devices_out_without_a_nested_scan(pool: Any) -> None:
+    """The one-running-campaign-per-type rule costs a hash anti-join, not a probe per
+    device over every membership."""
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO ota.devices (dev_id, manuf, model, fota_version)
+               SELECT g, 'China Mobile', 'M5310', '1.2' FROM generate_series(1, 50000) g""")
+        await create_campaign(conn, CampaignSpec("a", "fota", "1.3", all_devices=True),
+                              start=True)
+        await conn.execute("ANALYZE")
+        plan = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN " + q("enroll_count"), 99, None, None, [], None, "1.3", "fota"))
+        assert "Anti Join" in plan, plan

@@ -23,15 +23,22 @@ ON CONFLICT (dev_id) DO UPDATE SET
     updated_at = now();
 
 -- name: device_import
--- An import is not a report: no status time, no signal/power overwrite of a known device.
+-- An import is not a report: no status time, no signal/power; and what a device reported
+-- itself (it has been seen) wins over the file.
 INSERT INTO ota.devices AS d (dev_id, manuf, model, fota_version, sota_version, signal, power)
 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
                      $6::int[], $7::int[]) ORDER BY 1
 ON CONFLICT (dev_id) DO UPDATE SET
-    manuf = coalesce(EXCLUDED.manuf, d.manuf),
-    model = coalesce(EXCLUDED.model, d.model),
-    fota_version = coalesce(EXCLUDED.fota_version, d.fota_version),
-    sota_version = coalesce(EXCLUDED.sota_version, d.sota_version),
+    manuf = CASE WHEN d.last_seen IS NULL THEN coalesce(EXCLUDED.manuf, d.manuf)
+                 ELSE coalesce(d.manuf, EXCLUDED.manuf) END,
+    model = CASE WHEN d.last_seen IS NULL THEN coalesce(EXCLUDED.model, d.model)
+                 ELSE coalesce(d.model, EXCLUDED.model) END,
+    fota_version = CASE WHEN d.last_seen IS NULL
+                        THEN coalesce(EXCLUDED.fota_version, d.fota_version)
+                        ELSE coalesce(d.fota_version, EXCLUDED.fota_version) END,
+    sota_version = CASE WHEN d.last_seen IS NULL
+                        THEN coalesce(EXCLUDED.sota_version, d.sota_version)
+                        ELSE coalesce(d.sota_version, EXCLUDED.sota_version) END,
     updated_at = now();
 
 -- name: device_get

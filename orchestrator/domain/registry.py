@@ -62,7 +62,10 @@ def parse_csv(text: str) -> ImportPlan:
                 problems.append(f"{field_name} longer than {TEXT_MAX} characters")
         if manuf and model:
             try:
-                resolve(manuf, model)
+                # stored by name, whichever way the file gives it: a row imported as
+                # "001,00107" is found by --model M5310 like the devices' own reports
+                module = resolve(manuf, model).module
+                manuf, model = module.manuf, module.model
             except UnknownModule as exc:
                 problems.append(str(exc))
         elif manuf or model:

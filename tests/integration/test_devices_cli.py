@@ -1,6 +1,9 @@
+import asyncio
 import json
 import os
 from pathlib import Path
+
+import asyncpg
 
 from conftest import run_cli
 
@@ -75,3 +78,29 @@ def test_cli_config_errors_are_one_line() -> None:
                                   "(got 'mysql')")
     out = run_cli("device", "show", "abc")
     assert out.returncode == 2 and "not a positive device id" in out.stderr
+
+
+def test_import_by_code_stores_names_and_never_overwrites_a_reported_version(
+        database: str, tmp_path: Path) -> None:
+    env = env_for(database)
+    f = tmp_path / "codes.csv"
+    f.write_text("dev_id,manuf,model,fota_version\n11,001,00107,1.2\n12,001,00107,1.2\n")
+    assert run_cli("device", "import", str(f), env=env).returncode == 0
+    listed = json.loads(run_cli("device", "list", "--model", "M5310", "--json",
+                                env=env).stdout)
+    assert [d["dev_id"] for d in listed] == [11, 12]
+    assert listed[0]["manuf"] == "China Mobile"
+
+    async def reported() -> None:
+        conn = await asyncpg.connect(database)
+        try:   # device 12 reported 1.3 itself
+            await conn.execute("UPDATE ota.devices SET fota_version = '1.3', last_seen = now()"
+                               " WHERE dev_id = 12")
+        finally:
+            await conn.close()
+
+    asyncio.run(reported())
+    assert run_cli("device", "import", str(f), env=env).returncode == 0
+    shown = {d["dev_id"]: d["fota_version"] for d in json.loads(
+        run_cli("device", "list", "--json", env=env).stdout)}
+    assert shown == {11: "1.2", 12: "1.3"}

@@ -441,3 +441,30 @@ UPDATE ota.campaigns SET
     abort_action = CASE WHEN $10 THEN $11::text ELSE abort_action END,
     updated_at = now()
 WHERE campaign_id = $1;
+
+-- name: plan_on_target
+-- Devices the selector picks that are on the target already (left out).
+SELECT count(*) FROM ota.devices d
+WHERE ($2::text IS NULL OR d.manuf = $2)
+  AND ($3::text IS NULL OR d.model = $3)
+  AND (cardinality($4::text[]) = 0
+       OR CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END = ANY($4))
+  AND ($5::bigint[] IS NULL OR d.dev_id = ANY($5))
+  AND CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END = $6
+  AND $1::bigint IS NOT NULL;
+
+-- name: plan_groups
+-- An enrolled campaign's devices by wave, manufacturer, model and from-version; how many
+-- have never reported what a check needs, and how many have a status fresher than $2 s.
+SELECT cd.wave, d.manuf, d.model,
+       CASE c.type WHEN 'fota' THEN d.fota_version ELSE d.sota_version END AS from_version,
+       count(*) AS devices,
+       count(*) FILTER (WHERE d.manuf IS NULL OR d.model IS NULL
+                        OR CASE c.type WHEN 'fota' THEN d.fota_version
+                                ELSE d.sota_version END IS NULL) AS unreported,
+       count(*) FILTER (WHERE d.status_at > now() - make_interval(secs => $2)) AS fresh
+FROM ota.campaign_devices cd
+JOIN ota.devices d USING (dev_id)
+JOIN ota.campaigns c USING (campaign_id)
+WHERE cd.campaign_id = $1
+GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4;

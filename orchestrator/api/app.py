@@ -201,6 +201,14 @@ async def create_campaign(request: web.Request) -> web.Response:
     except (ValueError, RecursionError):
         raise CampaignError("body: not valid JSON") from None
     spec, start = spec_from_body(body)
+    dry = request.query.get("dry_run", "false")
+    if dry not in ("true", "false"):
+        raise CampaignError("dry_run: true or false")
+    if dry == "true":
+        async with request.app[STATE].pool.acquire() as conn:
+            plan = await store.plan_campaign(conn, spec,
+                                             request.app[STATE].settings.status_max_age)
+        return _json(plan)
     async with request.app[STATE].pool.acquire() as conn:
         cid = await store.create_campaign(conn, spec, start=start, actor="api")
         campaign = await store.get_campaign(conn, cid)
@@ -407,9 +415,15 @@ OPENAPI: dict[str, Any] = {
                  "schema": {"type": "string", "enum": list(STATUSES)}}, _LIMIT],
                 "responses": _ok({"type": "array", "items": _ref("Campaign")})},
             "post": {"security": _SECURE,
+                     "parameters": [{"name": "dry_run", "in": "query", "schema": {
+                         "type": "string", "enum": ["true", "false"]},
+                         "description": "true: the plan (200), nothing written"}],
                      "requestBody": {"required": True, "content": {
                          "application/json": {"schema": _ref("CampaignCreate")}}},
-                     "responses": _ok(_ref("Campaign"), "201")},
+                     "responses": {**_ok(_ref("Campaign"), "201"),
+                                   "200": {"description": "the plan of a dry run",
+                                           "content": {"application/json": {
+                                               "schema": {"type": "object"}}}}}},
         },
         "/api/v1/campaigns/{id}": {
             "get": {"security": _SECURE, "parameters": [_ID],

@@ -22,6 +22,7 @@ from orchestrator.store.campaigns import (
     events,
     get_campaign,
     list_campaigns,
+    plan_campaign,
     retry,
     set_status,
     update_rules,
@@ -67,6 +68,24 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
         max_per_minute=args.max_per_minute, abort_failure_pct=args.abort_failure_pct,
         abort_min_finished=args.abort_min_finished, continuous=args.continuous,
         abort_action=args.abort_action, all_devices=args.all_devices)
+
+    if args.dry_run:
+        spec.validate()
+        plan = asyncio.run(with_conn(settings, lambda c: plan_campaign(
+            c, spec, settings.status_max_age)))
+        if args.json:
+            print_json(plan)
+            return 0
+        out = plan["left_out"]
+        print(f"dry run (nothing written): {plan['selected']} device(s) would be enrolled; "
+              f"left out: {out['on_target']} on the target already, "
+              f"{out['in_another_campaign']} in another running or paused campaign")
+        print(f"  never reported manufacturer/model/version: {plan['never_reported']}; "
+              f"fresh status (< {settings.status_max_age:g} s): {plan['fresh_status']}")
+        print("  waves: " + ", ".join(f"{w['wave']} ({w['percent']}%): {w['devices']}"
+                                      for w in plan["waves"]))
+        print(table(plan["groups"], ("manuf", "model", "from_version", "devices")))
+        return 0
 
     async def go(conn: Connection) -> tuple[Campaign | None, int]:
         cid = await create_campaign(conn, spec, start=args.start)
@@ -252,6 +271,10 @@ def register(sub: Any) -> None:
     p.add_argument("--all-devices", action="store_true",
                    help="required to select the whole registry (no other selector)")
     p.add_argument("--start", action="store_true", help="start it now")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (devices, left out and why, waves, groups); write "
+                        "nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     p.set_defaults(handler=cmd_create)
     p = camp.add_parser("list", help="list campaigns")
     p.add_argument("--status", choices=STATUSES)

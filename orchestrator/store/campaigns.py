@@ -91,8 +91,49 @@ async def enroll_late(conn: Connection, campaign: Campaign) -> int:
     return int(status.split()[-1])
 
 
+class _DryRun(Exception):
+    """Leaves the dry run's transaction: everything it wrote is rolled back."""
+
+    def __init__(self, plan: dict[str, Any]) -> None:
+        super().__init__("dry run")
+        self.plan = plan
+
+
+async def plan_campaign(conn: Connection, spec: CampaignSpec,
+                        status_max_age: float = 900.0) -> dict[str, Any]:
+    """What creating this campaign would do, from the real enrolment run in a transaction
+    that is rolled back: nothing is written."""
+    try:
+        async with conn.transaction():
+            cid = await create_campaign(conn, spec, actor="dry-run", _check_empty=False)
+            args = _selection_args(cid, spec.type, spec.target, spec.selector)
+            groups = [dict(r.items()) for r in
+                      await conn.fetch(q("plan_groups"), cid, status_max_age)]
+            waves: dict[int, int] = {}
+            kinds: dict[tuple[str | None, str | None, str | None], int] = {}
+            for g in groups:
+                waves[g["wave"]] = waves.get(g["wave"], 0) + g["devices"]
+                key = (g["manuf"], g["model"], g["from_version"])
+                kinds[key] = kinds.get(key, 0) + g["devices"]
+            plan = {
+                "selected": sum(waves.values()),
+                "left_out": {"on_target": int(await conn.fetchval(q("plan_on_target"), *args)),
+                             "in_another_campaign": await busy(conn, cid, spec)},
+                "never_reported": sum(g["unreported"] for g in groups),
+                "fresh_status": sum(g["fresh"] for g in groups),
+                "waves": [{"wave": w + 1, "percent": spec.waves[w], "devices": n}
+                          for w, n in sorted(waves.items())],
+                "groups": [{"manuf": k[0], "model": k[1], "from_version": k[2],
+                            "devices": n}
+                           for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])],
+            }
+            raise _DryRun(plan)
+    except _DryRun as done:
+        return done.plan
+
+
 async def create_campaign(conn: Connection, spec: CampaignSpec, *, start: bool = False,
-                          actor: str = "cli") -> int:
+                          actor: str = "cli", _check_empty: bool = True) -> int:
     """Create a campaign and enrol its devices (one transaction)."""
     spec.validate()
     async with conn.transaction():
@@ -112,7 +153,7 @@ async def create_campaign(conn: Connection, spec: CampaignSpec, *, start: bool =
         skipped = await busy(conn, cid, spec)
         left_out = (f"; {skipped} left out: another running or paused {spec.type} campaign "
                     "is upgrading them") if skipped else ""
-        if n == 0 and not spec.continuous:
+        if n == 0 and not spec.continuous and _check_empty:
             raise CampaignError("selector: matches no device to upgrade (none, or all on the "
                                 f"target already{left_out}; a --continuous campaign may start "
                                 "empty)")

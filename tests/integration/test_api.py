@@ -258,3 +258,12 @@ async def test_patch_changes_a_live_campaign_with_an_event_each(api: Any, pool: 
     await call("POST", f"{url}/api/v1/campaigns/{cid}/cancel", {})
     status, err = await call("PATCH", f"{url}/api/v1/campaigns/{cid}", {"max_per_minute": 5})
     assert status == 409
+
+
+async def test_dry_run_through_the_api(api: Any) -> None:
+    url = await api()
+    status, plan = await call("POST", f"{url}/api/v1/campaigns?dry_run=true",
+                              {"name": "d", "type": "fota", "target": "1.3", "model": "M5310"})
+    assert status == 200 and plan["selected"] == 10, plan
+    status, listed = await call("GET", f"{url}/api/v1/campaigns")
+    assert listed == []

@@ -181,3 +181,22 @@ def test_a_device_is_in_one_running_campaign_per_type(database: str, tmp_path: P
     sota = run_cli("campaign", "create", "--type", "sota", "--target", "s2", "--model",
                    "M5310", "--name", "c", env=env)
     assert sota.returncode == 0 and "5 device(s) enrolled" in sota.stdout   # another type
+
+
+def test_dry_run_plans_and_writes_nothing(database: str, tmp_path: Path) -> None:
+    env = env_for(database)
+    seed(env, tmp_path)     # 5 x M5310 on 1.2, 1 x M5311 on 1.0
+    out = run_cli("campaign", "create", "--name", "d", "--type", "fota", "--target", "1.3",
+                  "--manuf", "China Mobile", "--waves", "20,100", "--dry-run", "--json",
+                  env=env)
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert plan["selected"] == 6
+    assert [w["devices"] for w in plan["waves"]] == [2, 4]
+    assert {(g["model"], g["from_version"], g["devices"]) for g in plan["groups"]} == {
+        ("M5310", "1.2", 5), ("M5311", "1.0", 1)}
+    assert plan["left_out"] == {"on_target": 0, "in_another_campaign": 0}
+    text = run_cli("campaign", "create", "--name", "d", "--type", "fota", "--target", "1.2",
+                   "--model", "M5310", "--dry-run", env=env)
+    assert text.returncode == 0 and "5 on the target already" in text.stdout
+    assert json.loads(run_cli("campaign", "list", "--json", env=env).stdout) == []

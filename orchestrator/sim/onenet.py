@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import math
 import random
 import secrets
 import time
@@ -379,14 +380,34 @@ class Simulator:
         })
 
     async def put_faults(self, request: web.Request) -> web.Response:
+        """Change the faults; fields left out keep their current value. Rates are in
+        [0, 1], latency >= 0; nan and inf are refused."""
         try:
             body = await request.json()
-            faults = Faults(float(body.get("errno7_rate", 0.0)),
-                            float(body.get("latency_ms", 0.0)),
-                            float(body.get("drop_rate", 0.0)), body.get("seed"))
-        except (ValueError, TypeError, AttributeError) as exc:
+            if not isinstance(body, dict):
+                raise ValueError("expected a JSON object")
+            unknown = sorted(set(body) - {"errno7_rate", "latency_ms", "drop_rate", "seed"})
+            if unknown:
+                raise ValueError(f"{unknown[0]}: unknown field")
+            f = self.faults
+            values = {"errno7_rate": f.errno7_rate, "latency_ms": f.latency_ms,
+                      "drop_rate": f.drop_rate}
+            for key in values:
+                if key in body:
+                    v = body[key]
+                    if isinstance(v, bool) or not isinstance(v, int | float) \
+                            or not math.isfinite(v):
+                        raise ValueError(f"{key}: a finite number")
+                    if v < 0 or (key != "latency_ms" and v > 1):
+                        raise ValueError(f"{key}: {'>= 0' if key == 'latency_ms' else '0..1'}")
+                    values[key] = float(v)
+            seed = body.get("seed", f.seed)
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+                raise ValueError("seed: an integer")
+        except (ValueError, TypeError) as exc:
             raise web.HTTPBadRequest(text=f"bad faults: {exc}") from None
-        self.set_faults(faults)
+        self.set_faults(Faults(values["errno7_rate"], values["latency_ms"],
+                               values["drop_rate"], seed))
         return web.json_response({"ok": True})
 
     @web.middleware

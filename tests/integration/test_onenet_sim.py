@@ -275,10 +275,19 @@ async def test_fault_injection(start_sim: Any) -> None:
         dropped = await client.check(req(1))
         assert isinstance(dropped, Retryable) and dropped.reason == "transport"
         async with aiohttp.ClientSession() as s, s.put(
-                f"{srv.url}/sim/faults", json={"latency_ms": 3000}) as r:
-            assert r.status == 200
+                f"{srv.url}/sim/faults", json={"latency_ms": 3000, "drop_rate": 0}) as r:
+            assert r.status == 200       # fields left out (errno7_rate) keep their value
         slow = await client.check(req(1))
         assert isinstance(slow, Retryable) and slow.reason == "timeout"
+        async with aiohttp.ClientSession() as s:
+            for bad in ({"errno7_rate": 2}, {"drop_rate": "nan"}, {"latency_ms": -1},
+                        {"colour": 1}, [1]):
+                async with s.put(f"{srv.url}/sim/faults", json=bad) as r:
+                    assert r.status == 400, bad
+            async with s.put(f"{srv.url}/sim/faults",
+                             data=b'{"errno7_rate": NaN}',
+                             headers={"Content-Type": "application/json"}) as r:
+                assert r.status == 400
 
 
 # --- a misbehaving server ------------------------------------------------------------------

@@ -108,6 +108,18 @@ def cmd_simulate_fleet(args: argparse.Namespace, settings: Settings) -> int:
         offline_seconds=args.offline_seconds, seed=args.seed)
     devices = make_devices(args.devices, first_id=args.first_id, seed=args.seed,
                            manuf=args.manuf, model=args.model, fota_version=args.version)
+    if args.scenario:
+        try:
+            listed = {d.dev_id: d for d in load_scenario(args.scenario).devices}
+        except ScenarioError as exc:
+            raise UsageError(str(exc)) from None
+        for dev in devices:       # faithful to the platform's view of each listed device
+            known = listed.get(dev.dev_id)
+            if known is not None:
+                dev.manuf = known.manuf or dev.manuf
+                dev.model = known.model or dev.model
+                dev.fota_version = known.fota_version or dev.fota_version
+                dev.sota_version = known.sota_version or dev.sota_version
     fleet = Fleet(settings.mqtt_url, settings.mqtt_topic_prefix, devices, config,
                   client_id=None, v5=settings.mqtt_v5)
 
@@ -150,6 +162,8 @@ def register_fleet(sim: Any) -> None:
     p.add_argument("--manuf", default="China Mobile")
     p.add_argument("--model", default="M5310")
     p.add_argument("--version", default="1.2", help="the devices' FOTA version")
+    p.add_argument("--scenario", help="take manufacturer, model and versions of the devices "
+                                      "it lists from this simulator scenario")
     p.add_argument("--status-interval", type=_positive, default=30.0,
                    help="seconds between status reports")
     p.add_argument("--bandwidth", type=_positive, default=1_000_000,

@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
 
-from conftest import SIM_KEY, free_port
-from orchestrator.config import Settings
+from conftest import MQTT_URL, SIM_KEY, free_port
+from orchestrator.config import Settings, parse_mqtt_url
 from orchestrator.domain.onenet import CheckRequest
 from orchestrator.mqtt import topics
 from orchestrator.onenet.client import OneNetClient
@@ -177,3 +178,30 @@ def test_simulate_fleet_says_it_cannot_reach_the_broker_and_stops_on_sigterm() -
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 1, (out, err)
     assert "cannot reach the broker" in err and "ORCH_MQTT_URL" in err
+
+
+async def test_simulate_fleet_takes_its_devices_from_the_scenario() -> None:
+    prefix = f"sc{os.getpid()}"
+    scenario = Path(__file__).parents[2] / "deploy" / "onenet-scenario.toml"
+    url = parse_mqtt_url(MQTT_URL)
+    seen: dict[int, dict[str, Any]] = {}
+    async with aiomqtt.Client(url.host, url.port) as sub:
+        await sub.subscribe(f"{prefix}/+/status", qos=1)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "orchestrator", "simulate", "fleet", "--devices", "4",
+            "--scenario", str(scenario),
+            env={**os.environ, "ORCH_MQTT_URL": MQTT_URL, "ORCH_MQTT_TOPIC_PREFIX": prefix,
+                 "ORCH_LOG_LEVEL": "error"},
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            async with asyncio.timeout(20):
+                async for m in sub.messages:
+                    dev_id = int(m.topic.value.split("/")[1])
+                    seen[dev_id] = json.loads(bytes(m.payload))  # type: ignore[arg-type]
+                    if len(seen) == 4:
+                        break
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+    assert (seen[3]["model"], seen[3]["fota_version"]) == ("BC28", "2.0")
+    assert (seen[4]["model"], seen[4]["fota_version"]) == ("M5311", "1.0")

@@ -15,7 +15,7 @@ from orchestrator import __version__
 from orchestrator.cli import campaign, device, service, simulate
 from orchestrator.cli.common import UsageError
 from orchestrator.config import ConfigError, load_settings
-from orchestrator.domain.campaign import CampaignError
+from orchestrator.domain.campaign import CampaignError, CampaignInputError
 from orchestrator.logs import configure
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(settings.log_format, settings.log_level)
     try:
         return int(args.handler(args, settings))
-    except (ConfigError, UsageError) as exc:
+    except (ConfigError, UsageError, CampaignInputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except CampaignError as exc:

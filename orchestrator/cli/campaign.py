@@ -133,6 +133,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json({**data, "devices": devices} if args.devices else data)
         return 0
+    data["current_wave"] = f"{campaign.current_wave + 1}/{len(campaign.waves)}"  # as watch
     for key, value in data.items():
         shown = json.dumps(value) if isinstance(value, dict | list) else value
         print(f"{key:20} {'' if shown is None else shown}")

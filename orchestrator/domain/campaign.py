@@ -29,7 +29,11 @@ __all__ = ["DONE", "NON_TERMINAL", "STATUSES"]
 
 
 class CampaignError(ValueError):
-    """An operator's request that cannot be done (bad field)."""
+    """An operator's request that cannot be done."""
+
+
+class CampaignInputError(CampaignError):
+    """A field's value is wrong: a usage error (the CLI exits 2, the API answers 400)."""
 
 
 class CampaignNotFound(CampaignError):
@@ -70,23 +74,24 @@ def check_rule_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     ``None`` removes the rate limit or the abort rule."""
     unknown = sorted(set(changes) - set(RULE_FIELDS))
     if unknown:
-        raise CampaignError(f"{unknown[0]}: cannot be changed (one of {', '.join(RULE_FIELDS)})")
+        raise CampaignInputError(
+            f"{unknown[0]}: cannot be changed (one of {', '.join(RULE_FIELDS)})")
     if not changes:
-        raise CampaignError("changes: none given")
+        raise CampaignInputError("changes: none given")
     out = dict(changes)
     for key in ("max_per_minute", "abort_min_finished"):
         v = out.get(key)
         if key in out and (v is not None or key == "abort_min_finished") and (
                 isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= INT32_MAX):
-            raise CampaignError(f"{key}: 1..{INT32_MAX}")
+            raise CampaignInputError(f"{key}: 1..{INT32_MAX}")
     for key in ("wave_success_pct", "abort_failure_pct"):
         v = out.get(key)
         if key in out and (v is not None or key == "wave_success_pct"):
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 100:
-                raise CampaignError(f"{key}: 0..100")
+                raise CampaignInputError(f"{key}: 0..100")
             out[key] = float(v)
     if "abort_action" in out and out["abort_action"] not in ("pause", "abort"):
-        raise CampaignError("abort_action: pause or abort")
+        raise CampaignInputError("abort_action: pause or abort")
     return out
 
 
@@ -133,43 +138,43 @@ class CampaignSpec:
 
     def validate(self) -> None:
         if not NAME_RE.fullmatch(self.name):
-            raise CampaignError("name: 1-200 characters, not all blank, no control characters")
+            raise CampaignInputError("name: 1-200 characters, not all blank, no control characters")
         for key, text in (("manuf", self.selector.manuf), ("model", self.selector.model)):
             if text is not None and not TEXT_RE.fullmatch(text):
-                raise CampaignError(f"{key}: 1-64 characters, no control characters")
+                raise CampaignInputError(f"{key}: 1-64 characters, no control characters")
         if self.selector.devices is not None:
             if not self.selector.devices:
-                raise CampaignError("devices: at least one id")
+                raise CampaignInputError("devices: at least one id")
             if any(not 0 < d <= INT64_MAX for d in self.selector.devices):
-                raise CampaignError(f"devices: ids are 1..{INT64_MAX}")
+                raise CampaignInputError(f"devices: ids are 1..{INT64_MAX}")
         if self.type not in ("fota", "sota"):
-            raise CampaignError(f"type: fota or sota (got {self.type!r})")
+            raise CampaignInputError(f"type: fota or sota (got {self.type!r})")
         try:
             check_version(self.target, "target")
             for v in self.selector.from_versions:
                 check_version(v, "from_version")
             check_waves(self.waves)
         except ValueError as exc:
-            raise CampaignError(str(exc)) from None
+            raise CampaignInputError(str(exc)) from None
         if not 0 <= self.wave_success_pct <= 100:     # also refuses nan
-            raise CampaignError("wave_success_pct: 0..100")
+            raise CampaignInputError("wave_success_pct: 0..100")
         if self.max_per_minute is not None and not 0 < self.max_per_minute <= INT32_MAX:
-            raise CampaignError(f"max_per_minute: 1..{INT32_MAX}")
+            raise CampaignInputError(f"max_per_minute: 1..{INT32_MAX}")
         if self.abort_failure_pct is not None and not 0 <= self.abort_failure_pct <= 100:
-            raise CampaignError("abort_failure_pct: 0..100")
+            raise CampaignInputError("abort_failure_pct: 0..100")
         if not 1 <= self.abort_min_finished <= INT32_MAX:
-            raise CampaignError(f"abort_min_finished: 1..{INT32_MAX}")
+            raise CampaignInputError(f"abort_min_finished: 1..{INT32_MAX}")
         if self.abort_action not in ("pause", "abort"):
-            raise CampaignError("abort_action: pause or abort")
+            raise CampaignInputError("abort_action: pause or abort")
         sel = self.selector
         if sel.manuf is not None and not known_manuf(sel.manuf):
-            raise CampaignError(f"manuf: {sel.manuf!r} is not in OneNET's manufacturer table "
+            raise CampaignInputError(f"manuf: {sel.manuf!r} is not in OneNET's manufacturer table "
                                 "(orchestrator's catalogue, by name or code)")
         if sel.model is not None and not known_model(sel.model):
-            raise CampaignError(f"model: {sel.model!r} is not in OneNET's module table")
+            raise CampaignInputError(f"model: {sel.model!r} is not in OneNET's module table")
         if not (sel.manuf or sel.model or sel.from_versions or sel.devices is not None
                 or self.all_devices):
-            raise CampaignError("selector: none given — this would enrol the whole registry; "
+            raise CampaignInputError("selector: none given — this would enrol the whole registry; "
                                 "say so with all_devices (--all-devices)")
 
 

@@ -73,7 +73,7 @@ def test_bad_flags_are_clear(database: str, tmp_path: Path) -> None:
     out = run_cli(*base, "--target", "1.3", "--waves", "50,10", env=env)
     assert out.returncode == 2 and "waves" in out.stderr
     out = run_cli(*base, "--target", "1 3", env=env)
-    assert out.returncode == 1 and "target" in out.stderr
+    assert out.returncode == 2 and "target" in out.stderr
     out = run_cli(*base, "--target", "1.3", "--devices", str(tmp_path / "none"), env=env)
     assert out.returncode == 2 and "cannot read" in out.stderr
     (tmp_path / "bad").write_text("12\nabc\n")
@@ -118,11 +118,11 @@ def test_selector_guardrails(database: str, tmp_path: Path) -> None:
     seed(env, tmp_path)
     base = ["campaign", "create", "--name", "g", "--type", "fota", "--target", "1.3"]
     out = run_cli(*base, env=env)
-    assert out.returncode == 1 and "--all-devices" in out.stderr
+    assert out.returncode == 2 and "--all-devices" in out.stderr
     out = run_cli(*base, "--model", "M9999", env=env)
-    assert out.returncode == 1 and "model: 'M9999' is not in OneNET's module table" in out.stderr
+    assert out.returncode == 2 and "model: 'M9999' is not in OneNET's module table" in out.stderr
     out = run_cli(*base, "--manuf", "Acme", env=env)
-    assert out.returncode == 1 and "manuf" in out.stderr
+    assert out.returncode == 2 and "manuf" in out.stderr
     out = run_cli(*base, "--model", "BC28", env=env)     # in the tables, not in the fleet
     assert out.returncode == 1 and "matches no device" in out.stderr
     listed = json.loads(run_cli("campaign", "list", "--json", env=env).stdout)

@@ -123,29 +123,15 @@ FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::
 -- name: enroll_count
 -- How many devices a fresh campaign ($1) enrols: the selector's, less those another
 -- running or paused campaign of the type is upgrading.
-SELECT count(*) FROM ota.devices d
-WHERE ($2::text IS NULL OR d.manuf = $2)
-  AND ($3::text IS NULL OR d.model = $3)
-  AND (cardinality($4::text[]) = 0
-       OR CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END = ANY($4))
-  AND ($5::bigint[] IS NULL OR d.dev_id = ANY($5))
-  AND CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END
-      IS DISTINCT FROM $6
-  AND NOT EXISTS (SELECT 1 FROM ota.busy_devices b
+SELECT count(*) FROM ota.selected($7, $2, $3, $4, $5, $6) d
+WHERE NOT EXISTS (SELECT 1 FROM ota.busy_devices b
                   WHERE b.dev_id = d.dev_id AND b.type = $7 AND b.campaign_id <> $1);
 
 -- name: enroll_busy
 -- How many devices the selector picks that another running or paused campaign of the same
 -- type is upgrading (left out).
-SELECT count(*) FROM ota.devices d
-WHERE ($2::text IS NULL OR d.manuf = $2)
-  AND ($3::text IS NULL OR d.model = $3)
-  AND (cardinality($4::text[]) = 0
-       OR CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END = ANY($4))
-  AND ($5::bigint[] IS NULL OR d.dev_id = ANY($5))
-  AND CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END
-      IS DISTINCT FROM $6
-  AND EXISTS (SELECT 1 FROM ota.busy_devices b
+SELECT count(*) FROM ota.selected($7, $2, $3, $4, $5, $6) d
+WHERE EXISTS (SELECT 1 FROM ota.busy_devices b
               WHERE b.dev_id = d.dev_id AND b.type = $7 AND b.campaign_id <> $1);
 
 -- name: enroll_waves
@@ -154,16 +140,8 @@ WHERE ($2::text IS NULL OR d.manuf = $2)
 INSERT INTO ota.campaign_devices (campaign_id, dev_id, wave, next_attempt_at)
 SELECT $1, dev_id, least(width_bucket(rn, $8::bigint[]), $9::int), now()
 FROM (SELECT d.dev_id, row_number() OVER (ORDER BY hashint8(d.dev_id), d.dev_id) - 1 AS rn
-      FROM ota.devices d
-      WHERE ($2::text IS NULL OR d.manuf = $2)
-        AND ($3::text IS NULL OR d.model = $3)
-        AND (cardinality($4::text[]) = 0
-             OR CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END
-                = ANY($4))
-        AND ($5::bigint[] IS NULL OR d.dev_id = ANY($5))
-        AND CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END
-            IS DISTINCT FROM $6
-        AND NOT EXISTS (SELECT 1 FROM ota.busy_devices b
+      FROM ota.selected($7, $2, $3, $4, $5, $6) d
+      WHERE NOT EXISTS (SELECT 1 FROM ota.busy_devices b
                         WHERE b.dev_id = d.dev_id AND b.type = $7 AND b.campaign_id <> $1)
       ) ranked
 ORDER BY dev_id;  -- index order: random-order B-tree inserts cost twice as much
@@ -172,15 +150,8 @@ ORDER BY dev_id;  -- index order: random-order B-tree inserts cost twice as much
 -- Devices that match a continuous campaign and are not in it yet join wave $8.
 INSERT INTO ota.campaign_devices (campaign_id, dev_id, wave, next_attempt_at)
 SELECT $1, d.dev_id, $8::int, now()
-FROM ota.devices d
-WHERE ($2::text IS NULL OR d.manuf = $2)
-  AND ($3::text IS NULL OR d.model = $3)
-  AND (cardinality($4::text[]) = 0
-       OR CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END = ANY($4))
-  AND ($5::bigint[] IS NULL OR d.dev_id = ANY($5))
-  AND CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END
-      IS DISTINCT FROM $6
-  AND NOT EXISTS (SELECT 1 FROM ota.campaign_devices x
+FROM ota.selected($7, $2, $3, $4, $5, $6) d
+WHERE NOT EXISTS (SELECT 1 FROM ota.campaign_devices x
                   WHERE x.campaign_id = $1 AND x.dev_id = d.dev_id)
   AND NOT EXISTS (SELECT 1 FROM ota.busy_devices b
                   WHERE b.dev_id = d.dev_id AND b.type = $7 AND b.campaign_id <> $1)
@@ -443,15 +414,14 @@ UPDATE ota.campaigns SET
 WHERE campaign_id = $1;
 
 -- name: plan_on_target
--- Devices the selector picks that are on the target already (left out).
+-- Devices the selector picks that are on the target already (left out). ($1 unused: the
+-- enrolment queries' parameter list.)
 SELECT count(*) FROM ota.devices d
-WHERE ($2::text IS NULL OR d.manuf = $2)
-  AND ($3::text IS NULL OR d.model = $3)
-  AND (cardinality($4::text[]) = 0
-       OR CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END = ANY($4))
+WHERE $1::bigint IS NOT NULL
+  AND ($2::text IS NULL OR d.manuf = $2) AND ($3::text IS NULL OR d.model = $3)
   AND ($5::bigint[] IS NULL OR d.dev_id = ANY($5))
   AND CASE $7::text WHEN 'fota' THEN d.fota_version ELSE d.sota_version END = $6
-  AND $1::bigint IS NOT NULL;
+  AND cardinality($4::text[]) >= 0;
 
 -- name: plan_groups
 -- An enrolled campaign's devices by wave, manufacturer, model and from-version; how many

@@ -195,11 +195,19 @@ async def list_campaigns(request: web.Request) -> web.Response:
     return _json([c.to_json() for c in rows])
 
 
-async def create_campaign(request: web.Request) -> web.Response:
+async def _body(request: web.Request, empty: Any = None) -> Any:
+    """The request's JSON (strict UTF-8, nesting at most 1024); ``empty`` for no body."""
+    raw = await request.read()
+    if not raw.strip() and empty is not None:
+        return empty
     try:
-        body = orjson.loads(await request.read())   # strict UTF-8, nesting at most 1024
+        return orjson.loads(raw)
     except (ValueError, RecursionError):
         raise CampaignError("body: not valid JSON") from None
+
+
+async def create_campaign(request: web.Request) -> web.Response:
+    body = await _body(request)
     spec, start = spec_from_body(body)
     dry = request.query.get("dry_run", "false")
     if dry not in ("true", "false"):
@@ -241,14 +249,8 @@ async def campaign_devices(request: web.Request) -> web.Response:
 def _action(action: str) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         cid = _int(request, "id", lo=1)
-        raw = await request.read()
-        if raw.strip():
-            try:
-                body = orjson.loads(raw)
-            except (ValueError, RecursionError):
-                raise CampaignError("body: not valid JSON") from None
-            if body != {}:
-                raise CampaignError("body: expected {} (or none)")
+        if await _body(request, empty={}) != {}:
+            raise CampaignError("body: expected {} (or none)")
         async with request.app[STATE].pool.acquire() as conn:
             campaign = await store.set_status(conn, cid, action, actor="api")
         return _json(campaign.to_json())
@@ -258,10 +260,7 @@ def _action(action: str) -> Handler:
 
 async def update_campaign(request: web.Request) -> web.Response:
     cid = _int(request, "id", lo=1)
-    try:
-        body = orjson.loads(await request.read())
-    except (ValueError, RecursionError):
-        raise CampaignError("body: not valid JSON") from None
+    body = await _body(request)
     if not isinstance(body, dict):
         raise CampaignError("body: expected a JSON object")
     async with request.app[STATE].pool.acquire() as conn:
@@ -271,10 +270,7 @@ async def update_campaign(request: web.Request) -> web.Response:
 
 async def retry_devices(request: web.Request) -> web.Response:
     cid = _int(request, "id", lo=1)
-    try:
-        body = orjson.loads(await request.read() or b"{}")
-    except (ValueError, RecursionError):
-        raise CampaignError("body: not valid JSON") from None
+    body = await _body(request, empty={})
     if not isinstance(body, dict) or set(body) - {"state", "errno", "reason"}:
         raise CampaignError("body: an object with state, errno, reason")
     state = body.get("state", "failed")

@@ -11,7 +11,14 @@ from typing import Any
 
 from orchestrator.cli.common import LiveView, UsageError, print_json, table, with_conn
 from orchestrator.config import Settings
-from orchestrator.domain.campaign import DONE, STATUSES, Campaign, CampaignSpec, Selector
+from orchestrator.domain.campaign import (
+    DONE,
+    RULE_FIELDS,
+    STATUSES,
+    Campaign,
+    CampaignSpec,
+    Selector,
+)
 from orchestrator.domain.device import RETRYABLE_STATES, STATES
 from orchestrator.domain.payloads import parse_dev_id
 from orchestrator.domain.rollout import BadRollout, parse_waves
@@ -155,21 +162,12 @@ def _action(action: str) -> Any:
 
 
 def cmd_update(args: argparse.Namespace, settings: Settings) -> int:
-    changes: dict[str, Any] = {}
-    if args.max_per_minute is not None:
-        changes["max_per_minute"] = args.max_per_minute
+    changes: dict[str, Any] = {k: getattr(args, k) for k in RULE_FIELDS
+                               if getattr(args, k) is not None}
     if args.no_rate_limit:
         changes["max_per_minute"] = None
-    if args.wave_success_pct is not None:
-        changes["wave_success_pct"] = args.wave_success_pct
-    if args.abort_failure_pct is not None:
-        changes["abort_failure_pct"] = args.abort_failure_pct
     if args.no_abort_rule:
         changes["abort_failure_pct"] = None
-    if args.abort_min_finished is not None:
-        changes["abort_min_finished"] = args.abort_min_finished
-    if args.abort_action is not None:
-        changes["abort_action"] = args.abort_action
     if not changes:
         raise UsageError("campaign update: give at least one change (see --help)")
     campaign = asyncio.run(with_conn(settings, lambda c: update_rules(c, args.id, changes)))

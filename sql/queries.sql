@@ -63,7 +63,8 @@ SELECT c.campaign_id, c.name, c.status, c.type, c.target_version, c.selector, c.
        c.abort_failure_pct::float8 AS abort_failure_pct, c.abort_min_finished, c.continuous,
        c.status_reason, c.created_at, c.started_at, c.finished_at,
        p.pending, p.in_progress, p.succeeded, p.failed, p.no_task, p.cancelled,
-       c.abort_action, c.rule_failed_base, c.rule_finished_base, c.gate_accepted_wave
+       c.abort_action, c.rule_failed_base, c.rule_finished_base, c.gate_accepted_wave,
+       c.dispatch_timeout
 FROM ota.campaigns c JOIN ota.campaign_progress p USING (campaign_id)
 WHERE ($1::bigint IS NULL OR c.campaign_id = $1) AND ($2::text IS NULL OR c.status = $2)
 ORDER BY c.campaign_id DESC LIMIT $3;
@@ -71,8 +72,8 @@ ORDER BY c.campaign_id DESC LIMIT $3;
 -- name: campaign_insert
 INSERT INTO ota.campaigns (name, type, target_version, selector, waves, wave_success_pct,
                            max_per_minute, abort_failure_pct, abort_min_finished, continuous,
-                           rate_tokens, abort_action)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING campaign_id;
+                           rate_tokens, abort_action, dispatch_timeout)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING campaign_id;
 
 -- name: campaign_lock_status
 SELECT status FROM ota.campaigns WHERE campaign_id = $1 FOR UPDATE;
@@ -97,7 +98,7 @@ UPDATE ota.campaigns SET current_wave = $2, updated_at = now() WHERE campaign_id
 UPDATE ota.campaigns SET wave_bounds = $2 WHERE campaign_id = $1;
 
 -- name: campaigns_running
-SELECT campaign_id, type, current_wave, max_per_minute FROM ota.campaigns
+SELECT campaign_id, type, current_wave, max_per_minute, dispatch_timeout FROM ota.campaigns
 WHERE status = 'running' ORDER BY campaign_id;
 
 -- name: campaign_rate_lock
@@ -188,7 +189,8 @@ WITH due AS (
               cd.last_error, cd.task, cd.token_expires_at, cd.dispatched_at,
               cd.report_asked_at, cd.heard_at, cd.attempt
 )
-SELECT cd.*, c.type, c.target_version, d.manuf, d.model, d.fota_version, d.sota_version,
+SELECT cd.*, c.type, c.target_version, c.dispatch_timeout, d.manuf, d.model,
+       d.fota_version, d.sota_version,
        d.signal, d.power, d.status_at
 FROM claimed cd JOIN ota.devices d USING (dev_id) JOIN ota.campaigns c USING (campaign_id)
 ORDER BY cd.dev_id;
@@ -198,7 +200,7 @@ ORDER BY cd.dev_id;
 SELECT cd.campaign_id, cd.dev_id, cd.rev, cd.wave, cd.state, cd.attempts,
        cd.transient_errors, cd.next_attempt_at, cd.last_errno, cd.last_step, cd.last_error,
        cd.task, cd.token_expires_at, cd.dispatched_at, cd.report_asked_at, cd.heard_at,
-       cd.attempt, c.type, c.target_version
+       cd.attempt, c.type, c.target_version, c.dispatch_timeout
 FROM ota.campaign_devices cd
 JOIN unnest($1::bigint[], $2::bigint[]) AS k(c, d)
   ON cd.campaign_id = k.c AND cd.dev_id = k.d
@@ -410,6 +412,7 @@ UPDATE ota.campaigns SET
     abort_failure_pct = CASE WHEN $6 THEN $7::numeric ELSE abort_failure_pct END,
     abort_min_finished = CASE WHEN $8 THEN $9::int ELSE abort_min_finished END,
     abort_action = CASE WHEN $10 THEN $11::text ELSE abort_action END,
+    dispatch_timeout = CASE WHEN $12 THEN $13::float8 ELSE dispatch_timeout END,
     updated_at = now()
 WHERE campaign_id = $1;
 

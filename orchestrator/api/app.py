@@ -385,6 +385,8 @@ OPENAPI: dict[str, Any] = {
                     "abort_min_finished": {**_INT32},
                     "continuous": {"type": "boolean"},
                     "abort_action": {"type": "string", "enum": ["pause", "abort"]},
+                    "dispatch_timeout": {"type": "number", "minimum": 1,
+                                         "maximum": 7 * 24 * 3600},
                     "all_devices": {"type": "boolean",
                                     "description": "required when no selector is given"},
                     "start": {"type": "boolean"},
@@ -433,7 +435,11 @@ OPENAPI: dict[str, Any] = {
                                          "abort_failure_pct": {**_PCT, "nullable": True},
                                          "abort_min_finished": _INT32,
                                          "abort_action": {"type": "string",
-                                                          "enum": ["pause", "abort"]}}}}}},
+                                                          "enum": ["pause", "abort"]},
+                                         "dispatch_timeout": {
+                                             "type": "number", "minimum": 1,
+                                             "maximum": 7 * 24 * 3600,
+                                             "nullable": True}}}}}},
                       "responses": {**_ok(_ref("Campaign")), "409": _ERR}}},
         "/api/v1/campaigns/{id}/devices": {"get": {"security": _SECURE, "parameters": [
             _ID, {"name": "state", "in": "query",

@@ -8,7 +8,7 @@ from orchestrator.domain.campaign import CampaignError, CampaignSpec, Selector
 
 FIELDS = {"name", "type", "target", "manuf", "model", "from_versions", "devices", "waves",
           "wave_success_pct", "max_per_minute", "abort_failure_pct", "abort_min_finished",
-          "continuous", "start", "abort_action", "all_devices"}
+          "continuous", "start", "abort_action", "all_devices", "dispatch_timeout"}
 
 
 def _opt(body: dict[str, Any], key: str, kinds: tuple[type, ...], what: str) -> Any:
@@ -63,6 +63,7 @@ def spec_from_body(body: Any) -> tuple[CampaignSpec, bool]:
         continuous=bool(_opt(body, "continuous", (bool,), "a boolean") or False),
         abort_action=_opt(body, "abort_action", (str,), "a string") or "pause",
         all_devices=bool(_opt(body, "all_devices", (bool,), "a boolean") or False),
+        dispatch_timeout=_opt(body, "dispatch_timeout", (int, float), "a number"),
     )
     spec.validate()
     return spec, bool(_opt(body, "start", (bool,), "a boolean") or False)

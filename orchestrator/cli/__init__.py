@@ -5,9 +5,12 @@ module of its own. Nothing imports this package."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
 from collections.abc import Sequence
+from typing import Any, ClassVar, NoReturn
 
 import asyncpg
 
@@ -21,8 +24,28 @@ from orchestrator.logs import configure
 __all__ = ["UsageError", "build_parser", "main"]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a suggestion for a mistyped flag (Python 3.11's has none). Every
+    option any parser of the CLI defines is recorded as it is added."""
+
+    known: ClassVar[set[str]] = set()
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        Parser.known.update(a for a in args if isinstance(a, str) and a.startswith("-"))
+        return super().add_argument(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        match = re.search(r"unrecognized arguments: (-\S+)", message)
+        if match:
+            close = difflib.get_close_matches(match[1].split("=")[0], sorted(Parser.known),
+                                              n=1)
+            if close:
+                message += f" (did you mean {close[0]}?)"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="orchestrator", description="Fleet firmware upgrades over OneNET OTA.")
     parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
     parser.add_argument("--config", help="TOML file with the same keys as the ORCH_* variables")

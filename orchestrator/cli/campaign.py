@@ -74,7 +74,8 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
         waves=waves, wave_success_pct=args.wave_success_pct,
         max_per_minute=args.max_per_minute, abort_failure_pct=args.abort_failure_pct,
         abort_min_finished=args.abort_min_finished, continuous=args.continuous,
-        abort_action=args.abort_action, all_devices=args.all_devices)
+        abort_action=args.abort_action, all_devices=args.all_devices,
+        dispatch_timeout=args.dispatch_timeout)
 
     if args.dry_run:
         spec.validate()
@@ -168,6 +169,8 @@ def cmd_update(args: argparse.Namespace, settings: Settings) -> int:
         changes["max_per_minute"] = None
     if args.no_abort_rule:
         changes["abort_failure_pct"] = None
+    if args.default_dispatch_timeout:
+        changes["dispatch_timeout"] = None
     if not changes:
         raise UsageError("campaign update: give at least one change (see --help)")
     campaign = asyncio.run(with_conn(settings, lambda c: update_rules(c, args.id, changes)))
@@ -267,6 +270,8 @@ def register(sub: Any) -> None:
                         "far) or abort (status aborted, in-flight devices get cancel)")
     p.add_argument("--continuous", action="store_true",
                    help="devices that register later and match join")
+    p.add_argument("--dispatch-timeout", type=float, metavar="SECONDS",
+                   help="this campaign's dispatch timeout (default ORCH_DISPATCH_TIMEOUT)")
     p.add_argument("--all-devices", action="store_true",
                    help="required to select the whole registry (no other selector)")
     p.add_argument("--start", action="store_true", help="start it now")
@@ -303,6 +308,10 @@ def register(sub: Any) -> None:
     p.add_argument("--no-abort-rule", action="store_true")
     p.add_argument("--abort-min-finished", type=int)
     p.add_argument("--abort-action", choices=("pause", "abort"))
+    p.add_argument("--dispatch-timeout", type=float, metavar="SECONDS",
+                   help="seconds without progress before a dispatched device is re-checked")
+    p.add_argument("--default-dispatch-timeout", action="store_true",
+                   help="back to ORCH_DISPATCH_TIMEOUT")
     p.set_defaults(handler=cmd_update)
     p = camp.add_parser("retry", help="give failed devices a fresh budget in the campaign")
     p.add_argument("id", type=int)

@@ -22,6 +22,7 @@ NAME_RE = re.compile(r"^(?=[^\x00-\x1f\x7f-\x9f]{1,200}$)[^\x00-\x1f\x7f-\x9f]*\
                      r"[^\x00-\x1f\x7f-\x9f]*$")
 REASON_RE = re.compile(r"^[^\x00-\x1f\x7f-\x9f]{1,200}$")
 INT32_MAX = 2**31 - 1
+MAX_DISPATCH_TIMEOUT = 7 * 24 * 3600
 INT64_MAX = 2**63 - 1
 STATUSES = ("draft", "running", "paused", "completed", "cancelled", "aborted")
 DONE = frozenset({"completed", "cancelled", "aborted"})
@@ -66,7 +67,7 @@ def transition(campaign_id: int, current: str, action: str) -> str:
 
 
 RULE_FIELDS = ("max_per_minute", "wave_success_pct", "abort_failure_pct",
-               "abort_min_finished", "abort_action")
+               "abort_min_finished", "abort_action", "dispatch_timeout")
 
 
 def check_rule_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -92,6 +93,12 @@ def check_rule_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = float(v)
     if "abort_action" in out and out["abort_action"] not in ("pause", "abort"):
         raise CampaignInputError("abort_action: pause or abort")
+    v = out.get("dispatch_timeout")
+    if v is not None:
+        if isinstance(v, bool) or not isinstance(v, int | float) \
+                or not 1 <= v <= MAX_DISPATCH_TIMEOUT:
+            raise CampaignInputError(f"dispatch_timeout: 1..{MAX_DISPATCH_TIMEOUT} seconds")
+        out["dispatch_timeout"] = float(v)
     return out
 
 
@@ -135,6 +142,7 @@ class CampaignSpec:
     continuous: bool = False
     abort_action: str = "pause"
     all_devices: bool = False     # required to select the whole registry
+    dispatch_timeout: float | None = None   # None: the service's ORCH_DISPATCH_TIMEOUT
 
     def validate(self) -> None:
         if not NAME_RE.fullmatch(self.name):
@@ -166,6 +174,8 @@ class CampaignSpec:
             raise CampaignInputError(f"abort_min_finished: 1..{INT32_MAX}")
         if self.abort_action not in ("pause", "abort"):
             raise CampaignInputError("abort_action: pause or abort")
+        if self.dispatch_timeout is not None:
+            check_rule_changes({"dispatch_timeout": self.dispatch_timeout})
         sel = self.selector
         if sel.manuf is not None and not known_manuf(sel.manuf):
             raise CampaignInputError(f"manuf: {sel.manuf!r} is not in OneNET's manufacturer table "
@@ -202,6 +212,7 @@ class Campaign:
     rule_failed_base: int = 0
     rule_finished_base: int = 0
     gate_accepted_wave: int = -1
+    dispatch_timeout: float | None = None
 
     @property
     def rules(self) -> Rules:
@@ -230,6 +241,7 @@ class RunningCampaign:
     type: str
     current_wave: int
     max_per_minute: int | None
+    dispatch_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +255,7 @@ class Member:
     row: DeviceRow
     type: str
     target_version: str
+    dispatch_timeout: float | None = None     # the campaign's own, if it sets one
 
 
 @dataclass(frozen=True, slots=True)

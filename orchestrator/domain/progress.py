@@ -4,6 +4,7 @@ on to OneNET."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,7 +55,7 @@ def apply_progress(members: dict[Key, Member], reports: Sequence[ProgressReport]
             rejected.append(Rejection(refused, f"step {r.step} for device {r.dev_id} in "
                                       f"{row.state}", f"{r.dev_id}/progress"))
             continue
-        decision = on_progress(row, r.step, now, policy)
+        decision = on_progress(row, r.step, now, policy_for(policy, members[key]))
         if r.version is not None and decision.row.state != "succeeded":
             by_version = on_version(decision.row, r.version, members[key].target_version)
             if by_version.row.state == "succeeded":
@@ -79,6 +80,13 @@ def apply_versions(members: dict[Key, Member], current: dict[Key, DeviceRow],
         if decision.row.state == "succeeded" and current[key].state != "succeeded":
             current[key] = decision.row
             reasons.setdefault(key, []).append(decision.reason)
+
+
+def policy_for(policy: Policy, member: Member) -> Policy:
+    """The service's policy, with the campaign's own dispatch timeout if it sets one."""
+    if member.dispatch_timeout is None:
+        return policy
+    return dataclasses.replace(policy, dispatch_timeout=member.dispatch_timeout)
 
 
 def worth_an_event(old: DeviceRow, new: DeviceRow) -> bool:

@@ -50,7 +50,7 @@ async def list_campaigns(conn: Connection, status: str | None = None,
 
 async def running(conn: Connection) -> list[RunningCampaign]:
     return [RunningCampaign(r["campaign_id"], r["type"], r["current_wave"],
-                            r["max_per_minute"])
+                            r["max_per_minute"], r["dispatch_timeout"])
             for r in await conn.fetch(q("campaigns_running"))]
 
 
@@ -148,7 +148,7 @@ async def create_campaign(conn: Connection, spec: CampaignSpec, *, start: bool =
             list(spec.waves), spec.wave_success_pct, spec.max_per_minute,
             spec.abort_failure_pct, spec.abort_min_finished, spec.continuous,
             0.0 if spec.max_per_minute is None else rate_capacity(spec.max_per_minute),
-            spec.abort_action)
+            spec.abort_action, spec.dispatch_timeout)
         n = await enroll_fresh(conn, cid, spec)
         skipped = await busy(conn, cid, spec)
         left_out = (f"; {skipped} left out: another running or paused {spec.type} campaign "

@@ -40,7 +40,7 @@ def device_row(r: Record) -> DeviceRow:
 
 def _member(r: Record) -> Member:
     return Member(r["campaign_id"], r["dev_id"], r["rev"], r["wave"], device_row(r),
-                  r["type"], r["target_version"])
+                  r["type"], r["target_version"], r["dispatch_timeout"])
 
 
 async def claim(conn: Connection, campaign_id: int, current_wave: int, limit: int,

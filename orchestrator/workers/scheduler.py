@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import math
 import secrets
@@ -139,6 +140,8 @@ class Scheduler:
 
     async def process(self, campaign: RunningCampaign, claimed: Sequence[Claimed],
                       healthy_since: float | None = None) -> None:
+        policy = self.policy if campaign.dispatch_timeout is None else dataclasses.replace(
+            self.policy, dispatch_timeout=campaign.dispatch_timeout)
         now = time.time()
         writes: list[Write] = []
         to_check: list[tuple[Claimed, Decision]] = []
@@ -163,7 +166,7 @@ class Scheduler:
             if called:
                 counts[(c.campaign_id, errno)] += 1
                 self.metrics.checks.labels(str(errno)).inc()
-            d = on_check(claimed_decision.row, outcome, c.status, now, self.policy,
+            d = on_check(claimed_decision.row, outcome, c.status, now, policy,
                          attempt=secrets.token_hex(8))
             if d.command is not None and d.command.op == "upgrade":
                 assert d.row.task is not None

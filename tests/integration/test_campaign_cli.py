@@ -138,10 +138,13 @@ def test_update_a_live_campaign(database: str, tmp_path: Path) -> None:
                   "--model", "M5310", "--max-per-minute", "60", "--start", env=env)
     cid = out.stdout.strip().splitlines()[-1]
     out = run_cli("campaign", "update", cid, "--no-rate-limit", "--wave-success-pct", "90",
-                  env=env)
+                  "--dispatch-timeout", "120", env=env)
     assert out.returncode == 0, out.stderr
     shown = json.loads(run_cli("campaign", "show", cid, "--json", env=env).stdout)
     assert (shown["max_per_minute"], shown["wave_success_pct"]) == (None, 90.0)
+    assert shown["dispatch_timeout"] == 120.0
+    bad = run_cli("campaign", "update", cid, "--dispatch-timeout", "0", env=env)
+    assert bad.returncode == 2 and "dispatch_timeout" in bad.stderr
     out = run_cli("campaign", "update", cid, env=env)
     assert out.returncode == 2 and "at least one change" in out.stderr
 
@@ -200,3 +203,10 @@ def test_dry_run_plans_and_writes_nothing(database: str, tmp_path: Path) -> None
                    "--model", "M5310", "--dry-run", env=env)
     assert text.returncode == 0 and "5 on the target already" in text.stdout
     assert json.loads(run_cli("campaign", "list", "--json", env=env).stdout) == []
+
+
+def test_a_mistyped_flag_gets_a_suggestion(database: str) -> None:
+    out = run_cli("campaign", "create", "--name", "x", "--type", "fota", "--target", "1.3",
+                  "--max-per-mnute", "5", env=env_for(database))
+    assert out.returncode == 2
+    assert "did you mean --max-per-minute?" in out.stderr

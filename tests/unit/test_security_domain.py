@@ -9,7 +9,7 @@ from orchestrator.domain.campaign import Member
 from orchestrator.domain.device import IN_FLIGHT, STATES, DeviceRow, Policy, progress_refusal
 from orchestrator.domain.onenet import Task
 from orchestrator.domain.payloads import ProgressReport, parse_dev_id, parse_message
-from orchestrator.domain.progress import apply_progress
+from orchestrator.domain.progress import apply_progress, policy_for
 
 TASK = Task("1.3", "tok", 100, 10, 20, 2, 60, "m" * 32, 1)
 STEPS = [*range(0, 101), *range(101, 108), *range(201, 209)]
@@ -60,3 +60,12 @@ def test_device_ids_are_canonical_decimal() -> None:
     bad_attempt = parse_message("ota", "ota/7/progress",
                                 b'{"campaign": 1, "step": 5, "attempt": "../x"}')
     assert getattr(bad_attempt, "reason", None) == "bad_type"
+
+
+def test_a_campaign_may_set_its_own_dispatch_timeout() -> None:
+    m = member("downloading")
+    own = Member(1, 7, 0, 0, m.row, "fota", "1.3", dispatch_timeout=60.0)
+    rows, *_ = apply_progress({(1, 7): own}, [ProgressReport(7, 1, 10, None, "a1b2c3d4")],
+                              1000.0, Policy(dispatch_timeout=1800))
+    assert rows[(1, 7)].next_attempt_at == 1060.0
+    assert policy_for(Policy(dispatch_timeout=1800), m).dispatch_timeout == 1800

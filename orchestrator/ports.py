@@ -15,11 +15,10 @@ from typing import Any, Protocol, TypeVar
 from orchestrator.domain.campaign import Campaign, Claimed, Member, RunningCampaign, Write
 from orchestrator.domain.onenet import CheckOutcome, CheckRequest
 from orchestrator.domain.payloads import ProgressReport, Rejection, StatusReport
-from orchestrator.domain.progress import Relay
+from orchestrator.domain.progress import Key, Relay
 from orchestrator.domain.rollout import Counts
 
 T = TypeVar("T")
-Key = tuple[int, int]
 
 
 class DatabaseUnavailable(Exception):

@@ -273,18 +273,9 @@ async def retry_devices(request: web.Request) -> web.Response:
     body = await _body(request, empty={})
     if not isinstance(body, dict) or set(body) - {"state", "errno", "reason"}:
         raise CampaignError("body: an object with state, errno, reason")
-    state = body.get("state", "failed")
-    if not isinstance(state, str) or state not in RETRYABLE_STATES:
-        raise CampaignError(f"state: one of {', '.join(sorted(RETRYABLE_STATES))}")
-    errno = body.get("errno")
-    if errno is not None and (isinstance(errno, bool) or not isinstance(errno, int)
-                              or not -1 <= errno <= 2**31 - 1):
-        raise CampaignError("errno: an integer")
-    reason = body.get("reason", "by the operator")
-    if not isinstance(reason, str) or not REASON_RE.fullmatch(reason):
-        raise CampaignError("reason: 1-200 characters, no control characters")
     async with request.app[STATE].pool.acquire() as conn:
-        n = await store.retry(conn, cid, [state], errno, reason, actor="api")
+        n = await store.retry(conn, cid, [body.get("state", "failed")], body.get("errno"),
+                              body.get("reason", "by the operator"), actor="api")
         campaign = await store.get_campaign(conn, cid)
     assert campaign is not None
     return _json({"retried": n, "campaign": campaign.to_json()})

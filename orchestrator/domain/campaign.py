@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from orchestrator.domain.catalogue import known_manuf, known_model
-from orchestrator.domain.device import NON_TERMINAL, DeviceRow, Status
+from orchestrator.domain.device import NON_TERMINAL, RETRYABLE_STATES, DeviceRow, Status
 from orchestrator.domain.rollout import Counts, Rules, check_waves
 from orchestrator.domain.versions import check_version
 
@@ -100,6 +100,23 @@ def check_rule_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
             raise CampaignInputError(f"dispatch_timeout: 1..{MAX_DISPATCH_TIMEOUT} seconds")
         out["dispatch_timeout"] = float(v)
     return out
+
+
+def check_retry(states: Any, errno: Any, reason: Any) -> tuple[list[str], int | None, str]:
+    """An operator's retry request (CLI or API), checked once: which states, which last
+    errno, and the reason recorded in each device's event."""
+    if not isinstance(states, list) or not states:
+        raise CampaignInputError("state: at least one")
+    for s in states:
+        if not isinstance(s, str) or s not in RETRYABLE_STATES:
+            raise CampaignInputError(f"state: {str(s)[:30]!r} cannot be retried (one of "
+                                     f"{', '.join(sorted(RETRYABLE_STATES))})")
+    if errno is not None and (isinstance(errno, bool) or not isinstance(errno, int)
+                              or not -1 <= errno <= INT32_MAX):
+        raise CampaignInputError("errno: an integer")
+    if not isinstance(reason, str) or not REASON_RE.fullmatch(reason):
+        raise CampaignInputError("reason: 1-200 characters, no control characters")
+    return states, errno, reason
 
 
 @dataclass(frozen=True, slots=True)

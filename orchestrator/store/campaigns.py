@@ -19,6 +19,7 @@ from orchestrator.domain.campaign import (
     RunningCampaign,
     Selector,
     Write,
+    check_retry,
     check_rule_changes,
     transition,
 )
@@ -202,6 +203,7 @@ async def retry(conn: Connection, campaign_id: int, states: Sequence[str],
                 errno: int | None, reason: str, actor: str = "cli") -> int:
     """Give the chosen devices a fresh budget in the same campaign (an event each); a
     completed campaign runs again. Returns how many devices were retried."""
+    states, errno, reason = check_retry(list(states), errno, reason)
     async with conn.transaction():
         campaign = await get_campaign(conn, campaign_id)
         if campaign is None:

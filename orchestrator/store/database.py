@@ -15,10 +15,10 @@ import asyncpg
 
 from orchestrator.domain.campaign import Campaign, Claimed, Member, RunningCampaign, Write
 from orchestrator.domain.payloads import StatusReport
-from orchestrator.domain.progress import Relay
+from orchestrator.domain.progress import Key, Relay
 from orchestrator.domain.resilience import backoff
 from orchestrator.domain.rollout import Counts
-from orchestrator.ports import DatabaseUnavailable, DataRejected, Key, Tx
+from orchestrator.ports import DatabaseUnavailable, DataRejected, Tx
 from orchestrator.store import campaigns, counts, devices, health, members, outbox, relays
 from orchestrator.store.db import Connection, Pool
 from orchestrator.store.queries import q

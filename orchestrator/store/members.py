@@ -12,10 +12,9 @@ from orchestrator.domain.campaign import Claimed, Member, Write
 from orchestrator.domain.device import NON_TERMINAL, DeviceRow, Status
 from orchestrator.domain.onenet import Task
 from orchestrator.domain.payloads import StatusReport
+from orchestrator.domain.progress import Key
 from orchestrator.store.db import Connection, Record
 from orchestrator.store.queries import q
-
-Key = tuple[int, int]
 
 
 def _ts(value: dt.datetime | None) -> float | None:

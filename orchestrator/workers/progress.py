@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from orchestrator.domain.campaign import Write
 from orchestrator.domain.device import Policy
 from orchestrator.domain.payloads import ProgressReport, Rejection, StatusReport, registers
-from orchestrator.domain.progress import Relay, apply_progress, apply_versions, worth_an_event
-from orchestrator.ports import Database, Key, Tx
+from orchestrator.domain.progress import Key, apply_progress, apply_versions, worth_an_event
+from orchestrator.ports import Database, Tx
 
 
 class ProgressSink:
@@ -33,7 +33,6 @@ class ProgressSink:
             if reported:
                 keys += await tx.members_reaching_target(reported)
             rejected: list[Rejection] = []
-            relays: list[Relay]
             if keys:
                 members = await tx.lock_members(keys)
                 # progress first: a device's 201 and its new version often share a batch,

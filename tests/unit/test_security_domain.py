@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.domain.campaign import Member
+from orchestrator.domain.campaign import CampaignInputError, Member, check_retry
 from orchestrator.domain.device import IN_FLIGHT, STATES, DeviceRow, Policy, progress_refusal
 from orchestrator.domain.onenet import Task
 from orchestrator.domain.payloads import ProgressReport, parse_dev_id, parse_message
@@ -69,3 +70,14 @@ def test_a_campaign_may_set_its_own_dispatch_timeout() -> None:
                               1000.0, Policy(dispatch_timeout=1800))
     assert rows[(1, 7)].next_attempt_at == 1060.0
     assert policy_for(Policy(dispatch_timeout=1800), m).dispatch_timeout == 1800
+
+
+def test_retry_requests_are_checked_once_for_cli_and_api() -> None:
+    assert check_retry(["failed"], 8, "fixed") == (["failed"], 8, "fixed")
+    for states, errno, reason, field in [
+            (["succeeded"], None, "x", "state"), ([{}], None, "x", "state"),
+            ([], None, "x", "state"), (["failed"], True, "x", "errno"),
+            (["failed"], 2**40, "x", "errno"), (["failed"], None, "", "reason"),
+            (["failed"], None, "a\x00b", "reason"), (["failed"], None, None, "reason")]:
+        with pytest.raises(CampaignInputError, match=f"^{field}"):
+            check_retry(states, errno, reason)

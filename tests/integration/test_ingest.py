@@ -262,3 +262,40 @@ async def test_a_status_registers_a_device_only_with_manufacturer_model_and_vers
                 await conn.close()
 
         await until(updated)
+
+
+class BuggySink(ProgressSink):
+    """The real sink, with a bug that trips on device 13's reports."""
+
+    async def apply(self, statuses: Sequence[StatusReport],
+                    reports: Sequence[ProgressReport]) -> Sequence[Rejection]:
+        if any(s.dev_id == 13 for s in statuses):
+            raise RuntimeError("a bug in applying device 13")
+        return await super().apply(statuses, reports)
+
+
+async def test_oversized_and_bug_tripping_messages_are_rejected_alone(
+        settings: Settings, pool: Any) -> None:
+    """MQTT 3.1.1 has no Maximum Packet Size, so a 20 KB report reaches ingest: it is
+    rejected (too_large). A message that trips a bug is found by splitting the batch and
+    rejected alone (internal_error); ingest goes on and the others are applied."""
+    s = dataclasses.replace(settings, mqtt_protocol="3.1.1", ingest_batch_size=100)
+    async with running(s, BuggySink(PgDatabase(pool))) as (_, metrics):
+        p = s.mqtt_topic_prefix
+        url = f"mqtt://{s.mqtt_url.host}:{s.mqtt_url.port}"
+        big = json.dumps({"manuf": "China Mobile", "model": "M5310", "fota_version": "1.2",
+                          "pad": "x" * 20_000}).encode()
+        batch = [(f"{p}/{i}/status", status(i)) for i in range(1, 21)]
+        batch.append((f"{p}/99/status", big))
+        await publish_all(url, batch)
+
+        async def done() -> bool:
+            return (metrics.rejected("too_large") == 1
+                    and metrics.rejected("internal_error") == 1)
+
+        await until(done)
+
+        async def applied() -> bool:
+            return await count_devices(s.database_url or "") == 19
+
+        await until(applied)

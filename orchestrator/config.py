@@ -91,6 +91,7 @@ class Settings:
     scheduler_batch_size: int = 500
     scheduler_poll_interval: float = 0.5
     event_retention_days: int = 90
+    max_in_flight: int | None = None    # devices checking or in flight, fleet-wide
 
     @property
     def mqtt_v5(self) -> bool:
@@ -257,6 +258,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "ingest_flush_interval": _positive(float),
     "scheduler_batch_size": _positive(int),
     "scheduler_poll_interval": _positive(float),
+    "max_in_flight": _positive(int),
 }
 
 

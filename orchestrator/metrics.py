@@ -39,6 +39,13 @@ class Metrics:
         self.breaker_open = Gauge("orch_onenet_breaker_open",
                                   "1 while the check endpoint circuit breaker is open",
                                   registry=r)
+        self.cap_waits = Counter(
+            "orch_cap_waits", "Claims that waited because an in-flight cap was full",
+            registry=r)
+        self.in_flight = Gauge("orch_in_flight", "Devices checking or in flight, fleet-wide",
+                               registry=r)
+        self.max_in_flight = Gauge("orch_max_in_flight",
+                                   "ORCH_MAX_IN_FLIGHT (0: no fleet-wide cap)", registry=r)
 
     def rejected(self, reason: str) -> float:
         value = self.registry.get_sample_value("orch_ingest_rejected_total", {"reason": reason})

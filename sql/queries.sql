@@ -64,7 +64,8 @@ SELECT c.campaign_id, c.name, c.status, c.type, c.target_version, c.selector, c.
        c.status_reason, c.created_at, c.started_at, c.finished_at,
        p.pending, p.in_progress, p.succeeded, p.failed, p.no_task, p.cancelled,
        c.abort_action, c.rule_failed_base, c.rule_finished_base, c.gate_accepted_wave,
-       c.dispatch_timeout
+       c.dispatch_timeout, p.unreachable, c.canary, c.unreachable_after, c.max_in_flight,
+       c.windows, c.timezone, c.rate_per_min, c.eta_at
 FROM ota.campaigns c JOIN ota.campaign_progress p USING (campaign_id)
 WHERE ($1::bigint IS NULL OR c.campaign_id = $1) AND ($2::text IS NULL OR c.status = $2)
 ORDER BY c.campaign_id DESC LIMIT $3;
@@ -72,8 +73,10 @@ ORDER BY c.campaign_id DESC LIMIT $3;
 -- name: campaign_insert
 INSERT INTO ota.campaigns (name, type, target_version, selector, waves, wave_success_pct,
                            max_per_minute, abort_failure_pct, abort_min_finished, continuous,
-                           rate_tokens, abort_action, dispatch_timeout)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING campaign_id;
+                           rate_tokens, abort_action, dispatch_timeout, canary,
+                           unreachable_after, max_in_flight, windows, timezone)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+RETURNING campaign_id;
 
 -- name: campaign_lock_status
 SELECT status FROM ota.campaigns WHERE campaign_id = $1 FOR UPDATE;
@@ -98,8 +101,9 @@ UPDATE ota.campaigns SET current_wave = $2, updated_at = now() WHERE campaign_id
 UPDATE ota.campaigns SET wave_bounds = $2 WHERE campaign_id = $1;
 
 -- name: campaigns_running
-SELECT campaign_id, type, current_wave, max_per_minute, dispatch_timeout FROM ota.campaigns
-WHERE status = 'running' ORDER BY campaign_id;
+SELECT campaign_id, type, current_wave, max_per_minute, dispatch_timeout, unreachable_after,
+       max_in_flight, windows, timezone
+FROM ota.campaigns WHERE status = 'running' ORDER BY campaign_id;
 
 -- name: campaign_rate_lock
 -- The rate bucket of a campaign: tokens left and seconds since last taken.
@@ -147,6 +151,32 @@ FROM (SELECT d.dev_id, row_number() OVER (ORDER BY hashint8(d.dev_id), d.dev_id)
       ) ranked
 ORDER BY dev_id;  -- index order: random-order B-tree inserts cost twice as much
 
+-- name: enroll_canary_size
+-- How many devices a canary of $8 per (manufacturer, model, from-version) group holds.
+SELECT coalesce(sum(least(n, $8::int)), 0) FROM (
+    SELECT count(*) AS n
+    FROM ota.selected($7, $2, $3, $4, $5, $6) d JOIN ota.devices x USING (dev_id)
+    WHERE NOT EXISTS (SELECT 1 FROM ota.busy_devices b
+                      WHERE b.dev_id = d.dev_id AND b.type = $7 AND b.campaign_id <> $1)
+    GROUP BY x.manuf, x.model, d.version) g;
+
+-- name: enroll_waves_canary
+-- As enroll_waves, with a canary: the first $10 devices (by the hash) of every
+-- (manufacturer, model, from-version) group rank first, so the first wave covers them all.
+-- The domain's rollout.canary_ranks is the same order.
+INSERT INTO ota.campaign_devices (campaign_id, dev_id, wave, next_attempt_at)
+SELECT $1, dev_id, least(width_bucket(rn, $8::bigint[]), $9::int), now()
+FROM (SELECT dev_id, row_number() OVER (ORDER BY in_group > $10::int, h, dev_id) - 1 AS rn
+      FROM (SELECT d.dev_id, hashint8(d.dev_id) AS h,
+                   row_number() OVER (PARTITION BY x.manuf, x.model, d.version
+                                      ORDER BY hashint8(d.dev_id), d.dev_id) AS in_group
+            FROM ota.selected($7, $2, $3, $4, $5, $6) d JOIN ota.devices x USING (dev_id)
+            WHERE NOT EXISTS (SELECT 1 FROM ota.busy_devices b
+                              WHERE b.dev_id = d.dev_id AND b.type = $7
+                                AND b.campaign_id <> $1)) g
+      ) ranked
+ORDER BY dev_id;
+
 -- name: enroll_late
 -- Devices that match a continuous campaign and are not in it yet join wave $8.
 INSERT INTO ota.campaign_devices (campaign_id, dev_id, wave, next_attempt_at)
@@ -189,9 +219,9 @@ WITH due AS (
               cd.last_error, cd.task, cd.token_expires_at, cd.dispatched_at,
               cd.report_asked_at, cd.heard_at, cd.attempt
 )
-SELECT cd.*, c.type, c.target_version, c.dispatch_timeout, d.manuf, d.model,
-       d.fota_version, d.sota_version,
-       d.signal, d.power, d.status_at
+SELECT cd.*, c.type, c.target_version, c.dispatch_timeout, c.unreachable_after, d.manuf,
+       d.model, d.fota_version, d.sota_version,
+       d.signal, d.power, d.status_at, d.last_seen
 FROM claimed cd JOIN ota.devices d USING (dev_id) JOIN ota.campaigns c USING (campaign_id)
 ORDER BY cd.dev_id;
 
@@ -200,7 +230,7 @@ ORDER BY cd.dev_id;
 SELECT cd.campaign_id, cd.dev_id, cd.rev, cd.wave, cd.state, cd.attempts,
        cd.transient_errors, cd.next_attempt_at, cd.last_errno, cd.last_step, cd.last_error,
        cd.task, cd.token_expires_at, cd.dispatched_at, cd.report_asked_at, cd.heard_at,
-       cd.attempt, c.type, c.target_version, c.dispatch_timeout
+       cd.attempt, c.type, c.target_version, c.dispatch_timeout, c.unreachable_after
 FROM ota.campaign_devices cd
 JOIN unnest($1::bigint[], $2::bigint[]) AS k(c, d)
   ON cd.campaign_id = k.c AND cd.dev_id = k.d
@@ -234,6 +264,48 @@ JOIN ota.campaigns c ON c.campaign_id = cd.campaign_id
 WHERE cd.state = ANY($4)
   AND ((c.type = 'fota' AND u.fota = c.target_version)
        OR (c.type = 'sota' AND u.sota = c.target_version));
+
+-- name: members_unreachable
+-- These reporting devices' unreachable memberships in live campaigns (a partial index).
+SELECT cd.campaign_id, cd.dev_id
+FROM ota.campaign_devices cd JOIN ota.campaigns c USING (campaign_id)
+WHERE cd.dev_id = ANY($1) AND cd.state = 'unreachable' AND c.status IN ('running', 'paused');
+
+-- name: cap_lock
+-- Claims under an in-flight cap take turns (every replica), so the cap is never exceeded.
+SELECT pg_advisory_xact_lock($1);
+
+-- name: cap_busy
+-- Devices being checked or in flight: over the fleet, and in campaign $1.
+SELECT coalesce(sum(in_flight + checking), 0)::bigint AS fleet,
+       coalesce(sum(in_flight + checking) FILTER (WHERE campaign_id = $1), 0)::bigint
+           AS campaign
+FROM ota.in_flight;
+
+-- name: campaign_set_pace
+-- The controller's measurement: finished per minute, recently, and the ETA.
+UPDATE ota.campaigns SET rate_per_min = $2, eta_at = $3 WHERE campaign_id = $1;
+
+-- name: health_check_rate_set
+UPDATE ota.health SET check_rate_per_min = $1, check_rate_at = now();
+
+-- name: health_check_rate
+-- The fleet's recent check rate (per minute), if measured in the last day.
+SELECT check_rate_per_min FROM ota.health WHERE check_rate_at > now() - interval '1 day';
+
+-- name: checks_total
+SELECT coalesce(sum(calls), 0)::bigint FROM ota.check_counts;
+
+-- name: plan_upgrade_seconds
+-- The median time from command to success of the latest successes (up to 1,000 from the
+-- five newest campaigns that have some): how long one upgrade holds an in-flight slot.
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s) FROM (
+    SELECT extract(epoch FROM cd.updated_at - cd.dispatched_at)::float8 AS s
+    FROM (SELECT campaign_id FROM ota.campaigns WHERE started_at IS NOT NULL
+          ORDER BY campaign_id DESC LIMIT 5) c
+    JOIN LATERAL (SELECT updated_at, dispatched_at FROM ota.campaign_devices x
+                  WHERE x.campaign_id = c.campaign_id AND x.state = 'succeeded'
+                    AND x.dispatched_at IS NOT NULL LIMIT 200) cd ON true) y;
 
 -- name: members_to_retry
 -- A campaign's devices in these states ($2), with this last errno ($3) if given.
@@ -413,6 +485,10 @@ UPDATE ota.campaigns SET
     abort_min_finished = CASE WHEN $8 THEN $9::int ELSE abort_min_finished END,
     abort_action = CASE WHEN $10 THEN $11::text ELSE abort_action END,
     dispatch_timeout = CASE WHEN $12 THEN $13::float8 ELSE dispatch_timeout END,
+    unreachable_after = CASE WHEN $14 THEN $15::float8 ELSE unreachable_after END,
+    max_in_flight = CASE WHEN $16 THEN $17::int ELSE max_in_flight END,
+    windows = CASE WHEN $18 THEN $19::text[] ELSE windows END,
+    timezone = CASE WHEN $20 THEN $21::text ELSE timezone END,
     updated_at = now()
 WHERE campaign_id = $1;
 
@@ -435,7 +511,9 @@ SELECT cd.wave, d.manuf, d.model,
        count(*) FILTER (WHERE d.manuf IS NULL OR d.model IS NULL
                         OR CASE c.type WHEN 'fota' THEN d.fota_version
                                 ELSE d.sota_version END IS NULL) AS unreported,
-       count(*) FILTER (WHERE d.status_at > now() - make_interval(secs => $2)) AS fresh
+       count(*) FILTER (WHERE d.status_at > now() - make_interval(secs => $2)) AS fresh,
+       count(*) FILTER (WHERE d.status_at > now() - make_interval(secs => $2)
+                          AND d.signal > $3::int AND d.power > $4::int) AS would_pass
 FROM ota.campaign_devices cd
 JOIN ota.devices d USING (dev_id)
 JOIN ota.campaigns c USING (campaign_id)

@@ -155,6 +155,17 @@ def _int(request: web.Request, name: str, default: int | None = None, *, lo: int
     return int(raw)
 
 
+def _signed(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    body = raw[1:] if raw[:1] == "-" else raw
+    if not body.isascii() or not body.isdigit() or len(body) > 10 \
+            or not -(2**31) <= int(raw) < 2**31:
+        raise CampaignError(f"{name}: expected a 32-bit integer, got {raw[:30]!r}")
+    return int(raw)
+
+
 def _text(request: web.Request, name: str) -> str | None:
     raw = request.query.get(name)
     if raw is not None and not TEXT_RE.fullmatch(raw):
@@ -213,10 +224,14 @@ async def create_campaign(request: web.Request) -> web.Response:
     if dry not in ("true", "false"):
         raise CampaignError("dry_run: true or false")
     if dry == "true":
+        settings = request.app[STATE].settings
+        assumed = {k: _signed(request, k) for k in ("assume_signal", "assume_power")}
         async with request.app[STATE].pool.acquire() as conn:
-            plan = await store.plan_campaign(conn, spec,
-                                             request.app[STATE].settings.status_max_age)
+            plan = await store.plan_campaign(conn, spec, settings.status_max_age, **assumed,
+                                             fleet_cap=settings.max_in_flight)
         return _json(plan)
+    if "assume_signal" in request.query or "assume_power" in request.query:
+        raise CampaignError("assume_signal, assume_power: only with dry_run=true")
     async with request.app[STATE].pool.acquire() as conn:
         cid = await store.create_campaign(conn, spec, start=start, actor="api")
         campaign = await store.get_campaign(conn, cid)
@@ -343,6 +358,13 @@ _TEXT = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": TEXT_RE.p
 _NO_BODY = {"required": True, "content": {"application/json": {
     "schema": {"type": "object", "maxProperties": 0}}}}
 _PCT = {"type": "number", "minimum": 0, "maximum": 100}
+_SECONDS = {"type": "number", "minimum": 1, "maximum": 7 * 24 * 3600}
+_WINDOWS = {"type": "array", "maxItems": 32, "items": {
+    "type": "string", "maxLength": 100, "pattern": r"^\s*[A-Za-z*,\- ]+?\s+\d{1,2}:\d{2}"
+                                                  r"\s*-\s*\d{1,2}:\d{2}\s*$"},
+    "description": "maintenance windows, e.g. 'Mon-Fri 01:00-05:00'"}
+_TZ = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_+/-]+$",
+       "description": "IANA time zone of the windows, e.g. Asia/Shanghai"}
 _ID = {"name": "id", "in": "path", "required": True, "schema": _INT64}
 _LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                       "maximum": 10000}}
@@ -378,6 +400,13 @@ OPENAPI: dict[str, Any] = {
                     "abort_action": {"type": "string", "enum": ["pause", "abort"]},
                     "dispatch_timeout": {"type": "number", "minimum": 1,
                                          "maximum": 7 * 24 * 3600},
+                    "canary": {"type": "integer", "minimum": 1, "maximum": 1_000_000,
+                               "description": "the first wave holds this many devices of "
+                                              "every (manuf, model, from-version) group"},
+                    "unreachable_after": {**_SECONDS},
+                    "max_in_flight": {**_INT32},
+                    "windows": {**_WINDOWS},
+                    "timezone": {**_TZ},
                     "all_devices": {"type": "boolean",
                                     "description": "required when no selector is given"},
                     "start": {"type": "boolean"},
@@ -387,7 +416,9 @@ OPENAPI: dict[str, Any] = {
                 k: {} for k in ("campaign_id", "name", "status", "type", "target_version",
                                 "selector", "waves", "current_wave", "status_reason", "total",
                                 "pending", "in_progress", "succeeded", "failed", "no_task",
-                                "cancelled", "started_at", "finished_at")}},
+                                "cancelled", "started_at", "finished_at", "unreachable",
+                                "remaining", "rate_per_min", "eta_at", "canary",
+                                "unreachable_after", "max_in_flight", "windows", "timezone")}},
             "Device": {"type": "object", "properties": {
                 k: {} for k in ("dev_id", "manuf", "model", "fota_version", "sota_version",
                                 "signal", "power", "status_at", "last_seen")}},
@@ -406,7 +437,12 @@ OPENAPI: dict[str, Any] = {
             "post": {"security": _SECURE,
                      "parameters": [{"name": "dry_run", "in": "query", "schema": {
                          "type": "string", "enum": ["true", "false"]},
-                         "description": "true: the plan (200), nothing written"}],
+                         "description": "true: the plan (200), nothing written"},
+                         *({"name": k, "in": "query", "description": "dry run: count the "
+                            "devices whose fresh status would pass this threshold",
+                            "schema": {"type": "integer", "minimum": -(2**31),
+                                       "maximum": 2**31 - 1}}
+                           for k in ("assume_signal", "assume_power"))],
                      "requestBody": {"required": True, "content": {
                          "application/json": {"schema": _ref("CampaignCreate")}}},
                      "responses": {**_ok(_ref("Campaign"), "201"),
@@ -430,7 +466,11 @@ OPENAPI: dict[str, Any] = {
                                          "dispatch_timeout": {
                                              "type": "number", "minimum": 1,
                                              "maximum": 7 * 24 * 3600,
-                                             "nullable": True}}}}}},
+                                             "nullable": True},
+                                         "unreachable_after": _SECONDS,
+                                         "max_in_flight": {**_INT32, "nullable": True},
+                                         "windows": _WINDOWS,
+                                         "timezone": _TZ}}}}},
                       "responses": {**_ok(_ref("Campaign")), "409": _ERR}}},
         "/api/v1/campaigns/{id}/devices": {"get": {"security": _SECURE, "parameters": [
             _ID, {"name": "state", "in": "query",

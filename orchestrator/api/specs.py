@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.domain.campaign import CampaignError, CampaignSpec, Selector
+from orchestrator.domain.campaign import (
+    DEFAULT_UNREACHABLE_AFTER,
+    CampaignError,
+    CampaignSpec,
+    Selector,
+)
 
 FIELDS = {"name", "type", "target", "manuf", "model", "from_versions", "devices", "waves",
           "wave_success_pct", "max_per_minute", "abort_failure_pct", "abort_min_finished",
-          "continuous", "start", "abort_action", "all_devices", "dispatch_timeout"}
+          "continuous", "start", "abort_action", "all_devices", "dispatch_timeout", "canary",
+          "unreachable_after", "max_in_flight", "windows", "timezone"}
 
 
 def _opt(body: dict[str, Any], key: str, kinds: tuple[type, ...], what: str) -> Any:
@@ -32,6 +38,17 @@ def _int_list(body: dict[str, Any], key: str) -> list[int] | None:
     return value
 
 
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _str_list(body: dict[str, Any], key: str) -> list[str]:
+    value = body.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CampaignError(f"{key}: expected a list of strings")
+    return value
+
+
 def spec_from_body(body: Any) -> tuple[CampaignSpec, bool]:
     if not isinstance(body, dict):
         raise CampaignError("body: expected a JSON object")
@@ -41,9 +58,7 @@ def spec_from_body(body: Any) -> tuple[CampaignSpec, bool]:
     for key in ("name", "type", "target"):
         if not isinstance(body.get(key), str):
             raise CampaignError(f"{key}: required string")
-    froms = body.get("from_versions") or []
-    if not isinstance(froms, list) or not all(isinstance(v, str) for v in froms):
-        raise CampaignError("from_versions: expected a list of strings")
+    froms = _str_list(body, "from_versions")
     devices = _int_list(body, "devices")
     if devices is not None and any(d <= 0 for d in devices):
         raise CampaignError("devices: ids must be positive")
@@ -64,6 +79,12 @@ def spec_from_body(body: Any) -> tuple[CampaignSpec, bool]:
         abort_action=_opt(body, "abort_action", (str,), "a string") or "pause",
         all_devices=bool(_opt(body, "all_devices", (bool,), "a boolean") or False),
         dispatch_timeout=_opt(body, "dispatch_timeout", (int, float), "a number"),
+        canary=_opt(body, "canary", (int,), "an integer"),
+        unreachable_after=_or(_opt(body, "unreachable_after", (int, float), "a number"),
+                              DEFAULT_UNREACHABLE_AFTER),
+        max_in_flight=_opt(body, "max_in_flight", (int,), "an integer"),
+        windows=tuple(_str_list(body, "windows")),
+        timezone=_opt(body, "timezone", (str,), "a string") or "UTC",
     )
     spec.validate()
     return spec, bool(_opt(body, "start", (bool,), "a boolean") or False)

@@ -75,25 +75,22 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
         max_per_minute=args.max_per_minute, abort_failure_pct=args.abort_failure_pct,
         abort_min_finished=args.abort_min_finished, continuous=args.continuous,
         abort_action=args.abort_action, all_devices=args.all_devices,
-        dispatch_timeout=args.dispatch_timeout)
+        dispatch_timeout=args.dispatch_timeout, canary=args.canary,
+        unreachable_after=args.unreachable_after, max_in_flight=args.max_in_flight,
+        windows=tuple(args.window or ()), timezone=args.timezone)
 
     if args.dry_run:
         spec.validate()
         plan = asyncio.run(with_conn(settings, lambda c: plan_campaign(
-            c, spec, settings.status_max_age)))
+            c, spec, settings.status_max_age, assume_signal=args.assume_signal,
+            assume_power=args.assume_power, fleet_cap=settings.max_in_flight)))
         if args.json:
             print_json(plan)
-            return 0
-        out = plan["left_out"]
-        print(f"dry run (nothing written): {plan['selected']} device(s) would be enrolled; "
-              f"left out: {out['on_target']} on the target already, "
-              f"{out['in_another_campaign']} in another running or paused campaign")
-        print(f"  never reported manufacturer/model/version: {plan['never_reported']}; "
-              f"fresh status (< {settings.status_max_age:g} s): {plan['fresh_status']}")
-        print("  waves: " + ", ".join(f"{w['wave']} ({w['percent']}%): {w['devices']}"
-                                      for w in plan["waves"]))
-        print(table(plan["groups"], ("manuf", "model", "from_version", "devices")))
+        else:
+            print_plan(plan, settings.status_max_age)
         return 0
+    if args.assume_signal is not None or args.assume_power is not None:
+        raise UsageError("--assume-signal/--assume-power: only with --dry-run")
 
     async def go(conn: Connection) -> tuple[Campaign | None, int]:
         cid = await create_campaign(conn, spec, start=args.start)
@@ -110,6 +107,38 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def print_plan(plan: dict[str, Any], max_age: float) -> None:
+    out = plan["left_out"]
+    print(f"dry run (nothing written): {plan['selected']} device(s) would be enrolled; "
+          f"left out: {out['on_target']} on the target already, "
+          f"{out['in_another_campaign']} in another running or paused campaign")
+    print(f"  never reported manufacturer/model/version: {plan['never_reported']}; "
+          f"fresh status (< {max_age:g} s): {plan['fresh_status']}")
+    if plan["assumed_gate"]:
+        gate = plan["assumed_gate"]
+        print(f"  would pass a gate of signal > {gate['signal']}, power > {gate['power']} "
+              f"today: {plan['would_pass_gate']}")
+    if plan["canary"]:
+        c = plan["canary"]
+        print(f"  canary: {c['per_group']} per group, {c['groups']} group(s), "
+              f"{c['devices']} device(s) in wave 1")
+    pace = plan["pace"]
+    per_min = pace["per_minute"]
+    print("  pace: " + (f"{per_min:.1f} devices/min" if per_min else "unknown (no check "
+                        "rate measured yet, no rate limit)")
+          + f" (measured checks/min: {_num(pace['check_rate_per_min'])}, rate limit: "
+            f"{_num(pace['max_per_minute'])}, in-flight cap: {_num(pace['max_in_flight'])}, "
+            f"one upgrade: {_num(pace['upgrade_seconds'])} s)")
+    if plan["windows"]:
+        print(f"  windows: {'; '.join(plan['windows'])} ({plan['timezone']})")
+    print(table(plan["waves"], ("wave", "percent", "devices", "eta")))
+    print(table(plan["groups"], ("manuf", "model", "from_version", "devices")))
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     rows = asyncio.run(with_conn(settings, lambda c: list_campaigns(c, args.status,
                                                                     args.limit)))
@@ -119,7 +148,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(table(data, ("campaign_id", "name", "status", "type", "target_version", "total",
                             "pending", "in_progress", "succeeded", "failed", "no_task",
-                           "cancelled")))
+                           "cancelled", "unreachable", "rate_per_min", "eta_at")))
     return 0
 
 
@@ -163,14 +192,18 @@ def _action(action: str) -> Any:
 
 
 def cmd_update(args: argparse.Namespace, settings: Settings) -> int:
-    changes: dict[str, Any] = {k: getattr(args, k) for k in RULE_FIELDS
-                               if getattr(args, k) is not None}
+    changes: dict[str, Any] = {k: getattr(args, k, None) for k in RULE_FIELDS
+                               if getattr(args, k, None) is not None}
     if args.no_rate_limit:
         changes["max_per_minute"] = None
     if args.no_abort_rule:
         changes["abort_failure_pct"] = None
     if args.default_dispatch_timeout:
         changes["dispatch_timeout"] = None
+    if args.no_max_in_flight:
+        changes["max_in_flight"] = None
+    if args.window or args.no_windows:
+        changes["windows"] = list(args.window or [])
     if not changes:
         raise UsageError("campaign update: give at least one change (see --help)")
     campaign = asyncio.run(with_conn(settings, lambda c: update_rules(c, args.id, changes)))
@@ -269,6 +302,24 @@ def register(sub: Any) -> None:
                    help="this campaign's dispatch timeout (default ORCH_DISPATCH_TIMEOUT)")
     p.add_argument("--all-devices", action="store_true",
                    help="required to select the whole registry (no other selector)")
+    p.add_argument("--canary", type=int, metavar="N",
+                   help="the first wave holds N devices of every (manufacturer, model, "
+                        "from-version) group (all of a smaller group)")
+    p.add_argument("--unreachable-after", type=float, metavar="SECONDS", default=3600.0,
+                   help="silent this long (no answer to a report request, or nothing heard "
+                        "while dispatched): unreachable, not failed (default 3600)")
+    p.add_argument("--max-in-flight", type=int, metavar="N",
+                   help="this campaign's devices checking or in flight at most (the fleet's "
+                        "cap is ORCH_MAX_IN_FLIGHT)")
+    p.add_argument("--window", action="append", metavar="'DAYS HH:MM-HH:MM'",
+                   help="maintenance window, e.g. 'Mon-Fri 01:00-05:00' (repeatable): devices "
+                        "are checked and dispatched only inside one; in-flight ones finish")
+    p.add_argument("--timezone", default="UTC", help="IANA zone of the windows "
+                                                     "(e.g. Asia/Shanghai; default UTC)")
+    p.add_argument("--assume-signal", type=int, metavar="N",
+                   help="with --dry-run: count devices whose fresh status has signal > N")
+    p.add_argument("--assume-power", type=int, metavar="N",
+                   help="with --dry-run: ... and power > N")
     p.add_argument("--start", action="store_true", help="start it now")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (devices, left out and why, waves, groups); write "
@@ -307,11 +358,20 @@ def register(sub: Any) -> None:
                    help="seconds without progress before a dispatched device is re-checked")
     p.add_argument("--default-dispatch-timeout", action="store_true",
                    help="back to ORCH_DISPATCH_TIMEOUT")
+    p.add_argument("--unreachable-after", type=float, metavar="SECONDS")
+    p.add_argument("--max-in-flight", type=int, metavar="N")
+    p.add_argument("--no-max-in-flight", action="store_true")
+    p.add_argument("--window", action="append", metavar="'DAYS HH:MM-HH:MM'",
+                   help="replaces the campaign's windows (repeatable)")
+    p.add_argument("--no-windows", action="store_true", help="always open")
+    p.add_argument("--timezone")
     p.set_defaults(handler=cmd_update)
-    p = camp.add_parser("retry", help="give failed devices a fresh budget in the campaign")
+    p = camp.add_parser("retry", help="give failed (or unreachable) devices a fresh budget "
+                                      "in the campaign")
     p.add_argument("id", type=int)
     p.add_argument("--state", action="append", metavar="STATE",
-                   help="devices in this state (repeatable; default failed)")
+                   help="devices in this state: failed, unreachable (repeatable; default "
+                        "failed)")
     p.add_argument("--errno", type=int, help="only devices whose last errno is this")
     p.add_argument("--reason", help="recorded in each device's event")
     p.set_defaults(handler=cmd_retry)

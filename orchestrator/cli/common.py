@@ -15,7 +15,8 @@ from orchestrator.domain.campaign import Campaign
 from orchestrator.store.db import Connection, connect
 
 T = TypeVar("T")
-BAR_STATES = ("pending", "in_progress", "succeeded", "failed", "no_task", "cancelled")
+BAR_STATES = ("pending", "in_progress", "succeeded", "failed", "no_task", "cancelled",
+              "unreachable")
 
 
 class UsageError(Exception):
@@ -53,7 +54,19 @@ def render(campaign: Campaign, width: int = 40) -> list[str]:
         filled = round(width * n / total)
         lines.append(f"  {state:12} {'#' * filled}{'.' * (width - filled)} {n:>8} "
                      f"{100.0 * n / total:5.1f}%")
+    lines.append("  " + pace_line(campaign))
     return lines
+
+
+def pace_line(campaign: Campaign) -> str:
+    """Remaining devices, the measured rate and the ETA (as the views show them)."""
+    rate = campaign.rate_per_min
+    eta = campaign.eta_at
+    when = "-" if eta is None else eta.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    if campaign.status not in ("running", "paused"):
+        when = "-"
+    return (f"remaining {campaign.counts.open}  rate "
+            + ("-" if rate is None else f"{rate:.1f}/min") + f"  eta {when}")
 
 
 class LiveView:

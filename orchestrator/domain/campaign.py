@@ -4,6 +4,7 @@ store (a claimed device, a decided row to write)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from collections.abc import Mapping
@@ -11,9 +12,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from orchestrator.domain.catalogue import known_manuf, known_model
-from orchestrator.domain.device import NON_TERMINAL, RETRYABLE_STATES, DeviceRow, Status
+from orchestrator.domain.device import NON_TERMINAL, RETRYABLE_STATES, DeviceRow, Policy, Status
 from orchestrator.domain.rollout import Counts, Rules, check_waves
 from orchestrator.domain.versions import check_version
+from orchestrator.domain.windows import BadWindow, Schedule
 
 # text an operator may give: no control characters (C0, DEL, C1) — the same patterns stand
 # in the OpenAPI document
@@ -23,6 +25,8 @@ NAME_RE = re.compile(r"^(?=[^\x00-\x1f\x7f-\x9f]{1,200}$)[^\x00-\x1f\x7f-\x9f]*\
 REASON_RE = re.compile(r"^[^\x00-\x1f\x7f-\x9f]{1,200}$")
 INT32_MAX = 2**31 - 1
 MAX_DISPATCH_TIMEOUT = 7 * 24 * 3600
+DEFAULT_UNREACHABLE_AFTER = 3600.0
+MAX_CANARY = 1_000_000
 INT64_MAX = 2**63 - 1
 STATUSES = ("draft", "running", "paused", "completed", "cancelled", "aborted")
 DONE = frozenset({"completed", "cancelled", "aborted"})
@@ -67,7 +71,8 @@ def transition(campaign_id: int, current: str, action: str) -> str:
 
 
 RULE_FIELDS = ("max_per_minute", "wave_success_pct", "abort_failure_pct",
-               "abort_min_finished", "abort_action", "dispatch_timeout")
+               "abort_min_finished", "abort_action", "dispatch_timeout", "unreachable_after",
+               "max_in_flight", "windows", "timezone")
 
 
 def check_rule_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,12 +98,29 @@ def check_rule_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = float(v)
     if "abort_action" in out and out["abort_action"] not in ("pause", "abort"):
         raise CampaignInputError("abort_action: pause or abort")
-    v = out.get("dispatch_timeout")
-    if v is not None:
-        if isinstance(v, bool) or not isinstance(v, int | float) \
-                or not 1 <= v <= MAX_DISPATCH_TIMEOUT:
-            raise CampaignInputError(f"dispatch_timeout: 1..{MAX_DISPATCH_TIMEOUT} seconds")
-        out["dispatch_timeout"] = float(v)
+    for key in ("dispatch_timeout", "unreachable_after"):
+        v = out.get(key)
+        if v is not None or (key == "unreachable_after" and key in out):
+            if isinstance(v, bool) or not isinstance(v, int | float) \
+                    or not 1 <= v <= MAX_DISPATCH_TIMEOUT:
+                raise CampaignInputError(f"{key}: 1..{MAX_DISPATCH_TIMEOUT} seconds")
+            out[key] = float(v)
+    v = out.get("max_in_flight")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int)
+                          or not 1 <= v <= INT32_MAX):
+        raise CampaignInputError(f"max_in_flight: 1..{INT32_MAX}")
+    if "windows" in out or "timezone" in out:
+        windows = out.get("windows", [])
+        if not isinstance(windows, list | tuple) or not all(isinstance(w, str)
+                                                            for w in windows):
+            raise CampaignInputError("windows: a list of strings like 'Mon-Fri 01:00-05:00'")
+        timezone = out.get("timezone", "UTC")
+        try:
+            Schedule.parse(windows, timezone if isinstance(timezone, str) else "")
+        except BadWindow as exc:
+            raise CampaignInputError(str(exc)) from None
+        if "windows" in out:
+            out["windows"] = list(windows)
     return out
 
 
@@ -160,6 +182,14 @@ class CampaignSpec:
     abort_action: str = "pause"
     all_devices: bool = False     # required to select the whole registry
     dispatch_timeout: float | None = None   # None: the service's ORCH_DISPATCH_TIMEOUT
+    canary: int | None = None        # the first wave holds this many of every group
+    unreachable_after: float = DEFAULT_UNREACHABLE_AFTER
+    max_in_flight: int | None = None
+    windows: tuple[str, ...] = ()    # maintenance windows; none: always
+    timezone: str = "UTC"
+
+    def schedule(self) -> Schedule:
+        return Schedule.parse(self.windows, self.timezone)
 
     def validate(self) -> None:
         if not NAME_RE.fullmatch(self.name):
@@ -191,8 +221,13 @@ class CampaignSpec:
             raise CampaignInputError(f"abort_min_finished: 1..{INT32_MAX}")
         if self.abort_action not in ("pause", "abort"):
             raise CampaignInputError("abort_action: pause or abort")
-        if self.dispatch_timeout is not None:
-            check_rule_changes({"dispatch_timeout": self.dispatch_timeout})
+        check_rule_changes({"dispatch_timeout": self.dispatch_timeout,
+                            "unreachable_after": self.unreachable_after,
+                            "max_in_flight": self.max_in_flight,
+                            "windows": list(self.windows), "timezone": self.timezone})
+        if self.canary is not None and (isinstance(self.canary, bool)
+                                        or not 1 <= self.canary <= MAX_CANARY):
+            raise CampaignInputError(f"canary: 1..{MAX_CANARY} devices per group")
         sel = self.selector
         if sel.manuf is not None and not known_manuf(sel.manuf):
             raise CampaignInputError(f"manuf: {sel.manuf!r} is not in OneNET's manufacturer table "
@@ -230,6 +265,17 @@ class Campaign:
     rule_finished_base: int = 0
     gate_accepted_wave: int = -1
     dispatch_timeout: float | None = None
+    canary: int | None = None
+    unreachable_after: float = DEFAULT_UNREACHABLE_AFTER
+    max_in_flight: int | None = None
+    windows: list[str] = field(default_factory=list)
+    timezone: str = "UTC"
+    rate_per_min: float | None = None     # measured: finished per minute, recently
+    eta_at: dt.datetime | None = None     # when it is expected to be done
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule.parse(self.windows, self.timezone)
 
     @property
     def rules(self) -> Rules:
@@ -242,14 +288,27 @@ class Campaign:
         """The campaign with its counts flat, as in ``ota.campaign_progress``."""
         out = asdict(self)
         counts = out.pop("counts")
-        out.update(total=self.counts.total, **counts)
-        for key in ("created_at", "started_at", "finished_at"):
+        out.update(total=self.counts.total, remaining=self.counts.open, **counts)
+        for key in ("created_at", "started_at", "finished_at", "eta_at"):
             out[key] = out[key].isoformat() if out[key] else None
         sel = dict(out["selector"])
         if "devices" in sel and not with_devices:
             sel["devices"] = f"{len(sel['devices'])} listed"
         out["selector"] = sel
         return out
+
+
+def campaign_policy(policy: Policy, dispatch_timeout: float | None,
+                    unreachable_after: float | None) -> Policy:
+    """The service's policy with a campaign's own dispatch timeout and unreachable delay."""
+    if dispatch_timeout is None and unreachable_after is None:
+        return policy
+    return dataclasses.replace(
+        policy,
+        dispatch_timeout=policy.dispatch_timeout if dispatch_timeout is None
+        else dispatch_timeout,
+        unreachable_after=policy.unreachable_after if unreachable_after is None
+        else unreachable_after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +318,9 @@ class RunningCampaign:
     current_wave: int
     max_per_minute: int | None
     dispatch_timeout: float | None = None
+    unreachable_after: float = DEFAULT_UNREACHABLE_AFTER
+    max_in_flight: int | None = None
+    schedule: Schedule = field(default_factory=Schedule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +335,7 @@ class Member:
     type: str
     target_version: str
     dispatch_timeout: float | None = None     # the campaign's own, if it sets one
+    unreachable_after: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +347,7 @@ class Claimed:
     model: str | None
     version: str | None
     status: Status
+    last_seen: float | None = None      # the device's last message of any kind
 
     @property
     def campaign_id(self) -> int:

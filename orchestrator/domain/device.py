@@ -2,7 +2,10 @@
 value (the new row, the command to send, the event to record). Adapters carry them out.
 
 States (contract section 4): pending, checking, gated, dispatched, downloading, upgrading,
-succeeded, failed, no_task, cancelled.
+succeeded, failed, no_task, cancelled; and unreachable: a device that did not answer a
+report request, or went silent while dispatched, for the campaign's ``unreachable_after``.
+It is not failed: it waits, outside the abort rule and the wave gate, and is put back in
+line by its next status report.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ from orchestrator.domain.onenet import (
 from orchestrator.domain.resilience import backoff
 
 STATES = ("pending", "checking", "gated", "dispatched", "downloading", "upgrading",
-          "succeeded", "failed", "no_task", "cancelled")
+          "succeeded", "failed", "no_task", "cancelled", "unreachable")
 TERMINAL = frozenset({"succeeded", "failed", "no_task", "cancelled"})
+PARKED = frozenset({"unreachable"})       # not terminal, not due: woken by a report
 IN_FLIGHT = frozenset({"dispatched", "downloading", "upgrading"})
 WAITING = frozenset({"pending", "gated", "checking"})
 NON_TERMINAL = tuple(s for s in STATES if s not in TERMINAL)
+DUE_STATES = tuple(s for s in NON_TERMINAL if s not in PARKED)
 TOKEN_LIFETIME = 2 * 24 * 3600.0
 TOKEN_MARGIN = 3600.0          # re-check this long before a token expires
 
@@ -48,6 +53,7 @@ class Policy:
     transient_budget: int = 30           # errno 7 / transport retries before giving up
     backoff_base: float = 2.0
     backoff_cap: float = 300.0
+    unreachable_after: float = 3600.0    # silent this long: unreachable, not failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,15 +124,19 @@ def gate(task: Task, status: Status, now: float, max_age: float) -> GateResult:
 
 # --- transitions ----------------------------------------------------------------------------
 
-def on_claim(row: DeviceRow, now: float, healthy_since: float | None = None) -> Decision:
+def on_claim(row: DeviceRow, now: float, healthy_since: float | None = None, *,
+             last_seen: float | None = None, unreachable_after: float = 3600.0) -> Decision:
     """A due device was claimed. Waiting devices go to check; an in-flight one that is due has
     had no progress within the dispatch timeout (or its token is about to expire).
 
     A dispatch timeout spends the device's retry budget only when our side was healthy for
     the whole window (``healthy_since``: the end of our last outage — a replica down, ingest
-    disconnected, the database unreachable); otherwise the device is re-checked for free."""
-    if row.state in TERMINAL:
-        return Decision(row, "terminal")
+    disconnected, the database unreachable); otherwise the device is re-checked for free.
+    A device that has sent nothing at all since (``last_seen``: its last message of any
+    kind) is silent, not failing: it waits, free, and is unreachable once silent for
+    ``unreachable_after``."""
+    if row.state in TERMINAL or row.state in PARKED:
+        return Decision(row, row.state)
     if row.state in IN_FLIGHT:
         token_ending = row.token_expires_at is not None and \
             now >= row.token_expires_at - TOKEN_MARGIN
@@ -135,6 +145,16 @@ def on_claim(row: DeviceRow, now: float, healthy_since: float | None = None) -> 
         if reason == "dispatch_timeout" and healthy_since is not None and (
                 window_start is None or window_start < healthy_since):
             reason = "dispatch_timeout_during_our_outage"
+        silent = window_start is not None and (last_seen is None or last_seen < window_start)
+        if reason == "dispatch_timeout" and silent:
+            assert window_start is not None
+            if now - window_start >= unreachable_after:
+                return Decision(row.replace(state="unreachable", next_attempt_at=None,
+                                            last_error=f"silent for {now - window_start:.0f} s "
+                                                       "while dispatched"),
+                                "unreachable: nothing heard since the command")
+            return Decision(row.replace(next_attempt_at=window_start + unreachable_after),
+                            "silent since the command; waiting (no budget spent)")
         if reason == "dispatch_timeout":
             retry = row.task.retry if row.task else 0
             if row.attempts >= retry:
@@ -191,13 +211,31 @@ def on_check(row: DeviceRow, outcome: CheckOutcome, status: Status, now: float,
                                     report_asked_at=None, last_error=None),
                         "gate passed; upgrade commanded", Command("upgrade"))
     row = row.replace(**found)
-    if verdict in ("stale", "unknown") and (row.report_asked_at is None
-                                            or (status.status_at or 0) > row.report_asked_at):
-        return Decision(row.replace(state="gated", report_asked_at=now,
-                                    next_attempt_at=now + policy.report_wait,
-                                    last_error=f"gate: {verdict} status"),
-                        f"gate: {verdict} status; fresh report asked", Command("report"))
+    if verdict in ("stale", "unknown"):
+        if row.report_asked_at is None or (status.status_at or 0) > row.report_asked_at:
+            return Decision(row.replace(state="gated", report_asked_at=now,
+                                        next_attempt_at=now + policy.report_wait,
+                                        last_error=f"gate: {verdict} status"),
+                            f"gate: {verdict} status; fresh report asked", Command("report"))
+        return unanswered(row, now, policy, verdict)
     return gate_failed(row, task, now, f"gate: {verdict}")
+
+
+def unanswered(row: DeviceRow, now: float, policy: Policy, verdict: str) -> Decision:
+    """A report was asked and none came: silence is not failure. Ask again, each wait twice
+    the last, until ``unreachable_after`` since the first ask; then unreachable. No budget
+    is spent."""
+    asked = row.report_asked_at if row.report_asked_at is not None else now
+    silent = now - asked
+    if silent >= policy.unreachable_after:
+        return Decision(row.replace(state="unreachable", next_attempt_at=None,
+                                    last_error=f"no report for {silent:.0f} s after asking"),
+                        f"unreachable: no answer to a report request in {silent:.0f} s")
+    wait = min(max(policy.report_wait, silent), asked + policy.unreachable_after - now)
+    return Decision(row.replace(state="gated", next_attempt_at=now + max(wait, 1.0),
+                                last_error=f"gate: {verdict} status; report asked again"),
+                    f"gate: {verdict} status; no answer yet; report asked again",
+                    Command("report"))
 
 
 def gate_failed(row: DeviceRow, task: Task, now: float, reason: str) -> Decision:
@@ -282,18 +320,30 @@ def on_progress(row: DeviceRow, step: int, now: float, policy: Policy) -> Decisi
 
 def on_version(row: DeviceRow, version: str, target: str) -> Decision:
     """A status report: reaching the target version completes a device we upgraded (in
-    flight); a device never commanded is left to its check."""
-    if row.state not in IN_FLIGHT or version != target:
+    flight, or gone silent after the command); a device never commanded is left to its
+    check."""
+    commanded = row.state in IN_FLIGHT or (row.state in PARKED and row.dispatched_at is not None)
+    if not commanded or version != target:
         return Decision(row, "no change")
     return Decision(row.replace(state="succeeded", next_attempt_at=None, last_error=None),
                     f"reported version {version} = target")
 
 
-RETRYABLE_STATES = frozenset({"failed"})
+RETRYABLE_STATES = frozenset({"failed", "unreachable"})
+
+
+def on_heard(row: DeviceRow, now: float) -> Decision:
+    """An unreachable device reported again: back in line, checked afresh."""
+    if row.state not in PARKED:
+        return Decision(row, "no change")
+    return Decision(row.replace(state="pending", next_attempt_at=now, dispatched_at=None,
+                                attempt=None, report_asked_at=None, last_error=None),
+                    "reported again; back in line")
 
 
 def on_retry(row: DeviceRow, now: float, reason: str) -> Decision:
-    """An operator gives a failed device a fresh budget in the same campaign."""
+    """An operator gives a failed (or unreachable) device a fresh budget in the same
+    campaign."""
     if row.state not in RETRYABLE_STATES:
         return Decision(row, f"not retried: {row.state}")
     return Decision(row.replace(state="pending", attempts=0, transient_errors=0,

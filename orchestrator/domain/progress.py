@@ -4,14 +4,14 @@ on to OneNET."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from orchestrator.domain.campaign import Member
+from orchestrator.domain.campaign import Member, campaign_policy
 from orchestrator.domain.device import (
     DeviceRow,
     Policy,
+    on_heard,
     on_progress,
     on_version,
     progress_refusal,
@@ -82,11 +82,23 @@ def apply_versions(members: dict[Key, Member], current: dict[Key, DeviceRow],
             reasons.setdefault(key, []).append(decision.reason)
 
 
+def apply_heard(members: dict[Key, Member], current: dict[Key, DeviceRow],
+                reasons: dict[Key, list[str]], statuses: Sequence[StatusReport],
+                now: float) -> None:
+    """Any status from an unreachable device puts it back in line (after the versions: one
+    that reports the target after going silent has succeeded)."""
+    heard = {s.dev_id for s in statuses}
+    for key in members:
+        if key[1] in heard:
+            decision = on_heard(current[key], now)
+            if decision.row != current[key]:
+                current[key] = decision.row
+                reasons.setdefault(key, []).append(decision.reason)
+
+
 def policy_for(policy: Policy, member: Member) -> Policy:
-    """The service's policy, with the campaign's own dispatch timeout if it sets one."""
-    if member.dispatch_timeout is None:
-        return policy
-    return dataclasses.replace(policy, dispatch_timeout=member.dispatch_timeout)
+    """The service's policy with the campaign's own settings."""
+    return campaign_policy(policy, member.dispatch_timeout, member.unreachable_after)
 
 
 def worth_an_event(old: DeviceRow, new: DeviceRow) -> bool:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from orchestrator.domain.device import TERMINAL
 
@@ -36,14 +37,14 @@ def check_waves(waves: Sequence[int]) -> None:
         raise BadRollout("waves: the last wave must be 100")
 
 
-def wave_bounds(total: int, waves: Sequence[int]) -> list[int]:
+def wave_bounds(total: int, waves: Sequence[int], first_at_least: int = 0) -> list[int]:
     """Exclusive upper ranks of each wave: device of rank r (0-based) is in the first wave
-    whose bound exceeds r. Every wave holds at least one device while devices remain."""
+    whose bound exceeds r. Every wave holds at least one device while devices remain.
+    ``first_at_least``: the first wave holds at least this many (the canary, ranked first)."""
     bounds: list[int] = []
     for w in waves:
         b = math.ceil(total * w / 100)
-        if bounds:
-            b = max(b, min(total, bounds[-1] + 1))
+        b = max(b, min(total, bounds[-1] + 1) if bounds else first_at_least)
         bounds.append(min(b, total))
     return bounds
 
@@ -55,6 +56,48 @@ def wave_of(rank: int, bounds: Sequence[int]) -> int:
     return len(bounds) - 1
 
 
+def canary_size(group_sizes: Iterable[int], per_group: int) -> int:
+    """How many devices a canary of ``per_group`` per group holds (all of a smaller group)."""
+    return sum(min(per_group, n) for n in group_sizes)
+
+
+def canary_ranks(devices: Sequence[tuple[int, Hashable]], per_group: int | None,
+                 order: Callable[[int], Any] = lambda d: d) -> list[int]:
+    """The enrolment order of a campaign's devices (``(dev_id, group)`` pairs): with a
+    canary, the first ``per_group`` of every group by ``order`` come first, then the rest;
+    each part in ``order``. The store's enrolment statement implements the same order
+    (``order``: a hash of the id), so the first wave samples every group."""
+    by_order = sorted(devices, key=lambda dg: (order(dg[0]), dg[0]))
+    if not per_group:
+        return [d for d, _ in by_order]
+    seen: dict[Hashable, int] = {}
+    canary: list[int] = []
+    rest: list[int] = []
+    for d, g in by_order:
+        seen[g] = seen.get(g, 0) + 1
+        (canary if seen[g] <= per_group else rest).append(d)
+    return canary + rest
+
+
+def assign_waves(devices: Sequence[tuple[int, Hashable]], waves: Sequence[int],
+                 per_group: int | None = None,
+                 order: Callable[[int], Any] = lambda d: d) -> dict[int, int]:
+    """Each device's wave (0-based): the ranked devices cut by the wave bounds."""
+    ranked = canary_ranks(devices, per_group, order)
+    groups = Counter(g for _, g in devices)
+    bounds = wave_bounds(len(ranked), waves,
+                         canary_size(groups.values(), per_group or 0))
+    return {d: wave_of(r, bounds) for r, d in enumerate(ranked)}
+
+
+def slots(want: int, cap: int | None, busy: int) -> int:
+    """How many more devices may be claimed for checking when ``busy`` are checking or in
+    flight under ``cap`` (None: no cap). Never negative; never more than wanted."""
+    if cap is None:
+        return max(want, 0)
+    return max(0, min(want, cap - busy))
+
+
 @dataclass(frozen=True, slots=True)
 class Counts:
     pending: int = 0
@@ -63,11 +106,12 @@ class Counts:
     failed: int = 0
     no_task: int = 0
     cancelled: int = 0
+    unreachable: int = 0
 
     @property
     def total(self) -> int:
         return (self.pending + self.in_progress + self.succeeded + self.failed + self.no_task
-                + self.cancelled)
+                + self.cancelled + self.unreachable)
 
     @property
     def finished(self) -> int:
@@ -76,20 +120,22 @@ class Counts:
 
     @property
     def open(self) -> int:
+        """Devices still to go through (unreachable ones wait for a report: not open)."""
         return self.pending + self.in_progress
 
     @classmethod
     def from_states(cls, by_state: Mapping[str, int]) -> Counts:
         in_progress = sum(n for s, n in by_state.items()
-                          if s not in TERMINAL and s != "pending")
+                          if s not in TERMINAL and s not in ("pending", "unreachable"))
         return cls(by_state.get("pending", 0), in_progress, by_state.get("succeeded", 0),
                    by_state.get("failed", 0), by_state.get("no_task", 0),
-                   by_state.get("cancelled", 0))
+                   by_state.get("cancelled", 0), by_state.get("unreachable", 0))
 
     def __add__(self, other: Counts) -> Counts:
         return Counts(self.pending + other.pending, self.in_progress + other.in_progress,
                       self.succeeded + other.succeeded, self.failed + other.failed,
-                      self.no_task + other.no_task, self.cancelled + other.cancelled)
+                      self.no_task + other.no_task, self.cancelled + other.cancelled,
+                      self.unreachable + other.unreachable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +201,9 @@ def decide(rules: Rules, current_wave: int, by_wave: Mapping[int, Counts]) -> Ac
         return Action("open_wave", f"wave {current_wave + 1} done; opening wave "
                                    f"{current_wave + 2}", current_wave + 1)
     if every.open == 0 and not rules.continuous:
+        if every.unreachable:
+            return Action("complete", f"every device finished; {every.unreachable} "
+                                      "unreachable (campaign retry --state unreachable)")
         return Action("complete", "every device finished")
     return Action("none")
 

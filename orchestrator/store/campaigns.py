@@ -3,6 +3,7 @@ domain's status machine, and the audit events. Rows become typed values here."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from orchestrator.domain.campaign import (
     Campaign,
     CampaignConflict,
     CampaignError,
+    CampaignInputError,
     CampaignNotFound,
     CampaignSpec,
     RunningCampaign,
@@ -25,12 +27,15 @@ from orchestrator.domain.campaign import (
 )
 from orchestrator.domain.commands import cancel_command
 from orchestrator.domain.device import IN_FLIGHT, TERMINAL, on_retry
-from orchestrator.domain.rollout import Counts, accept, rate_capacity, wave_bounds
-from orchestrator.store import counts, devices, members
+from orchestrator.domain.pace import Pace, wave_etas
+from orchestrator.domain.rollout import Counts, accept, canary_size, rate_capacity, wave_bounds
+from orchestrator.domain.windows import Schedule
+from orchestrator.store import counts, devices, health, members
 from orchestrator.store.db import Connection, Record
 from orchestrator.store.queries import q
 
-_COUNT_COLS = ("pending", "in_progress", "succeeded", "failed", "no_task", "cancelled")
+_COUNT_COLS = ("pending", "in_progress", "succeeded", "failed", "no_task", "cancelled",
+               "unreachable")
 
 
 def _campaign(row: Record) -> Campaign:
@@ -51,8 +56,15 @@ async def list_campaigns(conn: Connection, status: str | None = None,
 
 async def running(conn: Connection) -> list[RunningCampaign]:
     return [RunningCampaign(r["campaign_id"], r["type"], r["current_wave"],
-                            r["max_per_minute"], r["dispatch_timeout"])
+                            r["max_per_minute"], r["dispatch_timeout"], r["unreachable_after"],
+                            r["max_in_flight"], Schedule.parse(r["windows"], r["timezone"]))
             for r in await conn.fetch(q("campaigns_running"))]
+
+
+async def set_pace(conn: Connection, campaign_id: int, rate_per_min: float | None,
+                   eta_at: float | None) -> None:
+    await conn.execute(q("campaign_set_pace"), campaign_id, rate_per_min,
+                       None if eta_at is None else dt.datetime.fromtimestamp(eta_at, dt.UTC))
 
 
 async def event(conn: Connection, kind: str, reason: str, *, campaign_id: int | None = None,
@@ -78,9 +90,16 @@ async def enroll_fresh(conn: Connection, campaign_id: int, spec: CampaignSpec) -
     """Enrol a new campaign's devices over its waves, in one set-based statement."""
     args = _selection_args(campaign_id, spec.type, spec.target, spec.selector)
     total = await conn.fetchval(q("enroll_count"), *args)
-    bounds = wave_bounds(total, spec.waves)
-    await conn.execute(q("campaign_set_wave_bounds"), campaign_id, bounds)
-    status = await conn.execute(q("enroll_waves"), *args, bounds, len(spec.waves) - 1)
+    if spec.canary is None:
+        bounds = wave_bounds(total, spec.waves)
+        await conn.execute(q("campaign_set_wave_bounds"), campaign_id, bounds)
+        status = await conn.execute(q("enroll_waves"), *args, bounds, len(spec.waves) - 1)
+    else:
+        canary = int(await conn.fetchval(q("enroll_canary_size"), *args, spec.canary))
+        bounds = wave_bounds(total, spec.waves, first_at_least=canary)
+        await conn.execute(q("campaign_set_wave_bounds"), campaign_id, bounds)
+        status = await conn.execute(q("enroll_waves_canary"), *args, bounds,
+                                    len(spec.waves) - 1, spec.canary)
     return int(status.split()[-1])
 
 
@@ -100,30 +119,64 @@ class _DryRun(Exception):
         self.plan = plan
 
 
+def _iso(t: float | None) -> str | None:
+    return None if t is None else dt.datetime.fromtimestamp(t, dt.UTC).isoformat()
+
+
 async def plan_campaign(conn: Connection, spec: CampaignSpec,
-                        status_max_age: float = 900.0) -> dict[str, Any]:
+                        status_max_age: float = 900.0, *, assume_signal: int | None = None,
+                        assume_power: int | None = None,
+                        fleet_cap: int | None = None) -> dict[str, Any]:
     """What creating this campaign would do, from the real enrolment run in a transaction
-    that is rolled back: nothing is written."""
+    that is rolled back: nothing is written. ``assume_signal``/``assume_power``: the gate's
+    thresholds to count against (the task's are known only at its check). The ETA per wave
+    uses the fleet's measured check rate, the rate limit, the caps over the measured time
+    one upgrade takes, and the maintenance windows, from now."""
+    for name, value in (("assume_signal", assume_signal), ("assume_power", assume_power)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not -(2**31) <= value < 2**31):
+            raise CampaignInputError(f"{name}: an integer")
+    gate_given = assume_signal is not None or assume_power is not None
     try:
         async with conn.transaction():
             cid = await create_campaign(conn, spec, actor="dry-run", _check_empty=False)
             args = _selection_args(cid, spec.type, spec.target, spec.selector)
             groups = [dict(r.items()) for r in
-                      await conn.fetch(q("plan_groups"), cid, status_max_age)]
+                      await conn.fetch(q("plan_groups"), cid, status_max_age,
+                                       assume_signal if assume_signal is not None else -2**31,
+                                       assume_power if assume_power is not None else -2**31)]
+            caps = [c for c in (fleet_cap, spec.max_in_flight) if c]
+            pace = Pace(await health.check_rate(conn), spec.max_per_minute,
+                        min(caps) if caps else None,
+                        await conn.fetchval(q("plan_upgrade_seconds")))
             waves: dict[int, int] = {}
             kinds: dict[tuple[str | None, str | None, str | None], int] = {}
             for g in groups:
                 waves[g["wave"]] = waves.get(g["wave"], 0) + g["devices"]
                 key = (g["manuf"], g["model"], g["from_version"])
                 kinds[key] = kinds.get(key, 0) + g["devices"]
+            sizes = [waves.get(w, 0) for w in range(len(spec.waves))]
+            etas = wave_etas(time.time(), sizes, pace, spec.schedule())
             plan = {
                 "selected": sum(waves.values()),
                 "left_out": {"on_target": int(await conn.fetchval(q("plan_on_target"), *args)),
                              "in_another_campaign": await busy(conn, cid, spec)},
                 "never_reported": sum(g["unreported"] for g in groups),
                 "fresh_status": sum(g["fresh"] for g in groups),
-                "waves": [{"wave": w + 1, "percent": spec.waves[w], "devices": n}
-                          for w, n in sorted(waves.items())],
+                "would_pass_gate": sum(g["would_pass"] for g in groups) if gate_given else None,
+                "assumed_gate": {"signal": assume_signal, "power": assume_power}
+                if gate_given else None,
+                "canary": None if spec.canary is None else {
+                    "per_group": spec.canary, "groups": len(kinds),
+                    "devices": canary_size(kinds.values(), spec.canary)},
+                "pace": {"check_rate_per_min": pace.measured_per_min,
+                         "max_per_minute": pace.max_per_minute, "max_in_flight": pace.cap,
+                         "upgrade_seconds": pace.upgrade_seconds,
+                         "per_minute": pace.per_minute()},
+                "windows": list(spec.windows), "timezone": spec.timezone,
+                "waves": [{"wave": w + 1, "percent": spec.waves[w], "devices": n,
+                           "eta": _iso(eta)}
+                          for w, (n, eta) in enumerate(zip(sizes, etas, strict=True))],
                 "groups": [{"manuf": k[0], "model": k[1], "from_version": k[2],
                             "devices": n}
                            for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])],
@@ -149,7 +202,8 @@ async def create_campaign(conn: Connection, spec: CampaignSpec, *, start: bool =
             list(spec.waves), spec.wave_success_pct, spec.max_per_minute,
             spec.abort_failure_pct, spec.abort_min_finished, spec.continuous,
             0.0 if spec.max_per_minute is None else rate_capacity(spec.max_per_minute),
-            spec.abort_action, spec.dispatch_timeout)
+            spec.abort_action, spec.dispatch_timeout, spec.canary, spec.unreachable_after,
+            spec.max_in_flight, list(spec.windows), spec.timezone)
         n = await enroll_fresh(conn, cid, spec)
         skipped = await busy(conn, cid, spec)
         left_out = (f"; {skipped} left out: another running or paused {spec.type} campaign "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.domain.device import NON_TERMINAL
+from orchestrator.domain.device import DUE_STATES
 from orchestrator.domain.rollout import Counts
 from orchestrator.store.db import Connection
 from orchestrator.store.queries import q
@@ -22,6 +22,6 @@ async def by_wave(conn: Connection, campaign_id: int) -> dict[int, Counts]:
 
 async def due_backlog(conn: Connection) -> tuple[int, float]:
     """(devices due now in running campaigns, up to 10,000; the oldest one's lag in s)."""
-    row = await conn.fetchrow(q("due_backlog"), list(NON_TERMINAL))
+    row = await conn.fetchrow(q("due_backlog"), list(DUE_STATES))
     assert row is not None
     return int(row["n"]), float(row["lag"])

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from orchestrator.domain.campaign import Campaign, Claimed, Member, RunningCampaign, Write
+from orchestrator.domain.device import DUE_STATES
 from orchestrator.domain.payloads import StatusReport
 from orchestrator.domain.progress import Key, Relay
 from orchestrator.domain.resilience import backoff
@@ -88,8 +89,28 @@ class PgTx:
         await campaigns.put_rate(self.conn, campaign_id, tokens)
 
     async def claim(self, campaign_id: int, current_wave: int, limit: int, lease: float,
-                    owner: str) -> list[Claimed]:
-        return await members.claim(self.conn, campaign_id, current_wave, limit, lease, owner)
+                    owner: str, states: Sequence[str] = DUE_STATES) -> list[Claimed]:
+        return await members.claim(self.conn, campaign_id, current_wave, limit, lease, owner,
+                                   states)
+
+    async def cap_lock(self) -> None:
+        await members.cap_lock(self.conn)
+
+    async def cap_busy(self, campaign_id: int) -> tuple[int, int]:
+        return await members.cap_busy(self.conn, campaign_id)
+
+    async def members_unreachable(self, dev_ids: Sequence[int]) -> list[Key]:
+        return await members.unreachable_of(self.conn, dev_ids)
+
+    async def set_pace(self, campaign_id: int, rate_per_min: float | None,
+                       eta_at: float | None) -> None:
+        await campaigns.set_pace(self.conn, campaign_id, rate_per_min, eta_at)
+
+    async def checks_total(self) -> int:
+        return await health.checks_total(self.conn)
+
+    async def set_check_rate(self, per_minute: float) -> None:
+        await health.set_check_rate(self.conn, per_minute)
 
     async def lock_members(self, keys: Sequence[Key]) -> dict[Key, Member]:
         return await members.lock(self.conn, keys)

@@ -37,3 +37,18 @@ async def event_partitions(conn: Connection, keep_days: int) -> tuple[int, int]:
     made = int(await conn.fetchval(q("events_partitions")))
     dropped = int(await conn.fetchval(q("events_retention"), keep_days))
     return made, dropped
+
+
+async def checks_total(conn: Connection) -> int:
+    """Check calls made so far, over every campaign (the controller samples it)."""
+    return int(await conn.fetchval(q("checks_total")))
+
+
+async def set_check_rate(conn: Connection, per_minute: float) -> None:
+    await conn.execute(q("health_check_rate_set"), per_minute)
+
+
+async def check_rate(conn: Connection) -> float | None:
+    """The fleet's check rate per minute, measured in the last day, if any."""
+    value = await conn.fetchval(q("health_check_rate"))
+    return None if value is None else float(value)

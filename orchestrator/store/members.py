@@ -9,12 +9,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.domain.campaign import Claimed, Member, Write
-from orchestrator.domain.device import NON_TERMINAL, DeviceRow, Status
+from orchestrator.domain.device import DUE_STATES, NON_TERMINAL, DeviceRow, Status
 from orchestrator.domain.onenet import Task
 from orchestrator.domain.payloads import StatusReport
 from orchestrator.domain.progress import Key
 from orchestrator.store.db import Connection, Record
 from orchestrator.store.queries import q
+
+CAP_LOCK = int.from_bytes(b"ota-caps", "big", signed=True)   # pg_advisory_xact_lock key
 
 
 def _ts(value: dt.datetime | None) -> float | None:
@@ -39,20 +41,41 @@ def device_row(r: Record) -> DeviceRow:
 
 def _member(r: Record) -> Member:
     return Member(r["campaign_id"], r["dev_id"], r["rev"], r["wave"], device_row(r),
-                  r["type"], r["target_version"], r["dispatch_timeout"])
+                  r["type"], r["target_version"], r["dispatch_timeout"],
+                  r["unreachable_after"])
 
 
 async def claim(conn: Connection, campaign_id: int, current_wave: int, limit: int,
-                lease: float, owner: str) -> list[Claimed]:
-    """Claim up to ``limit`` due devices (SKIP LOCKED) and lease them for ``lease`` s."""
+                lease: float, owner: str, states: Sequence[str] = DUE_STATES
+                ) -> list[Claimed]:
+    """Claim up to ``limit`` due devices in ``states`` (SKIP LOCKED) and lease them for
+    ``lease`` s."""
     if limit <= 0:
         return []
-    rows = await conn.fetch(q("members_claim"), campaign_id, list(NON_TERMINAL),
+    rows = await conn.fetch(q("members_claim"), campaign_id, list(states),
                             current_wave, limit, lease, owner)
     return [Claimed(_member(r), r["manuf"], r["model"],
                     r["fota_version"] if r["type"] == "fota" else r["sota_version"],
-                    Status(r["signal"], r["power"], _ts(r["status_at"])))
+                    Status(r["signal"], r["power"], _ts(r["status_at"])), _ts(r["last_seen"]))
             for r in rows]
+
+
+async def cap_lock(conn: Connection) -> None:
+    """Take the caps' turn, held to commit: claims under a cap are serialized."""
+    await conn.execute(q("cap_lock"), CAP_LOCK)
+
+
+async def cap_busy(conn: Connection, campaign_id: int) -> tuple[int, int]:
+    """Devices being checked or in flight: over the fleet and in this campaign."""
+    row = await conn.fetchrow(q("cap_busy"), campaign_id)
+    assert row is not None
+    return int(row["fleet"]), int(row["campaign"])
+
+
+async def unreachable_of(conn: Connection, dev_ids: Sequence[int]) -> list[Key]:
+    """These devices' unreachable memberships in running or paused campaigns."""
+    rows = await conn.fetch(q("members_unreachable"), sorted(set(dev_ids)))
+    return [(r["campaign_id"], r["dev_id"]) for r in rows]
 
 
 async def lock(conn: Connection, keys: Sequence[Key]) -> dict[Key, Member]:

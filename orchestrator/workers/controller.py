@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 
+from orchestrator.domain.campaign import RunningCampaign
+from orchestrator.domain.pace import Pace, RateMeter, campaign_eta
 from orchestrator.domain.rollout import decide
 from orchestrator.metrics import Metrics
 from orchestrator.ports import (
@@ -48,6 +50,9 @@ class Controller:
         self._last_enroll = 0.0
         self._last_partitions = -PARTITIONS_EVERY
         self._last_beat = -BEAT_EVERY
+        self._meters: dict[int, RateMeter] = {}
+        self._rates: dict[int, float] = {}
+        self._checks = RateMeter()
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self.db.transaction() as tx:
@@ -100,15 +105,48 @@ class Controller:
                 if made or dropped:
                     log.info("event partitions", made=made, dropped=dropped)
             enroll_now = time.monotonic() - self._last_enroll >= ENROLL_EVERY
-            for c in await tx.running_campaigns():
+            running = await tx.running_campaigns()
+            for c in running:
                 await self._advance(tx, c.campaign_id, enroll_now)
             if enroll_now:
                 self._last_enroll = time.monotonic()
+                await self._measure(tx, running)
             n, lag = await tx.due_backlog()
             self.metrics.due_backlog.set(n)
             self.metrics.claim_lag.set(lag)
             self.metrics.outbox_backlog.set(await tx.outbox_backlog())
         return True
+
+    async def _measure(self, tx: Tx, running: Sequence[RunningCampaign]) -> None:
+        """Each running campaign's rate (devices done per minute, sliding window) and ETA,
+        kept in its row for the views; the fleet's check rate, for plans; the in-flight
+        gauge. Outside its windows a campaign keeps its last rate (nothing is measured)."""
+        now = time.time()
+        live = {c.campaign_id for c in running}
+        for gone in set(self._meters) - live:
+            del self._meters[gone]
+        for c in running:
+            campaign = await tx.get_campaign(c.campaign_id)
+            if campaign is None:
+                continue
+            meter = self._meters.setdefault(c.campaign_id, RateMeter())
+            if c.schedule.is_open(now):
+                meter.add(now, campaign.counts.total - campaign.counts.open)
+                rate = meter.per_minute()
+                if rate is not None:
+                    self._rates[c.campaign_id] = rate
+            else:
+                meter.clear()
+            rate = self._rates.get(c.campaign_id)
+            eta = campaign_eta(now, await tx.counts_by_wave(c.campaign_id), c.current_wave,
+                               Pace(rate, c.max_per_minute), c.schedule)
+            await tx.set_pace(c.campaign_id, rate, eta)
+        self._checks.add(now, await tx.checks_total())
+        check_rate = self._checks.per_minute()
+        if check_rate:
+            await tx.set_check_rate(check_rate)
+        fleet, _ = await tx.cap_busy(0)
+        self.metrics.in_flight.set(fleet)
 
     async def _advance(self, tx: Tx, campaign_id: int, enroll_now: bool) -> None:
         campaign = await tx.get_campaign(campaign_id)

@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from orchestrator.domain.campaign import Write
 from orchestrator.domain.device import Policy
 from orchestrator.domain.payloads import ProgressReport, Rejection, StatusReport, registers
-from orchestrator.domain.progress import Key, apply_progress, apply_versions, worth_an_event
+from orchestrator.domain.progress import (
+    Key,
+    apply_heard,
+    apply_progress,
+    apply_versions,
+    worth_an_event,
+)
 from orchestrator.ports import Database, Tx
 
 
@@ -32,14 +38,18 @@ class ProgressSink:
             reported = [s for s in statuses if s.fota_version or s.sota_version]
             if reported:
                 keys += await tx.members_reaching_target(reported)
+            if statuses:     # any word from an unreachable device puts it back in line
+                keys += await tx.members_unreachable([s.dev_id for s in statuses])
             rejected: list[Rejection] = []
             if keys:
                 members = await tx.lock_members(keys)
+                now = time.time()
                 # progress first: a device's 201 and its new version often share a batch,
                 # and the step is the more precise record
                 current, reasons, rejected, relays = apply_progress(
-                    members, reports, time.time(), self.policy, self.require_attempt)
+                    members, reports, now, self.policy, self.require_attempt)
                 apply_versions(members, current, reasons, reported)
+                apply_heard(members, current, reasons, statuses, now)
                 writes = [Write(k[0], k[1], members[k].rev, members[k].row.state, current[k],
                                 "; ".join(reasons[k])[:500],
                                 worth_an_event(members[k].row, current[k]))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import math
 import secrets
@@ -18,9 +17,9 @@ from typing import Any
 import structlog
 
 from orchestrator.config import Settings
-from orchestrator.domain.campaign import Claimed, RunningCampaign, Write
+from orchestrator.domain.campaign import Claimed, RunningCampaign, Write, campaign_policy
 from orchestrator.domain.commands import download_url, report_command, upgrade_command
-from orchestrator.domain.device import Decision, Policy, on_check, on_claim
+from orchestrator.domain.device import IN_FLIGHT, WAITING, Decision, Policy, on_check, on_claim
 from orchestrator.domain.onenet import (
     TYPE_CODES,
     CheckOutcome,
@@ -29,7 +28,7 @@ from orchestrator.domain.onenet import (
     Retryable,
     outcome_errno,
 )
-from orchestrator.domain.rollout import rate_tokens
+from orchestrator.domain.rollout import rate_tokens, slots
 from orchestrator.metrics import Metrics
 from orchestrator.ports import (
     CheckClient,
@@ -43,6 +42,8 @@ from orchestrator.ports import (
 from orchestrator.workers import outbox
 
 log = structlog.get_logger(__name__)
+IN_FLIGHT_STATES = tuple(sorted(IN_FLIGHT))
+WAITING_STATES = tuple(sorted(WAITING))      # pending, gated, and checking left by a crash
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -122,16 +123,35 @@ class Scheduler:
                 log.warning("lease renewal failed", error=str(exc)[:200])
 
     async def _claim(self, tx: Tx, c: RunningCampaign) -> list[Claimed]:
+        """In-flight devices whose time is up come first, always (they hold their slot;
+        in-flight devices finish outside windows too). Then waiting devices: only inside
+        a maintenance window, under the fleet's and the campaign's in-flight caps (claims
+        take turns, so two replicas never exceed them), at the campaign's rate."""
         limit = self.settings.scheduler_batch_size
         lease = self.settings.claim_lease
+        claimed = await tx.claim(c.campaign_id, c.current_wave, limit, lease, self.owner,
+                                 IN_FLIGHT_STATES)
+        want = limit - len(claimed)
+        if want <= 0 or not c.schedule.is_open(time.time()):
+            return claimed
+        fleet_cap = self.settings.max_in_flight
+        if fleet_cap is not None or c.max_in_flight is not None:
+            await tx.cap_lock()
+            fleet, mine = await tx.cap_busy(c.campaign_id)
+            want = min(slots(want, fleet_cap, fleet), slots(want, c.max_in_flight, mine))
+            if want <= 0:
+                self.metrics.cap_waits.inc()
+                return claimed
         if c.max_per_minute is None:
-            return await tx.claim(c.campaign_id, c.current_wave, limit, lease, self.owner)
+            return claimed + await tx.claim(c.campaign_id, c.current_wave, want, lease,
+                                            self.owner, WAITING_STATES)
         tokens, elapsed = await tx.take_rate(c.campaign_id)
         tokens = rate_tokens(tokens, c.max_per_minute, elapsed)
-        claimed = await tx.claim(c.campaign_id, c.current_wave,
-                                 min(limit, math.floor(tokens)), lease, self.owner)
-        await tx.put_rate(c.campaign_id, tokens - len(claimed))
-        return claimed
+        waiting = await tx.claim(c.campaign_id, c.current_wave,
+                                 min(want, math.floor(tokens)), lease, self.owner,
+                                 WAITING_STATES)
+        await tx.put_rate(c.campaign_id, tokens - len(waiting))
+        return claimed + waiting
 
     async def _check(self, req: CheckRequest | Failed) -> CheckOutcome:
         if isinstance(req, Failed):
@@ -140,13 +160,14 @@ class Scheduler:
 
     async def process(self, campaign: RunningCampaign, claimed: Sequence[Claimed],
                       healthy_since: float | None = None) -> None:
-        policy = self.policy if campaign.dispatch_timeout is None else dataclasses.replace(
-            self.policy, dispatch_timeout=campaign.dispatch_timeout)
+        policy = campaign_policy(self.policy, campaign.dispatch_timeout,
+                                 campaign.unreachable_after)
         now = time.time()
         writes: list[Write] = []
         to_check: list[tuple[Claimed, Decision]] = []
         for c in claimed:
-            d = on_claim(c.row, now, healthy_since)
+            d = on_claim(c.row, now, healthy_since, last_seen=c.last_seen,
+                         unreachable_after=policy.unreachable_after)
             if d.reason == "dispatch_timeout_during_our_outage":
                 self.metrics.free_rechecks.inc()
             if d.row.state == "checking":

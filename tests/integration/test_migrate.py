@@ -11,7 +11,9 @@ from orchestrator.store.migrate import load_migrations, migrate
 VIEW_COLUMNS = {
     "campaign_progress": ["campaign_id", "name", "status", "type", "target_version", "total",
                           "pending", "in_progress", "succeeded", "failed", "no_task",
-                          "cancelled", "started_at", "finished_at"],
+                          "cancelled", "started_at", "finished_at",
+                          # 008 (views only gain columns, at the end)
+                          "unreachable", "remaining", "rate_per_min", "eta_at", "in_flight"],
     "device_progress": ["campaign_id", "dev_id", "state", "attempts", "last_errno", "last_step",
                         "next_attempt_at", "updated_at", "reason"],
     "check_outcomes": ["campaign_id", "errno", "calls"],

@@ -8,6 +8,7 @@ from orchestrator.domain.campaign import CampaignSpec
 from orchestrator.domain.device import NON_TERMINAL
 from orchestrator.store.campaigns import create_campaign
 from orchestrator.store.queries import q
+from orchestrator.workers.scheduler import IN_FLIGHT_STATES, WAITING_STATES
 
 
 async def test_claim_and_progress_use_their_indexes(pool: Any) -> None:
@@ -19,9 +20,13 @@ async def test_claim_and_progress_use_their_indexes(pool: Any) -> None:
         for _ in range(3):     # drafts: a device is in one *running* campaign per type
             await create_campaign(conn, CampaignSpec("p", "fota", "1.3", all_devices=True))
         await conn.execute("ANALYZE")
-        claim = "\n".join(r[0] for r in await conn.fetch(
-            "EXPLAIN " + q("members_claim"), 2, list(NON_TERMINAL), 0, 500, 60.0, "t"))
-        assert "campaign_devices_due_idx" in claim, claim
+        for states in (WAITING_STATES, IN_FLIGHT_STATES):     # the scheduler's two claims
+            claim = "\n".join(r[0] for r in await conn.fetch(
+                "EXPLAIN " + q("members_claim"), 2, list(states), 0, 500, 60.0, "t"))
+            assert "campaign_devices_due_idx" in claim, claim
+        woken = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN " + q("members_unreachable"), [5, 6, 7]))
+        assert "campaign_devices_unreachable_idx" in woken, woken
         lock = "\n".join(r[0] for r in await conn.fetch(
             "EXPLAIN " + q("members_lock"), [2, 2, 2], [5, 6, 7]))
         assert "campaign_devices_pkey" in lock, lock

@@ -66,8 +66,8 @@ def row(state: str, **kw: object) -> DeviceRow:
 @pytest.mark.parametrize("state", STATES)
 def test_every_state_on_claim(state: str) -> None:
     d = on_claim(row(state), NOW)
-    if state in TERMINAL:
-        assert d.row.state == state
+    if state in TERMINAL or state == "unreachable":
+        assert d.row == row(state)
     else:
         assert d.row.state in ("checking", "failed")
 
@@ -147,9 +147,14 @@ def test_stale_report_asks_for_a_fresh_one_first() -> None:
     d = on_check(row("checking"), TaskFound(TASK), stale, NOW, POLICY)
     assert d.row.state == "gated" and d.command is not None and d.command.op == "report"
     assert d.row.attempts == 0 and d.row.next_attempt_at == NOW + POLICY.report_wait
-    # no answer to the request: the gate fails and the budget is used
+    # no answer to the request: silence is not failure — asked again, no budget spent
     d2 = on_check(d.row.replace(state="checking"), TaskFound(TASK), stale, NOW + 30, POLICY)
-    assert d2.row.state == "gated" and d2.row.attempts == 1 and d2.command is None
+    assert d2.row.state == "gated" and d2.row.attempts == 0 and d2.command is not None
+    assert d2.command.op == "report" and d2.row.report_asked_at == NOW
+    # ... until unreachable_after since the first request: unreachable, not failed
+    d4 = on_check(d.row.replace(state="checking"), TaskFound(TASK), stale,
+                  NOW + POLICY.unreachable_after, POLICY)
+    assert d4.row.state == "unreachable" and d4.row.next_attempt_at is None
     # an answer that arrived meanwhile is judged
     d3 = on_check(d.row.replace(state="checking"), TaskFound(TASK),
                   Status(15, 50, NOW + 5), NOW + 30, POLICY)

@@ -31,7 +31,8 @@ def test_a_timeout_inside_our_outage_is_free_outside_it_is_charged() -> None:
     ours = on_claim(row, NOW, healthy_since=NOW - 60)      # we were down after it was heard
     assert ours.reason == "dispatch_timeout_during_our_outage"
     assert ours.row.attempts == 0 and ours.row.state == "checking"
-    theirs = on_claim(row, NOW, healthy_since=NOW - 3600)  # healthy the whole window
+    # healthy the whole window, and the device talks (status reports) but makes no progress
+    theirs = on_claim(row, NOW, healthy_since=NOW - 3600, last_seen=NOW - 5)
     assert theirs.reason == "dispatch_timeout" and theirs.row.attempts == 1
 
 
@@ -39,7 +40,7 @@ def test_a_timeout_inside_our_outage_is_free_outside_it_is_charged() -> None:
 def test_our_outages_never_spend_a_budget(heard_ago: float, healthy_ago: float,
                                           attempts: int) -> None:
     row = dispatched(heard_at=NOW - heard_ago, attempts=attempts)
-    d = on_claim(row, NOW, healthy_since=NOW - healthy_ago)
+    d = on_claim(row, NOW, healthy_since=NOW - healthy_ago, last_seen=NOW)
     if NOW - heard_ago < NOW - healthy_ago:      # heard before our last outage ended
         assert d.row.attempts == attempts and d.row.state == "checking"
     else:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
+import sys
 from typing import Any
 
 import asyncpg
 
-from conftest import SIM_KEY
+from conftest import SIM_KEY, orchestrator_env
 from orchestrator.config import Settings
 from orchestrator.service import Service
 from orchestrator.sim.fleet import Fleet, FleetConfig, SimDevice
+from orchestrator.store.db import connect
 
 
 class Stack:
@@ -87,3 +90,37 @@ async def until(predicate: Any, timeout: float = 30.0, what: str = "") -> None:
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting {what or predicate}")
         await asyncio.sleep(0.1)
+
+
+async def start_run(env: dict[str, str], name: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "run"],
+                            env={**env, "ORCH_MQTT_CLIENT_ID": name},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    while True:
+        line = await asyncio.to_thread(proc.stdout.readline)
+        assert line, f"{name} exited early"
+        if "mqtt ingest subscribed" in line:
+            break
+    # keep draining output so the process never blocks on a full pipe
+    asyncio.get_running_loop().run_in_executor(None, proc.stdout.read)
+    return proc
+
+
+async def wait_registered(dsn: str, n: int) -> None:
+    async def ok() -> bool:
+        conn = await connect(dsn)
+        try:
+            return bool(await conn.fetchval("SELECT count(*) = $1 FROM ota.devices", n))
+        finally:
+            await conn.close()
+    await until(ok, 30, "devices registered")
+
+
+def env_for(settings: Settings, sim_url: str, **extra: str) -> dict[str, str]:
+    s = dataclasses.replace(settings, onenet_url=sim_url, onenet_product_id="123123",
+                            onenet_access_key=SIM_KEY)
+    env = orchestrator_env(s)
+    env.update({"ORCH_SCHEDULER_POLL_INTERVAL": "0.1", "ORCH_SCHEDULER_BATCH_SIZE": "20",
+                **extra})
+    return env

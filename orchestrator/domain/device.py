@@ -214,7 +214,8 @@ def on_check(row: DeviceRow, outcome: CheckOutcome, status: Status, now: float,
     if verdict in ("stale", "unknown"):
         if row.report_asked_at is None or (status.status_at or 0) > row.report_asked_at:
             return Decision(row.replace(state="gated", report_asked_at=now,
-                                        next_attempt_at=now + policy.report_wait,
+                                        next_attempt_at=now + min(policy.report_wait,
+                                                                  policy.unreachable_after),
                                         last_error=f"gate: {verdict} status"),
                             f"gate: {verdict} status; fresh report asked", Command("report"))
         return unanswered(row, now, policy, verdict)

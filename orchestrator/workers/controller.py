@@ -28,6 +28,7 @@ from orchestrator.workers import outbox
 log = structlog.get_logger(__name__)
 
 ENROLL_EVERY = 5.0
+PACE_EVERY = 2.0         # rate and ETA samples
 PARTITIONS_EVERY = 3600.0
 BEAT_EVERY = 2.0
 STALE_AFTER = 10.0       # a replica silent this long is not listening (its share waits)
@@ -50,6 +51,7 @@ class Controller:
         self._last_enroll = 0.0
         self._last_partitions = -PARTITIONS_EVERY
         self._last_beat = -BEAT_EVERY
+        self._last_pace = 0.0
         self._meters: dict[int, RateMeter] = {}
         self._rates: dict[int, float] = {}
         self._checks = RateMeter()
@@ -110,6 +112,8 @@ class Controller:
                 await self._advance(tx, c.campaign_id, enroll_now)
             if enroll_now:
                 self._last_enroll = time.monotonic()
+            if time.monotonic() - self._last_pace >= PACE_EVERY:
+                self._last_pace = time.monotonic()
                 await self._measure(tx, running)
             n, lag = await tx.due_backlog()
             self.metrics.due_backlog.set(n)

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import signal
-import subprocess
-import sys
 from collections import Counter
 from typing import Any
 
-from conftest import SIM_KEY, orchestrator_env
 from orchestrator.config import Settings
 from orchestrator.domain.campaign import CampaignSpec
 from orchestrator.sim.fleet import Fleet, FleetConfig, SimDevice
 from orchestrator.store.campaigns import create_campaign
 from orchestrator.store.db import connect
-from stack import until
+from stack import env_for, start_run, until, wait_registered
 
 M = {"manuf": "China Mobile", "model": "M5310"}
 
@@ -25,21 +21,6 @@ def scenario(n: int, size: int = 2000) -> dict[str, Any]:
     return {"server": {"auto_register": True},
             "packages": [{"id": "p", "version": "1.3", "size": size}],
             "tasks": [{"type": "fota", "package": "p", "retry": 2, "interval": 1}]}
-
-
-async def start_run(env: dict[str, str], name: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "run"],
-                            env={**env, "ORCH_MQTT_CLIENT_ID": name},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    while True:
-        line = await asyncio.to_thread(proc.stdout.readline)
-        assert line, f"{name} exited early"
-        if "mqtt ingest subscribed" in line:
-            break
-    # keep draining output so the process never blocks on a full pipe
-    asyncio.get_running_loop().run_in_executor(None, proc.stdout.read)
-    return proc
 
 
 async def progress(dsn: str, cid: int) -> Any:
@@ -58,25 +39,6 @@ async def make_campaign(dsn: str) -> int:
                                                        all_devices=True), start=True)
     finally:
         await conn.close()
-
-
-async def wait_registered(dsn: str, n: int) -> None:
-    async def ok() -> bool:
-        conn = await connect(dsn)
-        try:
-            return bool(await conn.fetchval("SELECT count(*) = $1 FROM ota.devices", n))
-        finally:
-            await conn.close()
-    await until(ok, 30, "devices registered")
-
-
-def env_for(settings: Settings, sim_url: str, **extra: str) -> dict[str, str]:
-    s = dataclasses.replace(settings, onenet_url=sim_url, onenet_product_id="123123",
-                            onenet_access_key=SIM_KEY)
-    env = orchestrator_env(s)
-    env.update({"ORCH_SCHEDULER_POLL_INTERVAL": "0.1", "ORCH_SCHEDULER_BATCH_SIZE": "20",
-                **extra})
-    return env
 
 
 async def test_two_processes_never_dispatch_a_device_twice(

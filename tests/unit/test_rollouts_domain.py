@@ -4,6 +4,7 @@ exceeded, windows (across midnight and DST), unreachable is not failed, and the 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import random
 from zoneinfo import ZoneInfo
 
@@ -11,7 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.domain.campaign import CampaignInputError, CampaignSpec, Selector
+from orchestrator.domain.campaign import (
+    CampaignInputError,
+    CampaignSpec,
+    Selector,
+    campaign_policy,
+)
 from orchestrator.domain.device import (
     DUE_STATES,
     DeviceRow,
@@ -77,7 +83,7 @@ def test_wave_bounds_hold_the_canary_and_increase(total: int, waves: list[int],
                                                   first: int) -> None:
     bounds = wave_bounds(total, waves, first_at_least=first)
     assert bounds[-1] == total and bounds[0] >= min(first, total)
-    assert all(b >= a for a, b in zip(bounds, bounds[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(bounds))
 
 
 def test_canary_size_counts_small_groups_whole() -> None:
@@ -254,7 +260,7 @@ def test_the_pace_is_the_slowest_bound() -> None:
 def test_wave_etas_never_go_backwards(sizes: list[int], rate: float, upgrade: float) -> None:
     etas = wave_etas(NOW, sizes, Pace(rate, upgrade_seconds=upgrade))
     assert all(e is not None for e in etas)
-    assert all(b >= a for a, b in zip(etas, etas[1:], strict=False))  # type: ignore[operator]
+    assert all(b >= a for a, b in itertools.pairwise(etas))  # type: ignore[operator]
     assert etas[-1] >= NOW + sum(sizes) * 60 / rate - 1e-6   # type: ignore[operator]
 
 
@@ -294,6 +300,5 @@ def test_a_spec_refuses_bad_rollout_settings() -> None:
 
 
 def test_a_policy_takes_the_campaigns_unreachable_after() -> None:
-    from orchestrator.domain.campaign import campaign_policy
     p = campaign_policy(Policy(), None, 120.0)
     assert p.unreachable_after == 120.0 and p.dispatch_timeout == Policy().dispatch_timeout

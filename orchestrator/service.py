@@ -35,6 +35,7 @@ class Service:
     def __init__(self, settings: Settings, *, api: bool = True) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.metrics.max_in_flight.set(settings.max_in_flight or 0)
         self.stop = asyncio.Event()
         self.ready = asyncio.Event()
         self.api = api

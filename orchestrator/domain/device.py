@@ -133,8 +133,8 @@ def on_claim(row: DeviceRow, now: float, healthy_since: float | None = None, *,
     the whole window (``healthy_since``: the end of our last outage — a replica down, ingest
     disconnected, the database unreachable); otherwise the device is re-checked for free.
     A device that has sent nothing at all since (``last_seen``: its last message of any
-    kind) is silent, not failing: it waits, free, and is unreachable once silent for
-    ``unreachable_after``."""
+    kind) is silent, not failing: it is re-checked for free (its command may have been
+    lost), and is unreachable once silent for ``unreachable_after``."""
     if row.state in TERMINAL or row.state in PARKED:
         return Decision(row, row.state)
     if row.state in IN_FLIGHT:
@@ -148,13 +148,14 @@ def on_claim(row: DeviceRow, now: float, healthy_since: float | None = None, *,
         silent = window_start is not None and (last_seen is None or last_seen < window_start)
         if reason == "dispatch_timeout" and silent:
             assert window_start is not None
-            if now - window_start >= unreachable_after:
+            silence = now - (last_seen if last_seen is not None else window_start)
+            if silence >= unreachable_after:
                 return Decision(row.replace(state="unreachable", next_attempt_at=None,
-                                            last_error=f"silent for {now - window_start:.0f} s "
+                                            last_error=f"silent for {silence:.0f} s "
                                                        "while dispatched"),
                                 "unreachable: nothing heard since the command")
-            return Decision(row.replace(next_attempt_at=window_start + unreachable_after),
-                            "silent since the command; waiting (no budget spent)")
+            # the command may have been lost: checked again (and a report asked), free
+            reason = "silent_since_the_command"
         if reason == "dispatch_timeout":
             retry = row.task.retry if row.task else 0
             if row.attempts >= retry:

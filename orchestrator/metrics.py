@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
@@ -46,6 +48,55 @@ class Metrics:
                                registry=r)
         self.max_in_flight = Gauge("orch_max_in_flight",
                                    "ORCH_MAX_IN_FLIGHT (0: no fleet-wide cap)", registry=r)
+        self.controller_leader = Gauge(
+            "orch_controller_leader", "1 on the replica holding the controller lock", registry=r)
+        self.rule_actions = Counter(
+            "orch_campaign_rule_actions", "Campaigns paused or aborted by a rule",
+            ["rule", "action"], registry=r)
+        # per running campaign, exported by the controller-lock holder only
+        self.campaign_devices = Gauge("orch_campaign_devices",
+                                      "Devices of a running campaign, by state",
+                                      ["campaign", "state"], registry=r)
+        self.campaign_remaining = Gauge("orch_campaign_remaining",
+                                        "Devices of a running campaign still to go through",
+                                        ["campaign"], registry=r)
+        self.campaign_finished = Gauge("orch_campaign_finished",
+                                       "Devices of a running campaign done (any end state)",
+                                       ["campaign"], registry=r)
+        self.campaign_rate = Gauge("orch_campaign_rate_per_minute",
+                                   "Devices finished per minute, last 10 minutes",
+                                   ["campaign"], registry=r)
+        self.campaign_window_open = Gauge(
+            "orch_campaign_window_open", "1 while the campaign's maintenance windows are open",
+            ["campaign"], registry=r)
+        self.campaign_eta = Gauge("orch_campaign_eta_seconds",
+                                  "Seconds until the campaign's ETA", ["campaign"], registry=r)
+
+        self._campaigns: set[str] = set()
+
+    def campaign(self, campaign_id: int, by_state: dict[str, int], remaining: int,
+                 finished: int, rate: float | None, window_open: bool,
+                 eta_in: float | None) -> None:
+        cid = str(campaign_id)
+        self._campaigns.add(cid)
+        for state, n in by_state.items():
+            self.campaign_devices.labels(cid, state).set(n)
+        self.campaign_remaining.labels(cid).set(remaining)
+        self.campaign_finished.labels(cid).set(finished)
+        self.campaign_rate.labels(cid).set(rate if rate is not None else float("nan"))
+        self.campaign_window_open.labels(cid).set(1 if window_open else 0)
+        self.campaign_eta.labels(cid).set(eta_in if eta_in is not None else float("nan"))
+
+    def forget_campaigns(self, keep: set[int], states: tuple[str, ...]) -> None:
+        """Drop the series of campaigns not in ``keep`` (ended, or no longer ours)."""
+        for cid in self._campaigns - {str(k) for k in keep}:
+            for gauge in (self.campaign_remaining, self.campaign_finished, self.campaign_rate,
+                          self.campaign_window_open, self.campaign_eta):
+                gauge.remove(cid)
+            for state in states:
+                with contextlib.suppress(KeyError):
+                    self.campaign_devices.remove(cid, state)
+            self._campaigns.discard(cid)
 
     def rejected(self, reason: str) -> float:
         value = self.registry.get_sample_value("orch_ingest_rejected_total", {"reason": reason})

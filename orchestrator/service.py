@@ -73,7 +73,7 @@ class Service:
                 db, publisher, self.metrics, owner=s.mqtt_client_id,
                 ingest_ok=self.ingest.connected.is_set,
                 session_expiry=s.mqtt_session_expiry,
-                event_retention_days=s.event_retention_days)
+                event_retention_days=s.event_retention_days, max_in_flight=s.max_in_flight)
             self.relayer = Relayer(db, self.client)
             if self.api:
                 runner = web.AppRunner(build_app(ApiState(s, pool, self.metrics,

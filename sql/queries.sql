@@ -405,8 +405,9 @@ SELECT extract(epoch FROM gap_end)::float8 FROM ota.health;
 UPDATE ota.health SET gap_end = greatest(gap_end, now());
 
 -- name: replica_beat
-INSERT INTO ota.replicas AS r (owner, ingest_ok) VALUES ($1, $2)
-ON CONFLICT (owner) DO UPDATE SET beat_at = now(), ingest_ok = EXCLUDED.ingest_ok;
+INSERT INTO ota.replicas AS r (owner, ingest_ok, max_in_flight) VALUES ($1, $2, $3)
+ON CONFLICT (owner) DO UPDATE SET beat_at = now(), ingest_ok = EXCLUDED.ingest_ok,
+    max_in_flight = EXCLUDED.max_in_flight;
 
 -- name: replica_gone
 DELETE FROM ota.replicas WHERE owner = $1;
@@ -519,3 +520,29 @@ JOIN ota.devices d USING (dev_id)
 JOIN ota.campaigns c USING (campaign_id)
 WHERE cd.campaign_id = $1
 GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4;
+
+-- name: status_campaigns
+-- The status page: live campaigns, then the most recent others, $1 in all.
+SELECT * FROM ota.campaign_progress
+ORDER BY (status IN ('running', 'paused')) DESC, campaign_id DESC LIMIT $1;
+
+-- name: status_waves
+SELECT campaign_id, wave, opened, total, pending, in_progress, succeeded, failed, no_task,
+       unreachable
+FROM ota.wave_progress WHERE campaign_id = ANY($1) ORDER BY campaign_id, wave;
+
+-- name: status_failures
+-- The top $2 failure reasons of each campaign.
+SELECT campaign_id, reason, devices FROM (
+    SELECT campaign_id, reason, devices,
+           row_number() OVER (PARTITION BY campaign_id ORDER BY devices DESC, reason) AS r
+    FROM ota.failure_reasons WHERE campaign_id = ANY($1)) x
+WHERE r <= $2 ORDER BY campaign_id, devices DESC, reason;
+
+-- name: status_events
+-- The last $2 events of a campaign, newest first.
+SELECT at, dev_id, kind, from_state, to_state, reason
+FROM ota.events WHERE campaign_id = $1 ORDER BY at DESC, event_id DESC LIMIT $2;
+
+-- name: status_fleet
+SELECT in_flight, checking, max_in_flight FROM ota.fleet_in_flight;

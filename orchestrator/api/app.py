@@ -9,6 +9,7 @@ grant); bodies are at most 1 MiB; every bad input is a 4xx naming the field, nev
 
 from __future__ import annotations
 
+import base64
 import hmac
 import ipaddress
 import json
@@ -20,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from orchestrator.api.specs import FIELDS, spec_from_body
+from orchestrator.api.status_page import render as render_status
 from orchestrator.config import Settings
 from orchestrator.domain.campaign import (
     NAME_RE,
@@ -36,6 +38,7 @@ from orchestrator.ports import DataRejected
 from orchestrator.store import campaigns as store
 from orchestrator.store import devices as device_store
 from orchestrator.store import members
+from orchestrator.store import status as status_store
 from orchestrator.store.database import is_transient, translate
 from orchestrator.store.db import Pool
 
@@ -106,13 +109,22 @@ MAX_BODY = 1024 * 1024
 
 
 def _bearer(request: web.Request) -> bytes | None:
-    """The bearer token of the request (scheme case-insensitive), or None."""
+    """The token of the request (scheme case-insensitive), or None: a bearer token, or the
+    password of HTTP Basic credentials (what a browser sends for the status page)."""
     raw = request.headers.get("Authorization", "")
     scheme, _, token = raw.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() == "basic" and token:
+        try:
+            token = base64.b64decode(token, validate=True).decode("utf-8").partition(":")[2]
+        except (ValueError, UnicodeError):
+            return None
+    elif scheme.lower() != "bearer":
+        return None
+    if not token:
         return None
     try:
-        return token.strip().encode("utf-8", "surrogateescape")
+        return token.encode("utf-8", "surrogateescape")
     except UnicodeError:
         return None
 
@@ -133,8 +145,11 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if settings.api_token:
         if not (_matches(given, settings.api_token)
                 or (not mutating and _matches(given, settings.api_read_token))):
-            return _error(401, "this route needs 'Authorization: Bearer <ORCH_API_TOKEN>'"
-                          + ("" if mutating else " (or ORCH_API_READ_TOKEN)"))
+            response = _error(401, "this route needs 'Authorization: Bearer <ORCH_API_TOKEN>'"
+                              + ("" if mutating else " (or ORCH_API_READ_TOKEN)"))
+            if request.path == "/":     # a browser asks for the token (as the password)
+                response.headers["WWW-Authenticate"] = 'Basic realm="orchestrator"'
+            return response
     elif mutating and not _loopback(settings.api_host):
         return _error(403, "set ORCH_API_TOKEN: without it mutating calls are refused unless "
                            "the API listens on loopback")
@@ -313,6 +328,16 @@ async def show_device(request: web.Request) -> web.Response:
     return _json(device.to_json())
 
 
+async def status_page(request: web.Request) -> web.Response:
+    """A page for people: campaigns, progress, waves, rate, ETA, failures, last events."""
+    async with request.app[STATE].pool.acquire() as conn:
+        data = await status_store.page_data(conn)
+    return web.Response(text=render_status(data), content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-store",
+                                 "Content-Security-Policy": "default-src 'none'; "
+                                 "style-src 'unsafe-inline'; img-src data:"})
+
+
 async def openapi(request: web.Request) -> web.Response:
     return _json(OPENAPI)
 
@@ -321,6 +346,7 @@ def build_app(state: ApiState) -> web.Application:
     app = web.Application(middlewares=[errors, auth], client_max_size=MAX_BODY)
     app[STATE] = state
     app.add_routes([
+        web.get("/", status_page),
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
         web.get("/metrics", metrics),

@@ -98,6 +98,10 @@ def slots(want: int, cap: int | None, busy: int) -> int:
     return max(0, min(want, cap - busy))
 
 
+COUNT_STATES = ("pending", "in_progress", "succeeded", "failed", "no_task", "cancelled",
+                "unreachable")
+
+
 @dataclass(frozen=True, slots=True)
 class Counts:
     pending: int = 0

@@ -181,8 +181,9 @@ class PgTx:
     async def mark_gap(self) -> None:
         await health.mark_gap(self.conn)
 
-    async def beat(self, owner: str, ingest_ok: bool) -> None:
-        await health.beat(self.conn, owner, ingest_ok)
+    async def beat(self, owner: str, ingest_ok: bool,
+                   max_in_flight: int | None = None) -> None:
+        await health.beat(self.conn, owner, ingest_ok, max_in_flight)
 
     async def replica_gone(self, owner: str) -> None:
         await health.gone(self.conn, owner)

@@ -15,8 +15,10 @@ async def mark_gap(conn: Connection) -> None:
     await conn.execute(q("health_mark_gap"))
 
 
-async def beat(conn: Connection, owner: str, ingest_ok: bool) -> None:
-    await conn.execute(q("replica_beat"), owner, ingest_ok)
+async def beat(conn: Connection, owner: str, ingest_ok: bool,
+               max_in_flight: int | None = None) -> None:
+    """A replica's heartbeat, with its ingest's health and its ORCH_MAX_IN_FLIGHT."""
+    await conn.execute(q("replica_beat"), owner, ingest_ok, max_in_flight)
 
 
 async def gone(conn: Connection, owner: str) -> None:

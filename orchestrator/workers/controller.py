@@ -13,7 +13,7 @@ import structlog
 
 from orchestrator.domain.campaign import RunningCampaign
 from orchestrator.domain.pace import Pace, RateMeter, campaign_eta
-from orchestrator.domain.rollout import decide
+from orchestrator.domain.rollout import COUNT_STATES, decide
 from orchestrator.metrics import Metrics
 from orchestrator.ports import (
     CommandPublisher,
@@ -39,7 +39,8 @@ class Controller:
     def __init__(self, db: Database, publisher: CommandPublisher, metrics: Metrics,
                  interval: float = 0.5, *, owner: str = "controller",
                  ingest_ok: Callable[[], bool] = lambda: True,
-                 session_expiry: float = 60.0, event_retention_days: int = 90) -> None:
+                 session_expiry: float = 60.0, event_retention_days: int = 90,
+                 max_in_flight: int | None = None) -> None:
         self.db = db
         self.publisher = publisher
         self.metrics = metrics
@@ -48,6 +49,7 @@ class Controller:
         self.ingest_ok = ingest_ok
         self.session_expiry = session_expiry
         self.event_retention_days = event_retention_days
+        self.max_in_flight = max_in_flight
         self._last_enroll = 0.0
         self._last_partitions = -PARTITIONS_EVERY
         self._last_beat = -BEAT_EVERY
@@ -80,7 +82,7 @@ class Controller:
         if time.monotonic() - self._last_beat < BEAT_EVERY:
             return
         async with self.db.transaction() as tx:
-            await tx.beat(self.owner, self.ingest_ok())
+            await tx.beat(self.owner, self.ingest_ok(), self.max_in_flight)
         self._last_beat = time.monotonic()
 
     async def _watch_replicas(self, tx: Tx) -> None:
@@ -98,7 +100,10 @@ class Controller:
         """Returns False when another replica holds the controller lock."""
         async with self.db.transaction() as tx:
             if not await tx.try_controller_lock():
+                self.metrics.controller_leader.set(0)
+                self.metrics.forget_campaigns(set(), COUNT_STATES)
                 return False
+            self.metrics.controller_leader.set(1)
             await tx.fold_counts()
             await self._watch_replicas(tx)
             if time.monotonic() - self._last_partitions >= PARTITIONS_EVERY:
@@ -142,9 +147,16 @@ class Controller:
             else:
                 meter.clear()
             rate = self._rates.get(c.campaign_id)
-            eta = campaign_eta(now, await tx.counts_by_wave(c.campaign_id), c.current_wave,
-                               Pace(rate, c.max_per_minute), c.schedule)
+            by_wave = await tx.counts_by_wave(c.campaign_id)
+            eta = campaign_eta(now, by_wave, c.current_wave, Pace(rate, c.max_per_minute),
+                               c.schedule)
             await tx.set_pace(c.campaign_id, rate, eta)
+            counts = campaign.counts
+            self.metrics.campaign(
+                c.campaign_id, {s: getattr(counts, s) for s in COUNT_STATES}, counts.open,
+                counts.total - counts.open, rate, c.schedule.is_open(now),
+                None if eta is None else eta - now)
+        self.metrics.forget_campaigns(live, COUNT_STATES)
         self._checks.add(now, await tx.checks_total())
         check_rate = self._checks.per_minute()
         if check_rate:
@@ -170,6 +182,9 @@ class Controller:
             await tx.event("wave_opened", action.reason, campaign_id=campaign_id, actor=ACTOR)
             log.info("wave opened", campaign=campaign_id, wave=action.wave)
         elif action.kind in ("pause", "abort", "complete"):
+            if action.kind != "complete":
+                rule = "abort" if action.reason.startswith("abort rule") else "wave_gate"
+                self.metrics.rule_actions.labels(rule, action.kind).inc()
             await tx.set_status(campaign_id, action.kind, actor=ACTOR, reason=action.reason)
             log.info(f"campaign {action.kind}", campaign=campaign_id, reason=action.reason)
 

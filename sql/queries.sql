@@ -546,3 +546,12 @@ FROM ota.events WHERE campaign_id = $1 ORDER BY at DESC, event_id DESC LIMIT $2;
 
 -- name: status_fleet
 SELECT in_flight, checking, max_in_flight FROM ota.fleet_in_flight;
+
+-- name: transitions_fold
+-- Move per-minute transition deltas older than the current minute into transition_minutes.
+WITH moved AS (DELETE FROM ota.transition_minute_deltas
+               WHERE minute < date_trunc('minute', now()) RETURNING *)
+INSERT INTO ota.transition_minutes AS k (campaign_id, minute, to_state, cause, n)
+SELECT campaign_id, minute, to_state, cause, sum(n) FROM moved
+GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+ON CONFLICT (campaign_id, minute, to_state, cause) DO UPDATE SET n = k.n + EXCLUDED.n;

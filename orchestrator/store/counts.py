@@ -9,8 +9,10 @@ from orchestrator.store.queries import q
 
 
 async def fold(conn: Connection) -> None:
-    """Move pending count deltas into campaign_counts (one statement)."""
+    """Move pending count deltas into campaign_counts, and finished minutes of transition
+    deltas into transition_minutes."""
     await conn.execute(q("counts_fold"))
+    await conn.execute(q("transitions_fold"))
 
 
 async def by_wave(conn: Connection, campaign_id: int) -> dict[int, Counts]:

@@ -7,6 +7,7 @@ aiomqtt's exceptions."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -43,7 +44,9 @@ class Tx(Protocol):
     async def set_status(self, campaign_id: int, action: str, *, actor: str,
                          reason: str | None = None) -> Campaign: ...
     async def set_wave(self, campaign_id: int, wave: int) -> None: ...
-    async def enroll_late(self, campaign: Campaign) -> int: ...
+    async def enroll_late(self, campaign: Campaign,
+                          since: dt.datetime | None = None) -> int: ...
+    async def db_now(self) -> dt.datetime: ...
     async def event(self, kind: str, reason: str, *, campaign_id: int | None = None,
                     dev_id: int | None = None, from_state: str | None = None,
                     to_state: str | None = None, actor: str = "orchestrator",

@@ -178,10 +178,24 @@ FROM (SELECT dev_id, row_number() OVER (ORDER BY in_group > $10::int, h, dev_id)
 ORDER BY dev_id;
 
 -- name: enroll_late
--- Devices that match a continuous campaign and are not in it yet join wave $8.
+-- Devices that match a continuous campaign and are not in it yet join wave $8 (the whole
+-- registry: the reconciling pass).
 INSERT INTO ota.campaign_devices (campaign_id, dev_id, wave, next_attempt_at)
 SELECT $1, d.dev_id, $8::int, now()
 FROM ota.selected($7, $2, $3, $4, $5, $6) d
+WHERE NOT EXISTS (SELECT 1 FROM ota.campaign_devices x
+                  WHERE x.campaign_id = $1 AND x.dev_id = d.dev_id)
+  AND NOT EXISTS (SELECT 1 FROM ota.busy_devices b
+                  WHERE b.dev_id = d.dev_id AND b.type = $7 AND b.campaign_id <> $1)
+ORDER BY d.dev_id
+ON CONFLICT DO NOTHING;
+
+-- name: enroll_late_since
+-- As enroll_late, over the devices created after $9 only (an index on created_at): a pass
+-- with nothing new reads nothing.
+INSERT INTO ota.campaign_devices (campaign_id, dev_id, wave, next_attempt_at)
+SELECT $1, d.dev_id, $8::int, now()
+FROM ota.selected_since($7, $2, $3, $4, $5, $6, $9) d
 WHERE NOT EXISTS (SELECT 1 FROM ota.campaign_devices x
                   WHERE x.campaign_id = $1 AND x.dev_id = d.dev_id)
   AND NOT EXISTS (SELECT 1 FROM ota.busy_devices b
@@ -555,3 +569,6 @@ INSERT INTO ota.transition_minutes AS k (campaign_id, minute, to_state, cause, n
 SELECT campaign_id, minute, to_state, cause, sum(n) FROM moved
 GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
 ON CONFLICT (campaign_id, minute, to_state, cause) DO UPDATE SET n = k.n + EXCLUDED.n;
+
+-- name: db_now
+SELECT now();

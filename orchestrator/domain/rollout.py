@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import math
 from collections import Counter
@@ -222,3 +223,19 @@ def rate_tokens(tokens: float, per_minute: int | None, elapsed: float) -> float:
     if per_minute is None:
         return math.inf
     return min(rate_capacity(per_minute), tokens + per_minute * max(elapsed, 0.0) / 60.0)
+
+
+RECONCILE_EVERY = 600.0     # a continuous campaign's full enrolment pass, seconds
+WATERMARK_MARGIN = 60.0     # a device row may commit this long after its created_at
+
+
+def enrol_since(watermark: dt.datetime | None, last_full: float | None, now: float,
+                reconcile_every: float = RECONCILE_EVERY,
+                margin: float = WATERMARK_MARGIN) -> dt.datetime | None:
+    """Which devices a continuous campaign's next enrolment pass looks at: None for the
+    whole registry (the first pass, then every ``reconcile_every`` seconds, which also
+    catches a device whose version changed into the selector), else those created after
+    this (the last pass's database time less ``margin``, for rows committed late)."""
+    if watermark is None or last_full is None or now - last_full >= reconcile_every:
+        return None
+    return watermark - dt.timedelta(seconds=margin)

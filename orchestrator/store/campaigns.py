@@ -103,12 +103,25 @@ async def enroll_fresh(conn: Connection, campaign_id: int, spec: CampaignSpec) -
     return int(status.split()[-1])
 
 
-async def enroll_late(conn: Connection, campaign: Campaign) -> int:
-    """Devices that match a continuous campaign and are not in it yet join its current wave."""
+async def enroll_late(conn: Connection, campaign: Campaign,
+                      since: dt.datetime | None = None) -> int:
+    """Devices that match a continuous campaign and are not in it yet join its current wave:
+    every such device (``since`` None), or only those created after ``since``."""
     args = _selection_args(campaign.campaign_id, campaign.type, campaign.target_version,
                            Selector.from_json(campaign.selector))
-    status = await conn.execute(q("enroll_late"), *args, campaign.current_wave)
+    if since is None:
+        status = await conn.execute(q("enroll_late"), *args, campaign.current_wave)
+    else:
+        status = await conn.execute(q("enroll_late_since"), *args, campaign.current_wave,
+                                    since)
     return int(status.split()[-1])
+
+
+async def db_now(conn: Connection) -> dt.datetime:
+    """The database's clock (the transaction's start)."""
+    value = await conn.fetchval(q("db_now"))
+    assert isinstance(value, dt.datetime)
+    return value
 
 
 class _DryRun(Exception):

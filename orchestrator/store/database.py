@@ -6,6 +6,7 @@ acknowledge nothing) and ``DataRejected`` (the content was refused)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -76,8 +77,12 @@ class PgTx:
     async def set_wave(self, campaign_id: int, wave: int) -> None:
         await campaigns.set_wave(self.conn, campaign_id, wave)
 
-    async def enroll_late(self, campaign: Campaign) -> int:
-        return await campaigns.enroll_late(self.conn, campaign)
+    async def enroll_late(self, campaign: Campaign,
+                          since: dt.datetime | None = None) -> int:
+        return await campaigns.enroll_late(self.conn, campaign, since)
+
+    async def db_now(self) -> dt.datetime:
+        return await campaigns.db_now(self.conn)
 
     async def event(self, kind: str, reason: str, **fields: Any) -> None:
         await campaigns.event(self.conn, kind, reason, **fields)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 
@@ -13,7 +14,7 @@ import structlog
 
 from orchestrator.domain.campaign import RunningCampaign
 from orchestrator.domain.pace import Pace, RateMeter, campaign_eta
-from orchestrator.domain.rollout import COUNT_STATES, decide
+from orchestrator.domain.rollout import COUNT_STATES, decide, enrol_since
 from orchestrator.metrics import Metrics
 from orchestrator.ports import (
     CommandPublisher,
@@ -54,6 +55,9 @@ class Controller:
         self._last_partitions = -PARTITIONS_EVERY
         self._last_beat = -BEAT_EVERY
         self._last_pace = 0.0
+        # continuous campaigns: (database time of the last pass, monotonic time of the
+        # last full pass); lost on failover, so a new leader starts with a full pass
+        self._enrolled: dict[int, tuple[dt.datetime, float | None]] = {}
         self._meters: dict[int, RateMeter] = {}
         self._rates: dict[int, float] = {}
         self._checks = RateMeter()
@@ -134,6 +138,8 @@ class Controller:
         live = {c.campaign_id for c in running}
         for gone in set(self._meters) - live:
             del self._meters[gone]
+        for gone in set(self._enrolled) - live:
+            del self._enrolled[gone]
         for c in running:
             campaign = await tx.get_campaign(c.campaign_id)
             if campaign is None:
@@ -169,7 +175,12 @@ class Controller:
         if campaign is None:
             return
         if campaign.continuous and enroll_now:
-            n = await tx.enroll_late(campaign)
+            watermark, last_full = self._enrolled.get(campaign_id, (None, None))
+            since = enrol_since(watermark, last_full, time.monotonic())
+            started = await tx.db_now()
+            n = await tx.enroll_late(campaign, since)
+            self._enrolled[campaign_id] = (
+                started, time.monotonic() if since is None else last_full)
             if n:
                 await tx.event("enrolled", f"{n} late device(s) joined",
                                campaign_id=campaign_id)

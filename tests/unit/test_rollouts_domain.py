@@ -35,6 +35,7 @@ from orchestrator.domain.rollout import (
     assign_waves,
     canary_size,
     decide,
+    enrol_since,
     slots,
     wave_bounds,
 )
@@ -305,3 +306,11 @@ def test_a_spec_refuses_bad_rollout_settings() -> None:
 def test_a_policy_takes_the_campaigns_unreachable_after() -> None:
     p = campaign_policy(Policy(), None, 120.0)
     assert p.unreachable_after == 120.0 and p.dispatch_timeout == Policy().dispatch_timeout
+
+
+def test_continuous_enrolment_passes_from_a_watermark_and_reconcile_now_and_then() -> None:
+    mark = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+    assert enrol_since(None, None, 100.0) is None                  # first pass: everything
+    assert enrol_since(mark, 100.0, 105.0) == mark - dt.timedelta(seconds=60)
+    assert enrol_since(mark, 100.0, 100.0 + 600) is None          # reconciling pass
+    assert enrol_since(mark, None, 105.0) is None

@@ -4,6 +4,7 @@ INSERT ... SELECT of as many rows into a copy of the membership table."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import resource
 import time
 from typing import Any
@@ -11,9 +12,9 @@ from typing import Any
 import asyncpg
 
 from orchestrator.config import Settings
-from orchestrator.domain.campaign import CampaignSpec
+from orchestrator.domain.campaign import Campaign, CampaignSpec
 from orchestrator.store import counts, devices
-from orchestrator.store.campaigns import create_campaign, get_campaign
+from orchestrator.store.campaigns import create_campaign, db_now, enroll_late, get_campaign
 from orchestrator.store.db import Connection, connect
 from orchestrator.tools.bench.common import Say, report, scratch_database
 
@@ -22,6 +23,35 @@ async def _checkpoint(conn: Connection) -> None:
     """Start each timed step with no checkpoint pending from the previous one's WAL."""
     with contextlib.suppress(asyncpg.PostgresError):
         await conn.execute("CHECKPOINT")
+
+
+async def _continuous(conn: Connection, campaign: Campaign, n: int,
+                      say: Say) -> tuple[float, float, float]:
+    """A continuous campaign's enrolment passes at ``n`` registered devices: the full
+    (reconciling) pass, a pass from the watermark with nothing new, and one with 1,000 new
+    devices. Each in its own transaction, rolled back where it enrolled anything."""
+    async def timed(since: dt.datetime | None) -> float:
+        started = time.perf_counter()
+        async with conn.transaction():
+            await enroll_late(conn, campaign, since)
+        return 1000 * (time.perf_counter() - started)
+
+    full = sorted([await timed(None) for _ in range(3)])[1]
+    watermark = await db_now(conn) - dt.timedelta(seconds=60)
+    idle = sorted([await timed(watermark) for _ in range(21)])[10]
+    say(f"  continuous campaign, nothing new: full pass {full:.0f} ms, from the watermark "
+        f"{idle:.2f} ms")
+    await conn.execute(
+        "INSERT INTO ota.devices (dev_id, manuf, model, fota_version, signal, power,"
+        " status_at, last_seen) SELECT g, 'China Mobile', 'M5310', '1.2', 20, 80, now(),"
+        " now() FROM generate_series($1::bigint + 1, $1::bigint + 1000) g", n)
+    started = time.perf_counter()
+    async with conn.transaction():
+        added = await enroll_late(conn, campaign, watermark)
+    late = 1000 * (time.perf_counter() - started)
+    assert added == 1000, added
+    say(f"  ... 1,000 new devices enrolled from the watermark in {late:.1f} ms")
+    return full, idle, late
 
 
 async def bench_enroll(settings: Settings, say: Say, n: int = 1_000_000) -> dict[str, Any]:
@@ -42,7 +72,8 @@ async def bench_enroll(settings: Settings, say: Say, n: int = 1_000_000) -> dict
             await _checkpoint(conn)
             started = time.perf_counter()
             cid = await create_campaign(conn, CampaignSpec(
-                "bench", "fota", "1.3", all_devices=True, waves=(1, 10, 50, 100)), start=True)
+                "bench", "fota", "1.3", all_devices=True, waves=(1, 10, 50, 100),
+                continuous=True), start=True)
             ours_s = time.perf_counter() - started
             say(f"  orchestrator enrolment (selector, waves, counts): {ours_s:.2f} s")
             await counts.fold(conn)
@@ -53,6 +84,7 @@ async def bench_enroll(settings: Settings, say: Say, n: int = 1_000_000) -> dict
                 timings.append(time.perf_counter() - t)
             assert campaign is not None and campaign.counts.total == n, campaign
             timings.sort()
+            full_ms, since_ms, late_ms = await _continuous(conn, campaign, n, say)
         finally:
             await conn.close()
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -60,6 +92,9 @@ async def bench_enroll(settings: Settings, say: Say, n: int = 1_000_000) -> dict
                   {"devices": n, "seconds": round(ours_s, 2), "raw_seconds": round(raw_s, 2),
                    "campaign_progress_ms_p50": round(1000 * timings[len(timings) // 2], 2),
                    "campaign_progress_ms_max": round(1000 * timings[-1], 2),
+                   "continuous_full_pass_ms": round(full_ms, 1),
+                   "continuous_idle_pass_ms": round(since_ms, 2),
+                   "continuous_pass_1000_new_ms": round(late_ms, 1),
                    "process_max_rss_mb": round(rss_mb, 1)}, say)
 
 

@@ -16,7 +16,7 @@ VIEW_COLUMNS = {
                           "unreachable", "remaining", "rate_per_min", "eta_at", "in_flight"],
     "device_progress": ["campaign_id", "dev_id", "state", "attempts", "last_errno", "last_step",
                         "next_attempt_at", "updated_at", "reason"],
-    "check_outcomes": ["campaign_id", "errno", "calls"],
+    "check_outcomes": ["campaign_id", "errno", "calls", "meaning"],
 }
 
 

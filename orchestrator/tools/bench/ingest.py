@@ -4,12 +4,18 @@ subscriber on the same broker in the same run."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
+import shutil
+import socket
+import tempfile
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-from orchestrator.config import Settings
+from orchestrator.config import MqttUrl, Settings
 from orchestrator.metrics import Metrics
 from orchestrator.mqtt import topics
 from orchestrator.mqtt.connection import make_client
@@ -21,39 +27,162 @@ from orchestrator.tools.bench.load import idle_done, start_publisher
 from orchestrator.workers.progress import ProgressSink
 
 
-async def raw_subscriber(settings: Settings, n: int, devices: int) -> tuple[float, int]:
-    """A bare aiomqtt subscriber at QoS 1: messages per second it receives, and how many."""
+class Timer:
+    """First and last arrival, and how many."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first = self.last = 0.0
+
+    def tick(self, at: float | None = None) -> None:
+        self.count += 1
+        self.last = time.perf_counter() if at is None else at
+        if self.count == 1:
+            self.first = self.last
+
+    def rate(self) -> float:
+        return (self.count - 1) / max(self.last - self.first, 1e-9)
+
+
+async def raw_aiomqtt(settings: Settings, n: int, devices: int) -> tuple[float, int]:
+    """Our client run bare: aiomqtt at QoS 1 on the service's protocol version."""
     prefix = f"rawbench{os.getpid()}"
-    count = 0
-    first = last = 0.0
+    t = Timer()
     async with make_client(settings.mqtt_url, f"raw-{prefix}", v5=settings.mqtt_v5) as client:
         await client.subscribe(topics.status(prefix), qos=1)
 
         async def consume() -> None:
-            nonlocal count, first, last
             async for _ in client.messages:
-                count += 1
-                last = time.perf_counter()
-                if count == 1:
-                    first = last
+                t.tick()
 
         reader = asyncio.create_task(consume())
         pub = start_publisher(settings, prefix, n, devices)
         try:
-            await idle_done(pub, lambda: count, n)
+            await idle_done(pub, lambda: t.count, n)
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             await asyncio.to_thread(pub.wait)
-    return (count - 1) / max(last - first, 1e-9), count
+    return t.rate(), t.count
+
+
+async def raw_gmqtt(settings: Settings, n: int, devices: int) -> tuple[float, int] | None:
+    """The fastest Python asyncio MQTT client measured here (gmqtt, MQTT 3.1.1, QoS 1, its
+    default acknowledgement), bare. None when gmqtt is not installed (the bench extra)."""
+    try:
+        import gmqtt  # noqa: PLC0415 (an optional dependency of the bench only)
+        from gmqtt.mqtt.constants import MQTTv311  # noqa: PLC0415
+    except ImportError:
+        return None
+    prefix = f"gmqbench{os.getpid()}"
+    t = Timer()
+    client = gmqtt.Client(f"gmq-{prefix}")
+    client.on_message = lambda *args: t.tick()
+    u = settings.mqtt_url
+    if u.username:
+        client.set_auth_credentials(u.username, u.password)
+    await client.connect(u.host, u.port, version=MQTTv311)
+    client.subscribe(topics.status(prefix), qos=1)
+    await asyncio.sleep(0.3)          # SUBACK
+    pub = start_publisher(settings, prefix, n, devices)
+    try:
+        await idle_done(pub, lambda: t.count, n)
+    finally:
+        await asyncio.to_thread(pub.wait)
+        await client.disconnect()
+    return t.rate(), t.count
+
+
+async def raw_mosquitto_sub(settings: Settings, n: int, devices: int
+                            ) -> tuple[float, int] | None:
+    """The C client: mosquitto_sub at QoS 1, printing each arrival's time. None when it is
+    not installed (Debian's mosquitto-clients)."""
+    exe = shutil.which("mosquitto_sub")
+    if exe is None:
+        return None
+    prefix = f"cbench{os.getpid()}"
+    u = settings.mqtt_url
+    auth = ["-u", u.username, "-P", u.password or ""] if u.username else []
+    sub = await asyncio.create_subprocess_exec(
+        exe, "-h", u.host, "-p", str(u.port), "-q", "1", "-t", topics.status(prefix),
+        "-C", str(n), "-F", "%U", "-i", f"c-{prefix}", *auth,
+        stdout=asyncio.subprocess.PIPE)
+    assert sub.stdout is not None
+    t = Timer()
+
+    async def read() -> None:
+        assert sub.stdout is not None
+        async for line in sub.stdout:
+            t.tick(float(line))
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.3)          # subscribed
+    pub = start_publisher(settings, prefix, n, devices)
+    try:
+        await idle_done(pub, lambda: t.count, n)
+    finally:
+        if sub.returncode is None:
+            sub.terminate()
+        await sub.wait()
+        await reader
+        await asyncio.to_thread(pub.wait)
+    return t.rate(), t.count
+
+
+@contextlib.asynccontextmanager
+async def private_broker(settings: Settings, say: Say) -> AsyncIterator[Settings]:
+    """A Mosquitto of the bench's own with no in-flight cap and a deep queue, so neither side
+    loses messages to the broker's defaults and the clients are what is measured; the
+    configured broker when no mosquitto binary is installed."""
+    exe = shutil.which("mosquitto", path=os.environ.get("PATH", "") + ":/usr/sbin")
+    if exe is None:
+        say("  (no mosquitto binary: measuring through ORCH_MQTT_URL's broker)")
+        yield settings
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        conf = os.path.join(tmp, "mosquitto.conf")
+        await asyncio.to_thread(
+            Path(conf).write_text, f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+            "persistence false\nmax_queued_messages 1000000\nmax_inflight_messages 0\n")
+        proc = await asyncio.create_subprocess_exec(exe, "-c", conf,
+                                                    stdout=asyncio.subprocess.DEVNULL,
+                                                    stderr=asyncio.subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                try:
+                    _, w = await asyncio.open_connection("127.0.0.1", port)
+                    w.close()
+                    break
+                except OSError:
+                    await asyncio.sleep(0.05)
+            yield dataclasses.replace(settings, mqtt_url=MqttUrl("mqtt", "127.0.0.1", port))
+        finally:
+            proc.terminate()
+            await proc.wait()
 
 
 async def bench_ingest(settings: Settings, say: Say, n: int = 60_000,
                        devices: int = 10_000) -> dict[str, Any]:
-    say(f"ingest: {n} QoS 1 status messages from {devices} devices, through "
+    async with private_broker(settings, say) as s:
+        return await _bench_ingest(s, say, n, devices)
+
+
+async def _bench_ingest(settings: Settings, say: Say, n: int, devices: int) -> dict[str, Any]:
+    say(f"ingest: {n} QoS 1 status messages from {devices} devices, through Mosquitto at "
         f"{settings.mqtt_url.host}:{settings.mqtt_url.port}")
-    raw, raw_got = await raw_subscriber(settings, n, devices)
-    say(f"  raw aiomqtt subscriber: {raw:,.0f} msg/s ({raw_got} received)")
+    raws: dict[str, tuple[float, int]] = {}
+    raws["aiomqtt"] = await raw_aiomqtt(settings, n, devices)
+    for name, fn in (("gmqtt", raw_gmqtt), ("mosquitto_sub", raw_mosquitto_sub)):
+        got = await fn(settings, n, devices)
+        if got is not None:
+            raws[name] = got
+    for name, (r, received) in raws.items():
+        say(f"  bare {name} subscriber: {r:,.0f} msg/s ({received} received)")
+    fastest = max(raws, key=lambda k: raws[k][0])
+    raw, raw_got = raws[fastest]
     async with scratch_database(settings) as dsn:
         pool = await create_pool(dsn, max_size=4)
         prefix = f"ingbench{os.getpid()}"
@@ -91,7 +220,9 @@ async def bench_ingest(settings: Settings, say: Say, n: int = 60_000,
         say("  note: the broker dropped messages for a slow subscriber (Mosquitto keeps 1000 "
             "queued by default); deploy/mosquitto.conf raises the limits")
     return report("ingest", "status messages/s", rate, raw,
-                  {"messages": n, "applied": seen, "raw_received": raw_got,
+                  {"messages": n, "applied": seen, "raw_client": fastest,
+                   "raw_received": raw_got,
+                   **{f"raw_{k}": round(v[0], 1) for k, v in raws.items()},
                    "devices": devices, "mean_batch": round(seen / batches, 1), "qos": 1}, say)
 
 

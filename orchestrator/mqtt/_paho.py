@@ -8,11 +8,13 @@ function here when either moves. What we need that aiomqtt does not offer:
   (aiomqtt's per-call bookkeeping scans every pending call on each publish, which made a
   batch of a few hundred commands cost a second);
 - skipping paho's walk over every outgoing message on each acknowledgement while none can
-  be queued (it made a batch quadratic).
+  be queued (it made a batch quadratic);
+- receiving without paho's per-message DEBUG logging and Properties building.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import aiomqtt
@@ -80,3 +82,47 @@ def skip_idle_inflight_scan(client: aiomqtt.Client) -> None:
         return walk()
 
     paho._update_inflight = update  # type: ignore[method-assign]
+
+
+def fast_receive(client: aiomqtt.Client, *, keep_debug_log: bool = False) -> None:
+    """The ingest's receive path without per-message waste (measured with cProfile at 17k
+    messages/s, MQTT 5): paho logs every PUBLISH and PUBACK at DEBUG through the standard
+    logging module (11 µs a call even when nothing is printed), and builds a Properties
+    object (walking every property name) for each PUBLISH though devices send none. A
+    QoS 1 PUBLISH with no properties is decoded here into the same MQTTMessage, with one
+    shared empty Properties; anything else (QoS 0/2, properties present, a short packet)
+    goes through paho's own decoding."""
+    from paho.mqtt.packettypes import PacketTypes  # noqa: PLC0415 (paho internals, here only)
+    from paho.mqtt.properties import Properties  # noqa: PLC0415
+
+    paho = paho_of(client)
+    if not keep_debug_log:
+        paho.disable_logger()
+    if paho.protocol != mqtt.MQTTv5:
+        return
+    original = paho._handle_publish
+    empty = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+
+    def handle() -> MQTTErrorCode:
+        header = paho._in_packet["command"]
+        packet = paho._in_packet["packet"]
+        if (header & 0x06) >> 1 != 1:
+            return original()
+        slen = int.from_bytes(packet[0:2], "big")
+        pos = 2 + slen
+        if slen == 0 or len(packet) < pos + 3 or packet[pos + 2] != 0:
+            return original()
+        mid = int.from_bytes(packet[pos:pos + 2], "big")
+        message = mqtt.MQTTMessage(mid=mid, topic=bytes(packet[2:pos]))
+        message.dup = bool(header & 0x08)
+        message.qos = 1
+        message.retain = bool(header & 0x01)
+        message.properties = empty
+        message.payload = bytes(packet[pos + 3:])
+        message.timestamp = time.monotonic()
+        paho._handle_on_message(message)
+        if paho._manual_ack:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return paho._send_puback(mid)
+
+    paho._handle_publish = handle  # type: ignore[method-assign]

@@ -82,6 +82,7 @@ class Ingest:
                              max_queued_incoming_messages=0)
         # acknowledge only after the batch is committed
         _paho.manual_acks(client)
+        _paho.fast_receive(client, keep_debug_log=s.log_level == "debug")
         async with client:
             for topic in self.subscriptions():
                 await client.subscribe(topic, qos=1)

@@ -1,0 +1,50 @@
+"""The ingest's receive fast path (mqtt/_paho.fast_receive) yields the messages paho's own
+decoding yields: QoS 1 without properties through the fast path, everything else through
+paho, against a real Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from conftest import MQTT_URL
+from orchestrator.config import parse_mqtt_url
+from orchestrator.mqtt import _paho
+from orchestrator.mqtt.connection import make_client
+
+
+async def test_fast_receive_yields_what_paho_yields() -> None:
+    url = parse_mqtt_url(MQTT_URL)
+    topic = f"fast{uuid.uuid4().hex[:8]}/7/status"
+    props = Properties(PacketTypes.PUBLISH)
+    props.UserProperty = ("k", "v")
+    props.ContentType = "application/json"
+    sent = [(b'{"signal": 1}', 1, None), (b'{"signal": 2}', 0, None),
+            (b'{"signal": 3}', 1, props), (b"", 1, None), ("é".encode() * 3, 1, None)]
+    async with make_client(url, f"fast-{uuid.uuid4().hex[:8]}") as sub, \
+            make_client(url, f"pub-{uuid.uuid4().hex[:8]}") as pub:
+        _paho.fast_receive(sub)
+        _paho.manual_acks(sub)
+        await sub.subscribe(topic, qos=1)
+        for payload, qos, p in sent:
+            await pub.publish(topic, payload, qos=qos, properties=p)
+        got = []
+        async with asyncio.timeout(10):
+            async for m in sub.messages:
+                got.append(m)
+                _paho.ack(sub, m)
+                if len(got) == len(sent):
+                    break
+    assert [bytes(m.payload) for m in got] == [s[0] for s in sent]  # type: ignore[arg-type]
+    assert [m.qos for m in got] == [1, 0, 1, 1, 1]
+    assert all(m.topic.value == topic for m in got)
+    assert all(m.mid > 0 for m in got if m.qos == 1)
+    with_props = got[2].properties
+    assert with_props is not None and with_props.ContentType == "application/json"
+    assert with_props.UserProperty == [("k", "v")]
+    assert not hasattr(got[0].properties, "ContentType")
+    # the fast path was taken: QoS 1 messages without properties share one empty object
+    assert got[0].properties is got[3].properties is got[4].properties

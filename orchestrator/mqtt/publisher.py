@@ -41,6 +41,8 @@ class Publisher:
                 client = make_client(self.settings.mqtt_url, self.client_id, v5=False,
                                      max_inflight_messages=INFLIGHT)
                 _paho.skip_idle_inflight_scan(client)
+                if self.settings.log_level != "debug":
+                    _paho.quiet(client)
                 stack = contextlib.AsyncExitStack()
                 try:
                     await stack.enter_async_context(client)

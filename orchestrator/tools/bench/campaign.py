@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from orchestrator.tools.bench.common import (
     PRODUCT_ID,
     Say,
     checks_scenario,
+    private_broker,
     raw_checks,
     report,
     scratch_database,
@@ -31,6 +33,11 @@ from orchestrator.tools.bench.common import (
 
 
 async def bench_campaign(settings: Settings, say: Say, n: int = 2_000) -> dict[str, Any]:
+    async with private_broker(settings, say) as s:
+        return await _bench_campaign(s, say, n)
+
+
+async def _bench_campaign(settings: Settings, say: Say, n: int) -> dict[str, Any]:
     say(f"campaign: {n} simulated devices from creation to the last success")
     scenario = checks_scenario()
     async with simulator_process(scenario) as url:
@@ -62,19 +69,28 @@ async def bench_campaign(settings: Settings, say: Say, n: int = 2_000) -> dict[s
                 await asyncio.wait_for(service.ready.wait(), 30)
                 conn = await connect(dsn)
                 try:
-                    async with asyncio.timeout(120):
+                    say(f"  waiting for {n:,} simulated devices to report")
+                    async with asyncio.timeout(max(120.0, n / 200)):
                         while await devices.count_reported(conn, range(1, n + 1)) < n:
-                            await asyncio.sleep(0.1)
+                            await asyncio.sleep(0.5)
                     started = time.perf_counter()
                     cid = await create_campaign(conn, CampaignSpec("bench", "fota", "1.3",
                                                        all_devices=True),
                                                 start=True)
-                    async with asyncio.timeout(600):
+                    progress_ms: list[float] = []
+                    shown = started
+                    async with asyncio.timeout(max(600.0, n / 20)):
                         while True:
-                            campaign = await get_campaign(conn, cid)
+                            t = time.perf_counter()
+                            campaign = await get_campaign(conn, cid)   # ota.campaign_progress
+                            progress_ms.append(1000 * (time.perf_counter() - t))
                             assert campaign is not None
                             if campaign.status == "completed":
                                 break
+                            if time.perf_counter() - shown >= 10:
+                                shown = time.perf_counter()
+                                say(f"  {shown - started:5.0f} s: "
+                                    f"{campaign.counts.succeeded:,} succeeded")
                             await asyncio.sleep(0.05)
                     elapsed = time.perf_counter() - started
                 finally:
@@ -87,8 +103,15 @@ async def bench_campaign(settings: Settings, say: Say, n: int = 2_000) -> dict[s
     rate = n / elapsed
     succeeded = campaign.counts.succeeded
     say(f"  campaign: {succeeded} succeeded in {elapsed:.1f} s")
+    progress_ms.sort()
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report("campaign", "devices/s", rate, raw,
-                  {"devices": n, "succeeded": succeeded, "seconds": round(elapsed, 2)},
+                  {"devices": n, "succeeded": succeeded, "seconds": round(elapsed, 2),
+                   "campaign_progress_ms_p50": round(progress_ms[len(progress_ms) // 2], 2),
+                   "campaign_progress_ms_p99": round(
+                       progress_ms[min(len(progress_ms) - 1, int(len(progress_ms) * 0.99))], 2),
+                   "campaign_progress_ms_max": round(progress_ms[-1], 2),
+                   "service_max_rss_mb": round(rss_mb, 1)},
                   say)
 
 

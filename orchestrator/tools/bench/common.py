@@ -5,22 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
 
-from orchestrator.config import Settings
+from orchestrator.config import MqttUrl, Settings
 from orchestrator.sim import DEMO_ACCESS_KEY
 from orchestrator.store.migrate import migrate
 from orchestrator.tools.demo import free_port
@@ -115,3 +118,36 @@ def checks_scenario() -> dict[str, Any]:
             "server": {"auto_register": True},
             "packages": [{"id": "p", "version": "1.3", "size": 1024}],
             "strategies": [{"type": "fota", "package": "p", "signal": 0, "power": 0}]}
+
+
+@contextlib.asynccontextmanager
+async def private_broker(settings: Settings, say: Say) -> AsyncIterator[Settings]:
+    """A Mosquitto of the bench's own with no in-flight cap and a deep queue, so neither side
+    loses messages to the broker's defaults and the clients are what is measured; the
+    configured broker when no mosquitto binary is installed."""
+    exe = shutil.which("mosquitto", path=os.environ.get("PATH", "") + ":/usr/sbin")
+    if exe is None:
+        say("  (no mosquitto binary: measuring through ORCH_MQTT_URL's broker)")
+        yield settings
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        conf = os.path.join(tmp, "mosquitto.conf")
+        await asyncio.to_thread(
+            Path(conf).write_text, f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+            "persistence false\nmax_queued_messages 1000000\nmax_inflight_messages 0\n")
+        proc = await asyncio.create_subprocess_exec(exe, "-c", conf,
+                                                    stdout=asyncio.subprocess.DEVNULL,
+                                                    stderr=asyncio.subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                try:
+                    _, w = await asyncio.open_connection("127.0.0.1", port)
+                    w.close()
+                    break
+                except OSError:
+                    await asyncio.sleep(0.05)
+            yield dataclasses.replace(settings, mqtt_url=MqttUrl("mqtt", "127.0.0.1", port))
+        finally:
+            proc.terminate()
+            await proc.wait()

@@ -4,26 +4,23 @@ subscriber on the same broker in the same run."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import shutil
-import socket
-import tempfile
+import subprocess
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from orchestrator.config import MqttUrl, Settings
+from orchestrator.config import Settings
 from orchestrator.metrics import Metrics
 from orchestrator.mqtt import topics
 from orchestrator.mqtt.connection import make_client
 from orchestrator.mqtt.ingest import Ingest
 from orchestrator.store.database import PgDatabase
 from orchestrator.store.db import create_pool
-from orchestrator.tools.bench.common import Say, report, scratch_database
-from orchestrator.tools.bench.load import idle_done, start_publisher
+from orchestrator.tools.bench.common import Say, private_broker, report, scratch_database
+from orchestrator.tools.bench.load import idle_done, start_devices, start_publisher
 from orchestrator.workers.progress import ProgressSink
 
 
@@ -129,45 +126,59 @@ async def raw_mosquitto_sub(settings: Settings, n: int, devices: int
     return t.rate(), t.count
 
 
-@contextlib.asynccontextmanager
-async def private_broker(settings: Settings, say: Say) -> AsyncIterator[Settings]:
-    """A Mosquitto of the bench's own with no in-flight cap and a deep queue, so neither side
-    loses messages to the broker's defaults and the clients are what is measured; the
-    configured broker when no mosquitto binary is installed."""
-    exe = shutil.which("mosquitto", path=os.environ.get("PATH", "") + ":/usr/sbin")
-    if exe is None:
-        say("  (no mosquitto binary: measuring through ORCH_MQTT_URL's broker)")
-        yield settings
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        conf = os.path.join(tmp, "mosquitto.conf")
-        await asyncio.to_thread(
-            Path(conf).write_text, f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-            "persistence false\nmax_queued_messages 1000000\nmax_inflight_messages 0\n")
-        proc = await asyncio.create_subprocess_exec(exe, "-c", conf,
-                                                    stdout=asyncio.subprocess.DEVNULL,
-                                                    stderr=asyncio.subprocess.DEVNULL)
-        try:
-            for _ in range(100):
-                try:
-                    _, w = await asyncio.open_connection("127.0.0.1", port)
-                    w.close()
-                    break
-                except OSError:
-                    await asyncio.sleep(0.05)
-            yield dataclasses.replace(settings, mqtt_url=MqttUrl("mqtt", "127.0.0.1", port))
-        finally:
-            proc.terminate()
-            await proc.wait()
-
-
 async def bench_ingest(settings: Settings, say: Say, n: int = 60_000,
                        devices: int = 10_000) -> dict[str, Any]:
     async with private_broker(settings, say) as s:
         return await _bench_ingest(s, say, n, devices)
+
+
+async def ours(settings: Settings, dsn: str, tag: str,
+               load: Callable[[Settings], list[subprocess.Popen[bytes]]],
+               n: int) -> tuple[float, int, float]:
+    """Our ingest into PostgreSQL under a load: (messages/s, applied, batches)."""
+    pool = await create_pool(dsn, max_size=4)
+    prefix = f"ing{tag}{os.getpid()}"
+    s = dataclasses.replace(settings, database_url=dsn, mqtt_topic_prefix=prefix,
+                            mqtt_client_id=f"bench-{prefix}", mqtt_shared_group=None)
+    metrics = Metrics()
+    ingest = Ingest(s, ProgressSink(PgDatabase(pool)), metrics)
+    stop = asyncio.Event()
+    task = asyncio.create_task(ingest.run(stop))
+    await asyncio.wait_for(ingest.connected.wait(), 30)
+    procs = load(s)
+    first = last = 0.0
+    seen = 0
+
+    def applied() -> int:
+        nonlocal first, last, seen
+        if ingest.applied != seen:
+            last = time.perf_counter()
+            if not seen:
+                first = last
+            seen = ingest.applied
+        return seen
+
+    try:
+        await idle_done(_All(procs), applied, n)
+    finally:
+        stop.set()
+        await task
+        for p in procs:
+            await asyncio.to_thread(p.wait)
+        batches = metrics.registry.get_sample_value("orch_ingest_batches_total") or 1
+        await pool.close()
+    return seen / max(last - first, 1e-9), seen, batches
+
+
+class _All:
+    """Several load processes seen as one by ``idle_done`` (done when all are)."""
+
+    def __init__(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        self.procs = procs
+
+    def poll(self) -> int | None:
+        codes = [p.poll() for p in self.procs]
+        return None if any(c is None for c in codes) else max(c or 0 for c in codes)
 
 
 async def _bench_ingest(settings: Settings, say: Say, n: int, devices: int) -> dict[str, Any]:
@@ -184,38 +195,15 @@ async def _bench_ingest(settings: Settings, say: Say, n: int, devices: int) -> d
     fastest = max(raws, key=lambda k: raws[k][0])
     raw, raw_got = raws[fastest]
     async with scratch_database(settings) as dsn:
-        pool = await create_pool(dsn, max_size=4)
-        prefix = f"ingbench{os.getpid()}"
-        s = dataclasses.replace(settings, database_url=dsn, mqtt_topic_prefix=prefix,
-                                mqtt_client_id=f"bench-{prefix}", mqtt_shared_group=None)
-        metrics = Metrics()
-        ingest = Ingest(s, ProgressSink(PgDatabase(pool)), metrics)
-        stop = asyncio.Event()
-        task = asyncio.create_task(ingest.run(stop))
-        await asyncio.wait_for(ingest.connected.wait(), 30)
-        pub = start_publisher(s, prefix, n, devices)
-        first = last = 0.0
-        seen = 0
-
-        def applied() -> int:
-            nonlocal first, last, seen
-            if ingest.applied != seen:
-                last = time.perf_counter()
-                if not seen:
-                    first = last
-                seen = ingest.applied
-            return seen
-
-        try:
-            await idle_done(pub, applied, n)
-        finally:
-            stop.set()
-            await task
-            await asyncio.to_thread(pub.wait)
-            batches = metrics.registry.get_sample_value("orch_ingest_batches_total") or 1
-            await pool.close()
-    rate = seen / max(last - first, 1e-9)
-    say(f"  orchestrator ingest into PostgreSQL: {rate:,.0f} msg/s ({seen} applied)")
+        rate, seen, batches = await ours(settings, dsn, "burst", lambda s: [
+            start_publisher(s, s.mqtt_topic_prefix, n, devices)], n)
+        connections = max(1, min(2000, n // 10))
+        many, many_seen, _ = await ours(settings, dsn, "devices", lambda s: start_devices(
+            s, s.mqtt_topic_prefix, n, connections), n)
+    say(f"  orchestrator ingest into PostgreSQL, one burst connection: {rate:,.0f} msg/s "
+        f"({seen} applied)")
+    say(f"  ... from {connections} device connections, one report in flight each: "
+        f"{many:,.0f} msg/s ({many_seen} applied)")
     if seen < n or raw_got < n:
         say("  note: the broker dropped messages for a slow subscriber (Mosquitto keeps 1000 "
             "queued by default); deploy/mosquitto.conf raises the limits")
@@ -223,6 +211,8 @@ async def _bench_ingest(settings: Settings, say: Say, n: int, devices: int) -> d
                   {"messages": n, "applied": seen, "raw_client": fastest,
                    "raw_received": raw_got,
                    **{f"raw_{k}": round(v[0], 1) for k, v in raws.items()},
-                   "devices": devices, "mean_batch": round(seen / batches, 1), "qos": 1}, say)
+                   "devices": devices, "mean_batch": round(seen / batches, 1), "qos": 1,
+                   "device_connections": connections, "rate_device_connections": round(many, 1),
+                   "applied_device_connections": many_seen}, say)
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from orchestrator.config import Settings
 from orchestrator.mqtt import topics
@@ -71,6 +73,44 @@ def publisher_main(argv: list[str]) -> int:
     return 0
 
 
+async def _device(host: str, port: int, prefix: str, dev_id: int, count: int,
+                  payload: bytes, rng: random.Random) -> int:
+    """One device: its own connection, ``count`` QoS 1 reports, one in flight at a time,
+    at its own pace (a random pause of up to a millisecond between reports)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    body = _string("MQTT") + bytes([4, 0x02, 0, 60]) + _string(f"dev{dev_id}-{os.getpid()}")
+    writer.write(b"\x10" + _varint(len(body)) + body)
+    if (await reader.readexactly(4))[:1] != b"\x20":
+        raise SystemExit("device: CONNACK expected")
+    topic = _string(topics.status(prefix, dev_id))
+    for k in range(count):
+        rest = topic + (k % 65535 + 1).to_bytes(2, "big") + payload
+        writer.write(b"\x32" + _varint(len(rest)) + rest)
+        await reader.readexactly(4)                       # PUBACK
+        await asyncio.sleep(rng.random() / 1000)
+    writer.write(b"\xe0\x00")
+    writer.close()
+    return count
+
+
+def devices_main(argv: list[str]) -> int:
+    """``devices HOST PORT PREFIX N FIRST CONNECTIONS``: CONNECTIONS device connections,
+    ids FIRST.., sending N reports in all."""
+    host, port, prefix = argv[0], int(argv[1]), argv[2]
+    n, first, conns = int(argv[3]), int(argv[4]), int(argv[5])
+    payload = json.dumps({"manuf": "China Mobile", "model": "M5310", "fota_version": "1.2",
+                          "signal": 20, "power": 80}).encode()
+    rng = random.Random(first)
+
+    async def run() -> None:
+        per = [n // conns + (1 if i < n % conns else 0) for i in range(conns)]
+        await asyncio.gather(*(_device(host, port, prefix, first + i, per[i], payload, rng)
+                               for i in range(conns) if per[i]))
+
+    asyncio.run(run())
+    return 0
+
+
 def start_publisher(settings: Settings, prefix: str, n: int, devices: int
                     ) -> subprocess.Popen[bytes]:
     u = settings.mqtt_url
@@ -78,7 +118,21 @@ def start_publisher(settings: Settings, prefix: str, n: int, devices: int
                              u.host, str(u.port), prefix, str(n), str(devices)])
 
 
-async def idle_done(pub: subprocess.Popen[bytes], progress: Callable[[], int], n: int,
+def start_devices(settings: Settings, prefix: str, n: int, connections: int,
+                  processes: int = 2) -> list[subprocess.Popen[bytes]]:
+    """``connections`` device connections over ``processes`` processes, ``n`` reports."""
+    u = settings.mqtt_url
+    per = connections // processes
+    return [subprocess.Popen([sys.executable, "-m", "orchestrator.tools.bench.load", "devices",
+                              u.host, str(u.port), prefix, str(n // processes),
+                              str(1 + p * per), str(per)]) for p in range(processes)]
+
+
+class Polled(Protocol):
+    def poll(self) -> int | None: ...
+
+
+async def idle_done(pub: Polled, progress: Callable[[], int], n: int,
                      idle: float = 3.0, limit: float = 600.0) -> None:
     """Until ``n`` arrived, or the publisher is done and nothing arrived for ``idle`` s (a
     broker past its queue limits drops messages for slow subscribers)."""
@@ -96,4 +150,6 @@ async def idle_done(pub: subprocess.Popen[bytes], progress: Callable[[], int], n
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["devices"]:
+        raise SystemExit(devices_main(sys.argv[2:]))
     raise SystemExit(publisher_main(sys.argv[1:]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -12,8 +13,10 @@ import asyncpg
 
 from conftest import SIM_KEY, orchestrator_env
 from orchestrator.config import Settings
+from orchestrator.domain.campaign import CampaignSpec
 from orchestrator.service import Service
 from orchestrator.sim.fleet import Fleet, FleetConfig, SimDevice
+from orchestrator.store.campaigns import create_campaign
 from orchestrator.store.db import connect
 
 
@@ -71,6 +74,14 @@ class Stack:
         finally:
             await conn.close()
 
+    async def start_campaign(self, spec: CampaignSpec) -> int:
+        """Create and start a campaign; its id."""
+        conn = await connect(self.settings.database_url or "")
+        try:
+            return await create_campaign(conn, spec, start=True)
+        finally:
+            await conn.close()
+
     async def wait_devices(self, n: int, timeout: float = 20) -> None:
         await until(lambda: self.fetchval("SELECT count(*) >= $1 FROM ota.devices"
                                           " WHERE fota_version IS NOT NULL", n), timeout)
@@ -124,3 +135,11 @@ def env_for(settings: Settings, sim_url: str, **extra: str) -> dict[str, str]:
     env.update({"ORCH_SCHEDULER_POLL_INTERVAL": "0.1", "ORCH_SCHEDULER_BATCH_SIZE": "20",
                 **extra})
     return env
+
+
+async def stop_runs(procs: list[subprocess.Popen[str]]) -> None:
+    """SIGTERM every `orchestrator run` process, then wait for each."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        await asyncio.to_thread(p.wait, 30)

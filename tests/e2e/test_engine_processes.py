@@ -12,7 +12,7 @@ from orchestrator.domain.campaign import CampaignSpec
 from orchestrator.sim.fleet import Fleet, FleetConfig, SimDevice
 from orchestrator.store.campaigns import create_campaign
 from orchestrator.store.db import connect
-from stack import env_for, start_run, until, wait_registered
+from stack import env_for, start_run, stop_runs, until, wait_registered
 
 M = {"manuf": "China Mobile", "model": "M5310"}
 
@@ -78,10 +78,7 @@ async def test_two_processes_never_dispatch_a_device_twice(
             await conn.close()
         assert actors == 2
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            await asyncio.to_thread(p.wait, 30)
+        await stop_runs(procs)
         stop.set()
         await fleet_task
     assert [p.returncode for p in procs] == [0, 0]

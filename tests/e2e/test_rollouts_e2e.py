@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import signal
 import time
 from typing import Any
 
@@ -16,7 +15,7 @@ from orchestrator.domain.campaign import CampaignSpec, Selector
 from orchestrator.sim.fleet import Fleet, FleetConfig, SimDevice
 from orchestrator.store.campaigns import create_campaign
 from orchestrator.store.db import connect
-from stack import Stack, env_for, start_run, until, wait_registered
+from stack import Stack, env_for, start_run, stop_runs, until, wait_registered
 
 M = {"manuf": "China Mobile", "model": "M5310"}
 
@@ -46,14 +45,10 @@ async def test_unreachable_devices_are_not_failures_and_retry_takes_them(
     async with Stack(settings, sim, devices) as stack:
         await stack.wait_devices(6)
         await go_silent(stack, devices[4], devices[5])
-        conn = await connect(stack.settings.database_url or "")
-        try:
-            # an abort rule at 10%: two silent devices of six would trip it if they counted
-            cid = await create_campaign(conn, CampaignSpec(
-                "silent", "fota", "1.3", all_devices=True, abort_failure_pct=10,
-                waves=(50, 100), wave_success_pct=90, unreachable_after=2.0), start=True)
-        finally:
-            await conn.close()
+        # an abort rule at 10%: two silent devices of six would trip it if they counted
+        cid = await stack.start_campaign(CampaignSpec(
+            "silent", "fota", "1.3", all_devices=True, abort_failure_pct=10,
+            waves=(50, 100), wave_success_pct=90, unreachable_after=2.0))
         row = await stack.wait_status(cid, "completed", "paused", timeout=60)
         assert row["status"] == "completed", dict(row)
         assert (row["succeeded"], row["unreachable"], row["failed"]) == (4, 2, 0)
@@ -86,13 +81,9 @@ async def test_a_silent_device_is_put_back_in_line_by_its_next_report(
     async with Stack(settings, sim, devices) as stack:
         await stack.wait_devices(3)
         await go_silent(stack, devices[2])
-        conn = await connect(stack.settings.database_url or "")
-        try:
-            cid = await create_campaign(conn, CampaignSpec(
+        cid = await stack.start_campaign(CampaignSpec(
                 "back", "fota", "1.3", all_devices=True, continuous=True,
-                unreachable_after=2.0), start=True)
-        finally:
-            await conn.close()
+                unreachable_after=2.0))
 
         async def unreachable() -> bool:
             return bool(await stack.fetchval(
@@ -200,10 +191,7 @@ async def test_the_fleet_cap_holds_across_two_replicas_and_two_campaigns(
         assert peak >= cap - 2, f"the cap was never reached (peak {peak}): not exercised"
         assert actors == 2 and samples > 50
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            await asyncio.to_thread(p.wait, 30)
+        await stop_runs(procs)
         stop.set()
         await fleet_task
 
@@ -214,12 +202,8 @@ async def test_watch_and_the_view_show_rate_and_eta(settings: Settings,
     devices = [SimDevice(i, **M, signal=25, power=90, drift=False) for i in range(1, 101)]
     async with Stack(settings, sim, devices) as stack:
         await stack.wait_devices(100)
-        conn = await connect(stack.settings.database_url or "")
-        try:
-            cid = await create_campaign(conn, CampaignSpec(
-                "paced", "fota", "1.3", all_devices=True, max_per_minute=300), start=True)
-        finally:
-            await conn.close()
+        cid = await stack.start_campaign(CampaignSpec(
+                "paced", "fota", "1.3", all_devices=True, max_per_minute=300))
 
         async def measured() -> bool:
             return bool(await stack.fetchval(

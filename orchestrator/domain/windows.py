@@ -181,6 +181,9 @@ class Schedule:
         return None
 
 
+NEVER = Schedule((Window(frozenset(), 0, 1),))     # a window on no day: never open
+
+
 def _offset_changes(tz: dt.tzinfo, a: float, b: float) -> list[float]:
     """Instants in (a, b] where the zone's UTC offset changes (to the second)."""
     def offset(x: float) -> dt.timedelta | None:

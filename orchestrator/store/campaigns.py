@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
 from orchestrator.domain.campaign import (
     DONE,
     RULE_FIELDS,
@@ -29,11 +31,12 @@ from orchestrator.domain.commands import cancel_command
 from orchestrator.domain.device import IN_FLIGHT, TERMINAL, on_retry
 from orchestrator.domain.pace import Pace, wave_etas
 from orchestrator.domain.rollout import Counts, accept, canary_size, rate_capacity, wave_bounds
-from orchestrator.domain.windows import Schedule
+from orchestrator.domain.windows import NEVER, BadWindow, Schedule
 from orchestrator.store import counts, devices, health, members
 from orchestrator.store.db import Connection, Record
 from orchestrator.store.queries import q
 
+log = structlog.get_logger(__name__)
 _COUNT_COLS = ("pending", "in_progress", "succeeded", "failed", "no_task", "cancelled",
                "unreachable")
 
@@ -57,8 +60,21 @@ async def list_campaigns(conn: Connection, status: str | None = None,
 async def running(conn: Connection) -> list[RunningCampaign]:
     return [RunningCampaign(r["campaign_id"], r["type"], r["current_wave"],
                             r["max_per_minute"], r["dispatch_timeout"], r["unreachable_after"],
-                            r["max_in_flight"], Schedule.parse(r["windows"], r["timezone"]))
+                            r["max_in_flight"],
+                            _schedule(r["campaign_id"], r["windows"], r["timezone"]))
             for r in await conn.fetch(q("campaigns_running"))]
+
+
+def _schedule(campaign_id: int, windows: list[str], timezone: str) -> Schedule:
+    """The campaign's windows; never open if what is stored no longer parses (a time zone
+    gone from this machine's tz database, a row edited by hand): better to wait than to
+    dispatch outside the operator's windows."""
+    try:
+        return Schedule.parse(windows, timezone)
+    except BadWindow as exc:
+        log.error("campaign windows unreadable: nothing is dispatched until fixed",
+                  campaign=campaign_id, error=str(exc))
+        return NEVER
 
 
 async def set_pace(conn: Connection, campaign_id: int, rate_per_min: float | None,

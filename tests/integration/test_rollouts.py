@@ -19,7 +19,7 @@ from orchestrator.domain.campaign import CampaignSpec, Selector
 from orchestrator.domain.rollout import assign_waves
 from orchestrator.domain.windows import Schedule
 from orchestrator.metrics import Metrics
-from orchestrator.store.campaigns import create_campaign
+from orchestrator.store.campaigns import create_campaign, running
 
 # (manufacturer, model, from-version, devices): one big group and rare ones
 GROUPS = [("China Mobile", "M5310", "1.2", 2000), ("China Mobile", "M5311", "1.2", 40),
@@ -158,3 +158,15 @@ def test_selector_is_still_required(settings: Settings) -> None:
         assert "all_devices" in str(exc)
     else:
         raise AssertionError("a canary does not make a selector")
+
+
+async def test_unreadable_stored_windows_mean_no_dispatch_not_a_crash(pool: Any) -> None:
+    async with pool.acquire() as conn:
+        await seed_groups(conn)
+        cid = await create_campaign(conn, CampaignSpec(
+            "tz", "fota", "1.3", all_devices=True, windows=("daily 00:00-24:00",),
+            timezone="Asia/Shanghai"), start=True)
+        await conn.execute("UPDATE ota.campaigns SET timezone = 'Gone/Zone' WHERE "
+                           "campaign_id = $1", cid)
+        [c] = await running(conn)
+    assert c.campaign_id == cid and c.schedule.next_open(0.0) is None

@@ -39,7 +39,7 @@ from orchestrator.domain.rollout import (
     slots,
     wave_bounds,
 )
-from orchestrator.domain.windows import BadWindow, Schedule, parse_window
+from orchestrator.domain.windows import NEVER, BadWindow, Schedule, parse_window
 
 TASK = Task("1.3", "tok", 100, 10, 20, 2, 60, "m" * 32, 1)
 NOW = 1_900_000_000.0
@@ -314,3 +314,8 @@ def test_continuous_enrolment_passes_from_a_watermark_and_reconcile_now_and_then
     assert enrol_since(mark, 100.0, 105.0) == mark - dt.timedelta(seconds=60)
     assert enrol_since(mark, 100.0, 100.0 + 600) is None          # reconciling pass
     assert enrol_since(mark, None, 105.0) is None
+
+
+def test_a_schedule_that_never_opens_has_no_eta() -> None:
+    assert not NEVER.is_open(NOW) and NEVER.next_open(NOW) is None
+    assert campaign_eta(NOW, {0: Counts(pending=3)}, 0, Pace(60.0), NEVER) is None

@@ -148,7 +148,10 @@ def on_claim(row: DeviceRow, now: float, healthy_since: float | None = None, *,
         silent = window_start is not None and (last_seen is None or last_seen < window_start)
         if reason == "dispatch_timeout" and silent:
             assert window_start is not None
-            silence = now - (last_seen if last_seen is not None else window_start)
+            # silent since the command or its last progress, whichever came last (a report
+            # older than that says nothing of now); re-commanding restarts the count, and a
+            # device that stays silent then goes unreachable by the report it does not answer
+            silence = now - window_start
             if silence >= unreachable_after:
                 return Decision(row.replace(state="unreachable", next_attempt_at=None,
                                             last_error=f"silent for {silence:.0f} s "

@@ -140,6 +140,8 @@ class Controller:
             del self._meters[gone]
         for gone in set(self._enrolled) - live:
             del self._enrolled[gone]
+        for gone in set(self._rates) - live:
+            del self._rates[gone]
         for c in running:
             campaign = await tx.get_campaign(c.campaign_id)
             if campaign is None:

@@ -217,9 +217,9 @@ def test_a_device_silent_since_its_command_is_rechecked_free_then_unreachable() 
     again = on_claim(sent(NOW - 1800), NOW, last_seen=NOW - 1900, unreachable_after=3600)
     assert again.row.state == "checking" and again.row.attempts == 0
     assert again.reason == "silent_since_the_command"
-    # re-commanded, still silent: the silence counts from its last message, not the command
-    gone = on_claim(sent(NOW - 60), NOW, last_seen=NOW - 3700, unreachable_after=3600)
-    assert gone.row.state == "unreachable" and gone.row.attempts == 0
+    # progress heard 60 s ago, its last status long before: not silent long, checked again
+    heard = on_claim(sent(NOW - 60), NOW, last_seen=NOW - 3700, unreachable_after=3600)
+    assert heard.row.state == "checking" and heard.row.attempts == 0
     gone = on_claim(sent(NOW - 3600), NOW, last_seen=None, unreachable_after=3600)
     assert gone.row.state == "unreachable" and gone.row.next_attempt_at is None
     assert gone.row.attempts == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 from typing import Any
@@ -267,3 +268,22 @@ async def test_dry_run_through_the_api(api: Any) -> None:
     assert status == 200 and plan["selected"] == 10, plan
     status, listed = await call("GET", f"{url}/api/v1/campaigns")
     assert listed == []
+
+
+async def test_the_status_page_is_a_read_route_a_browser_can_log_into(api: Any) -> None:
+    url = await api(token="s3cret")
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{url}/") as r:
+            assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Basic")
+        basic = base64.b64encode(b"anyone:s3cret").decode()
+        async with s.get(f"{url}/", headers={"Authorization": f"Basic {basic}"}) as r:
+            assert r.status == 200 and r.content_type == "text/html"
+            page = await r.text()
+            assert "OTA campaigns" in page and "<script" not in page
+        wrong = base64.b64encode(b"anyone:nope").decode()
+        async with s.get(f"{url}/", headers={"Authorization": f"Basic {wrong}"}) as r:
+            assert r.status == 401
+        async with s.get(f"{url}/", headers={"Authorization": "Basic %%%"}) as r:
+            assert r.status == 401
+        async with s.get(f"{url}/", headers={"Authorization": "Bearer s3cret"}) as r:
+            assert r.status == 200

@@ -41,6 +41,7 @@ class Publisher:
                 client = make_client(self.settings.mqtt_url, self.client_id, v5=False,
                                      max_inflight_messages=INFLIGHT)
                 _paho.skip_idle_inflight_scan(client)
+                _paho.fast_acks(client)
                 if self.settings.log_level != "debug":
                     _paho.quiet(client)
                 stack = contextlib.AsyncExitStack()

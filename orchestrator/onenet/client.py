@@ -98,6 +98,7 @@ class OneNetClient:
         self.breaker = breaker or Breaker()
         self._session = session
         self._own_session = session is None
+        self._cached: tuple[str | None, dict[str, str]] | None = None
         self._sem = asyncio.Semaphore(settings.onenet_concurrency)
         self.timeout = aiohttp.ClientTimeout(total=settings.onenet_timeout,
                                              connect=min(5.0, settings.onenet_timeout))
@@ -130,6 +131,13 @@ class OneNetClient:
             headers["Authorization"] = value
         return headers
 
+    def _json_headers(self) -> dict[str, str]:
+        """The check's headers, built again only when the token changes."""
+        value = self.tokens.header()
+        if self._cached is None or self._cached[0] != value:
+            self._cached = (value, self._headers())
+        return self._cached[1]
+
     def breaker_open(self) -> bool:
         return self.breaker.is_open(self.clock())
 
@@ -154,6 +162,9 @@ class OneNetClient:
                               for k, v in body.items()}
                     ctx = self.session.get(url, params=params, headers=self._headers(False),
                                            timeout=self.timeout)
+                elif self._own_session:     # the session's own timeout is this one
+                    ctx = self.session.post(url, data=orjson.dumps(body),
+                                            headers=self._json_headers())
                 else:
                     ctx = self.session.post(url, data=orjson.dumps(body),
                                             headers=self._headers(), timeout=self.timeout)

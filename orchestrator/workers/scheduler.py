@@ -186,7 +186,6 @@ class Scheduler:
                           (isinstance(outcome, Retryable) and outcome.reason == "breaker_open"))
             if called:
                 counts[(c.campaign_id, errno)] += 1
-                self.metrics.checks.labels(str(errno)).inc()
             d = on_check(claimed_decision.row, outcome, c.status, now, policy,
                          attempt=secrets.token_hex(8))
             if d.command is not None and d.command.op == "upgrade":
@@ -201,6 +200,12 @@ class Scheduler:
             reason = d.reason if claimed_decision.reason == "claimed" else \
                 f"{claimed_decision.reason}; {d.reason}"
             writes.append(Write(c.campaign_id, c.dev_id, c.rev, c.row.state, d.row, reason))
+
+        by_errno: Counter[int] = Counter()
+        for (_, errno), n in counts.items():
+            by_errno[errno] += n
+        for errno, n in by_errno.items():
+            self.metrics.checks.labels(str(errno)).inc(n)
 
         async def record(tx: Tx) -> list[int]:
             written = await tx.write_members(writes, self.owner)

@@ -48,3 +48,18 @@ async def test_fast_receive_yields_what_paho_yields() -> None:
     assert not hasattr(got[0].properties, "ContentType")
     # the fast path was taken: QoS 1 messages without properties share one empty object
     assert got[0].properties is got[3].properties is got[4].properties
+
+
+async def test_fast_acks_complete_every_publish() -> None:
+    url = parse_mqtt_url(MQTT_URL)
+    topic = f"acks{uuid.uuid4().hex[:8]}/1/command"
+    async with make_client(url, f"acks-{uuid.uuid4().hex[:8]}", v5=False) as pub:
+        _paho.fast_acks(pub)
+        infos = [_paho.publish_nowait(pub, topic, f"{i}") for i in range(300)]
+        for _ in range(1000):
+            if all(i.is_published() for i in infos):
+                break
+            await asyncio.sleep(0.01)
+        assert all(i.is_published() for i in infos)
+        # nothing left waiting for an acknowledgement
+        assert not _paho.paho_of(pub)._out_messages

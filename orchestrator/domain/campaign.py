@@ -274,10 +274,6 @@ class Campaign:
     eta_at: dt.datetime | None = None     # when it is expected to be done
 
     @property
-    def schedule(self) -> Schedule:
-        return Schedule.parse(self.windows, self.timezone)
-
-    @property
     def rules(self) -> Rules:
         return Rules(tuple(self.waves), self.wave_success_pct, self.abort_failure_pct,
                      self.abort_min_finished, self.continuous,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -200,6 +200,3 @@ def _offset_changes(tz: dt.tzinfo, a: float, b: float) -> list[float]:
             hi = mid
     return [float(int(hi))] if offset(float(int(hi))) != offset(a) else [float(int(hi) + 1)]
 
-
-def describe(windows: Sequence[str], timezone: str) -> str:
-    return "always" if not windows else f"{'; '.join(windows)} ({timezone})"

@@ -98,10 +98,12 @@ class OneNetClient:
         self.breaker = breaker or Breaker()
         self._session = session
         self._own_session = session is None
-        self._cached: tuple[str | None, dict[str, str]] | None = None
+        self._headers_by_kind: dict[bool, tuple[str | None, dict[str, str]]] = {}
         self._sem = asyncio.Semaphore(settings.onenet_concurrency)
         self.timeout = aiohttp.ClientTimeout(total=settings.onenet_timeout,
                                              connect=min(5.0, settings.onenet_timeout))
+        # our own session carries the timeout; a session handed in gets it per request
+        self._per_request: dict[str, Any] = {} if session is None else {"timeout": self.timeout}
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -125,18 +127,15 @@ class OneNetClient:
         await self.close()
 
     def _headers(self, json_body: bool = True) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"} if json_body else {}
+        """The request headers, built again only when the token changes."""
         value = self.tokens.header()
-        if value:
-            headers["Authorization"] = value
-        return headers
-
-    def _json_headers(self) -> dict[str, str]:
-        """The check's headers, built again only when the token changes."""
-        value = self.tokens.header()
-        if self._cached is None or self._cached[0] != value:
-            self._cached = (value, self._headers())
-        return self._cached[1]
+        cached = self._headers_by_kind.get(json_body)
+        if cached is None or cached[0] != value:
+            headers = {"Content-Type": "application/json"} if json_body else {}
+            if value:
+                headers["Authorization"] = value
+            cached = self._headers_by_kind[json_body] = (value, headers)
+        return cached[1]
 
     def breaker_open(self) -> bool:
         return self.breaker.is_open(self.clock())
@@ -161,13 +160,10 @@ class OneNetClient:
                     params = {k: (str(v).lower() if isinstance(v, bool) else str(v))
                               for k, v in body.items()}
                     ctx = self.session.get(url, params=params, headers=self._headers(False),
-                                           timeout=self.timeout)
-                elif self._own_session:     # the session's own timeout is this one
-                    ctx = self.session.post(url, data=orjson.dumps(body),
-                                            headers=self._json_headers())
+                                           **self._per_request)
                 else:
                     ctx = self.session.post(url, data=orjson.dumps(body),
-                                            headers=self._headers(), timeout=self.timeout)
+                                            headers=self._headers(), **self._per_request)
                 async with ctx as resp:
                     data = await resp.content.read(MAX_ANSWER + 1)
                     if len(data) > MAX_ANSWER:
@@ -184,7 +180,7 @@ class OneNetClient:
             async with self._sem, self.session.request(
                     method, f"{self.base}{path}", params=params, json=json_body,
                     headers=self._headers(json_body is not None),
-                    timeout=self.timeout) as resp:
+                    **self._per_request) as resp:
                 return parse_errno_answer(resp.status, await resp.content.read(MAX_ANSWER))
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("onenet call failed", path=path.split("/")[1:4], error=str(exc)[:200])

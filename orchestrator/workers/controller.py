@@ -8,13 +8,13 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
 from orchestrator.domain.campaign import RunningCampaign
 from orchestrator.domain.pace import Pace, RateMeter, campaign_eta
-from orchestrator.domain.rollout import COUNT_STATES, decide, enrol_since
+from orchestrator.domain.rollout import COUNT_STATES, Counts, decide, enrol_since
 from orchestrator.metrics import Metrics
 from orchestrator.ports import (
     CommandPublisher,
@@ -117,23 +117,25 @@ class Controller:
                     log.info("event partitions", made=made, dropped=dropped)
             enroll_now = time.monotonic() - self._last_enroll >= ENROLL_EVERY
             running = await tx.running_campaigns()
-            for c in running:
-                await self._advance(tx, c.campaign_id, enroll_now)
+            counted = {c.campaign_id: await self._advance(tx, c.campaign_id, enroll_now)
+                       for c in running}
             if enroll_now:
                 self._last_enroll = time.monotonic()
             if time.monotonic() - self._last_pace >= PACE_EVERY:
                 self._last_pace = time.monotonic()
-                await self._measure(tx, running)
+                await self._measure(tx, running, counted)
             n, lag = await tx.due_backlog()
             self.metrics.due_backlog.set(n)
             self.metrics.claim_lag.set(lag)
             self.metrics.outbox_backlog.set(await tx.outbox_backlog())
         return True
 
-    async def _measure(self, tx: Tx, running: Sequence[RunningCampaign]) -> None:
+    async def _measure(self, tx: Tx, running: Sequence[RunningCampaign],
+                       counted: Mapping[int, Mapping[int, Counts] | None]) -> None:
         """Each running campaign's rate (devices done per minute, sliding window) and ETA,
         kept in its row for the views; the fleet's check rate, for plans; the in-flight
-        gauge. Outside its windows a campaign keeps its last rate (nothing is measured)."""
+        gauge. Outside its windows a campaign keeps its last rate (nothing is measured).
+        ``counted``: the counts by wave this tick's decisions read."""
         now = time.time()
         live = {c.campaign_id for c in running}
         for gone in set(self._meters) - live:
@@ -143,23 +145,22 @@ class Controller:
         for gone in set(self._rates) - live:
             del self._rates[gone]
         for c in running:
-            campaign = await tx.get_campaign(c.campaign_id)
-            if campaign is None:
+            by_wave = counted.get(c.campaign_id)
+            if by_wave is None:
                 continue
+            counts = sum(by_wave.values(), Counts())
             meter = self._meters.setdefault(c.campaign_id, RateMeter())
             if c.schedule.is_open(now):
-                meter.add(now, campaign.counts.total - campaign.counts.open)
+                meter.add(now, counts.total - counts.open)
                 rate = meter.per_minute()
                 if rate is not None:
                     self._rates[c.campaign_id] = rate
             else:
                 meter.clear()
             rate = self._rates.get(c.campaign_id)
-            by_wave = await tx.counts_by_wave(c.campaign_id)
             eta = campaign_eta(now, by_wave, c.current_wave, Pace(rate, c.max_per_minute),
                                c.schedule)
             await tx.set_pace(c.campaign_id, rate, eta)
-            counts = campaign.counts
             self.metrics.campaign(
                 c.campaign_id, {s: getattr(counts, s) for s in COUNT_STATES}, counts.open,
                 counts.total - counts.open, rate, c.schedule.is_open(now),
@@ -172,10 +173,13 @@ class Controller:
         fleet, _ = await tx.cap_busy(0)
         self.metrics.in_flight.set(fleet)
 
-    async def _advance(self, tx: Tx, campaign_id: int, enroll_now: bool) -> None:
+    async def _advance(self, tx: Tx, campaign_id: int,
+                       enroll_now: bool) -> dict[int, Counts] | None:
+        """Enrol late devices, then take the rules' decision; returns the counts by wave
+        the decision read (None: the campaign is gone)."""
         campaign = await tx.get_campaign(campaign_id)
         if campaign is None:
-            return
+            return None
         if campaign.continuous and enroll_now:
             watermark, last_full = self._enrolled.get(campaign_id, (None, None))
             since = enrol_since(watermark, last_full, time.monotonic())
@@ -187,8 +191,8 @@ class Controller:
                 await tx.event("enrolled", f"{n} late device(s) joined",
                                campaign_id=campaign_id)
                 await tx.fold_counts()
-        action = decide(campaign.rules, campaign.current_wave,
-                        await tx.counts_by_wave(campaign_id))
+        by_wave = await tx.counts_by_wave(campaign_id)
+        action = decide(campaign.rules, campaign.current_wave, by_wave)
         if action.kind == "open_wave":
             assert action.wave is not None
             await tx.set_wave(campaign_id, action.wave)
@@ -200,6 +204,7 @@ class Controller:
                 self.metrics.rule_actions.labels(rule, action.kind).inc()
             await tx.set_status(campaign_id, action.kind, actor=ACTOR, reason=action.reason)
             log.info(f"campaign {action.kind}", campaign=campaign_id, reason=action.reason)
+        return by_wave
 
     async def drain_outbox(self) -> int:
         return await outbox.drain(self.db, self.publisher)

@@ -63,3 +63,28 @@ async def test_fast_acks_complete_every_publish() -> None:
         assert all(i.is_published() for i in infos)
         # nothing left waiting for an acknowledgement
         assert not _paho.paho_of(pub)._out_messages
+
+
+async def test_malformed_publish_packets_fail_as_paho_fails_them() -> None:
+    """A short or inconsistent PUBLISH is refused by the fast path exactly as by paho (the
+    connection's reader handles MalformedPacket), never an IndexError of ours."""
+    url = parse_mqtt_url(MQTT_URL)
+    fast = make_client(url, "malformed-fast")
+    plain = make_client(url, "malformed-plain")
+    _paho.fast_receive(fast)
+    for header, packet in ((0x32, b"\x00\x05ab"), (0x32, b"\x00"), (0x32, b""),
+                           (0x32, b"\x00\x01a\x00"), (0x32, b"\x00\x00\x00\x07\x00{}"),
+                           (0x32, b"\x00\x01a\x00\x07\x05\x01")):
+        outcomes = []
+        for client in (fast, plain):
+            paho = _paho.paho_of(client)
+            paho._in_packet = {"command": header, "packet": packet}
+            try:
+                paho._handle_publish()
+                outcomes.append("ok")
+            except Exception as exc:
+                outcomes.append(type(exc).__name__)
+        assert outcomes[0] == outcomes[1], (packet, outcomes)
+        # MalformedPacket from paho's decoding; ValueError from aiomqtt for an empty topic
+        assert outcomes[0] in ("ok", "MalformedPacket", "ValueError"), (packet, outcomes)
+        assert "IndexError" not in outcomes

@@ -170,3 +170,47 @@ async def test_unreadable_stored_windows_mean_no_dispatch_not_a_crash(pool: Any)
                            "campaign_id = $1", cid)
         [c] = await running(conn)
     assert c.campaign_id == cid and c.schedule.next_open(0.0) is None
+
+
+async def test_bad_rollout_flags_and_fields_are_clear_errors(pool: Any,
+                                                             settings: Settings) -> None:
+    async with pool.acquire() as conn:
+        await seed_groups(conn)
+    env = orchestrator_env(settings)
+    base = ["campaign", "create", "--name", "p", "--type", "fota", "--target", "1.3",
+            "--all-devices"]
+    for flags, field in ((["--canary", "0"], "canary"), (["--canary", "x"], "--canary"),
+                         (["--max-in-flight", "0"], "max_in_flight"),
+                         (["--unreachable-after", "0"], "unreachable_after"),
+                         (["--unreachable-after", "nan"], "unreachable_after"),
+                         (["--window", "Mon 01:00-02:00", "--timezone", "../etc"], "timezone"),
+                         (["--window", "Someday 01:00-02:00"], "window"),
+                         (["--assume-signal", "x", "--dry-run"], "--assume-signal")):
+        out = run_cli(*base, *flags, env=env)
+        assert out.returncode == 2 and field in out.stderr, (flags, out.stderr)
+        assert "Traceback" not in out.stderr
+    out = run_cli("campaign", "update", "1", "--window", "Mon 9-5", env=env)
+    assert out.returncode == 2 and "window" in out.stderr
+    s = dataclasses.replace(settings, api_listen="127.0.0.1:0")
+    runner = web.AppRunner(build_app(ApiState(s, pool, Metrics(), lambda: {})))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/v1/campaigns"
+    body = {"name": "api", "type": "fota", "target": "1.3", "all_devices": True}
+    try:
+        for bad, field in (({"canary": "x"}, "canary"), ({"canary": True}, "canary"),
+                           ({"max_in_flight": 0}, "max_in_flight"),
+                           ({"unreachable_after": -1}, "unreachable_after"),
+                           ({"windows": [1]}, "windows"), ({"timezone": 5}, "timezone"),
+                           ({"timezone": "x" * 500}, "timezone")):
+            status, err = await call("POST", url, {**body, **bad})
+            assert status == 400 and field in err["error"], (bad, err)
+        status, c = await call("POST", url, body)
+        assert status == 201
+        for bad, field in (({"windows": "Mon"}, "windows"), ({"max_in_flight": -5},
+                                                             "max_in_flight"),
+                           ({"unreachable_after": None}, "unreachable_after")):
+            status, err = await call("PATCH", f"{url}/{c['campaign_id']}", bad)
+            assert status == 400 and field in err["error"], (bad, err)
+    finally:
+        await runner.cleanup()

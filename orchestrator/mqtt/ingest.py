@@ -10,9 +10,11 @@ a broker restart leads to redelivery, never to loss.
 - A batch the database refuses on its content (or that trips a bug): split in halves until
   the offending message(s) are found; those alone are rejected (counted, logged), the rest
   is applied.
-- Memory is bounded: the broker sends at most Receive Maximum unacknowledged QoS 1
-  messages (twice the batch size) of at most ``mqtt_max_payload`` bytes each; QoS 0
-  messages beyond four batches are dropped and counted (``overload``).
+- Memory is bounded: past four batches' worth of messages waiting, the socket is not read
+  until the batch is taken (the broker queues for us; Receive Maximum alone does not bound
+  it, see ``_paho.Reads``), and each message is at most ``mqtt_max_payload`` bytes; QoS 0
+  messages beyond the bound (from a read already made) are dropped and counted
+  (``overload``).
 - Invalid messages are counted by reason (every one) and logged at most once per reason
   per interval, with the count; never applied, never a crash.
 """
@@ -80,33 +82,38 @@ class Ingest:
                              receive_maximum=min(65535, 2 * s.ingest_batch_size),
                              max_packet_size=s.mqtt_max_payload + 1024,
                              max_queued_incoming_messages=0)
+        batch: list[_paho.Received] = []
+        wake = asyncio.Event()
+        bound = 4 * s.ingest_batch_size
+
+        def receive(message: _paho.Received) -> None:
+            # past the bound the socket is not read until the batch is taken (the broker
+            # queues); what one read already holds still arrives: QoS 0 of it is dropped
+            # and counted, QoS 1 kept (unacknowledged, it must not be lost)
+            if message.qos == 0 and len(batch) >= bound:
+                self._reject(Rejection("overload", "QoS 0 beyond the ingest bound",
+                                       message.topic))
+                return
+            batch.append(message)
+            if len(batch) >= s.ingest_batch_size:
+                wake.set()
+                if len(batch) >= bound:
+                    reads.pause()
+
         # acknowledge only after the batch is committed
         _paho.manual_acks(client)
-        _paho.fast_receive(client, keep_debug_log=s.log_level == "debug")
+        reads = _paho.fast_receive(client, receive, keep_debug_log=s.log_level == "debug")
         async with client:
             for topic in self.subscriptions():
                 await client.subscribe(topic, qos=1)
             self.connected.set()
             log.info("mqtt ingest subscribed", topics=self.subscriptions(),
                      client_id=s.mqtt_client_id)
-            batch: list[aiomqtt.Message] = []
-            wake = asyncio.Event()
-            room = asyncio.Event()
-            room.set()
-            bound = 4 * s.ingest_batch_size
 
             async def read() -> None:
-                async for message in client.messages:
-                    if len(batch) >= bound and message.qos == 0:
-                        self._reject(Rejection("overload", "QoS 0 beyond the ingest bound",
-                                               message.topic.value))
-                        continue
-                    batch.append(message)
-                    if len(batch) >= s.ingest_batch_size:
-                        wake.set()
-                    if len(batch) >= bound:
-                        room.clear()
-                        await room.wait()
+                # every message goes to receive(); this only sees the connection end
+                async for _ in client.messages:
+                    pass
 
             reader = asyncio.create_task(read(), name="mqtt-ingest-reader")
             stopper = asyncio.create_task(stop.wait(), name="mqtt-ingest-stop")
@@ -121,7 +128,7 @@ class Ingest:
                     if batch:
                         taken = batch[:]
                         batch.clear()
-                        room.set()
+                        reads.resume()
                         await self._flush(client, taken, stop)
                     if stopper in done or stop.is_set():
                         break
@@ -134,7 +141,7 @@ class Ingest:
                     # a clean stop: no new messages, then read and commit what the broker
                     # already sent us (the session ends below; Mosquitto drops what an
                     # ended session leaves unacknowledged)
-                    room.set()
+                    reads.resume()
                     with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                         await asyncio.wait_for(client.unsubscribe(self.subscriptions()), 5)
                     await self._quiet(batch, 0.3, 10.0)
@@ -154,7 +161,7 @@ class Ingest:
                 log.info("ingest stopped", applied=self.applied)
 
     @staticmethod
-    async def _quiet(batch: list[aiomqtt.Message], idle: float, limit: float) -> None:
+    async def _quiet(batch: list[_paho.Received], idle: float, limit: float) -> None:
         """Until no message arrived for ``idle`` s (the reader keeps filling ``batch``)."""
         deadline = asyncio.get_running_loop().time() + limit
         seen = -1
@@ -166,19 +173,18 @@ class Ingest:
         self.metrics.ingest_rejected.labels(r.reason).inc()
         self.rejections.note(r.reason, detail=r.detail, topic=r.topic[:120])
 
-    async def _flush(self, client: aiomqtt.Client, messages: list[aiomqtt.Message],
+    async def _flush(self, client: aiomqtt.Client, messages: list[_paho.Received],
                      stop: asyncio.Event) -> None:
         prefix = self.settings.mqtt_topic_prefix
         limit = self.settings.mqtt_max_payload
         valid: list[StatusReport | ProgressReport] = []
         rejected: list[Rejection] = []
         for m in messages:
-            payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
-            if len(payload) > limit:
-                rejected.append(Rejection("too_large", f"{len(payload)} bytes > {limit}",
-                                          m.topic.value))
+            if len(m.payload) > limit:
+                rejected.append(Rejection("too_large", f"{len(m.payload)} bytes > {limit}",
+                                          m.topic))
                 continue
-            parsed = parse_message(prefix, m.topic.value, payload)
+            parsed = parse_message(prefix, m.topic, m.payload)
             if isinstance(parsed, StatusReport | ProgressReport):
                 valid.append(parsed)
             else:
@@ -202,8 +208,7 @@ class Ingest:
         for r in rejected:
             self._reject(r)
         self.applied += len(valid)
-        for m in messages:
-            _paho.ack(client, m)
+        _paho.ack_all(client, messages)
 
     async def _apply(self, valid: Sequence[StatusReport | ProgressReport],
                      stop: asyncio.Event) -> list[Rejection] | None:

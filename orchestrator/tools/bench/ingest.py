@@ -41,7 +41,11 @@ class Timer:
         return (self.count - 1) / max(self.last - self.first, 1e-9)
 
 
-async def raw_aiomqtt(settings: Settings, n: int, devices: int) -> tuple[float, int]:
+PYTHON_CLIENTS = ("aiomqtt", "gmqtt")
+Load = Callable[[Settings, str], list[subprocess.Popen[bytes]]]
+
+
+async def raw_aiomqtt(settings: Settings, load: Load, n: int) -> tuple[float, int]:
     """Our client run bare: aiomqtt at QoS 1 on the service's protocol version."""
     prefix = f"rawbench{os.getpid()}"
     t = Timer()
@@ -53,17 +57,17 @@ async def raw_aiomqtt(settings: Settings, n: int, devices: int) -> tuple[float, 
                 t.tick()
 
         reader = asyncio.create_task(consume())
-        pub = start_publisher(settings, prefix, n, devices)
+        procs = load(settings, prefix)
         try:
-            await idle_done(pub, lambda: t.count, n)
+            await idle_done(_All(procs), lambda: t.count, n)
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-            await asyncio.to_thread(pub.wait)
+            await _wait(procs)
     return t.rate(), t.count
 
 
-async def raw_gmqtt(settings: Settings, n: int, devices: int) -> tuple[float, int] | None:
+async def raw_gmqtt(settings: Settings, load: Load, n: int) -> tuple[float, int] | None:
     """The fastest Python asyncio MQTT client measured here (gmqtt, MQTT 3.1.1, QoS 1, its
     default acknowledgement), bare. None when gmqtt is not installed (the bench extra)."""
     try:
@@ -81,16 +85,16 @@ async def raw_gmqtt(settings: Settings, n: int, devices: int) -> tuple[float, in
     await client.connect(u.host, u.port, version=MQTTv311)
     client.subscribe(topics.status(prefix), qos=1)
     await asyncio.sleep(0.3)          # SUBACK
-    pub = start_publisher(settings, prefix, n, devices)
+    procs = load(settings, prefix)
     try:
-        await idle_done(pub, lambda: t.count, n)
+        await idle_done(_All(procs), lambda: t.count, n)
     finally:
-        await asyncio.to_thread(pub.wait)
+        await _wait(procs)
         await client.disconnect()
     return t.rate(), t.count
 
 
-async def raw_mosquitto_sub(settings: Settings, n: int, devices: int
+async def raw_mosquitto_sub(settings: Settings, load: Load, n: int
                             ) -> tuple[float, int] | None:
     """The C client: mosquitto_sub at QoS 1, printing each arrival's time. None when it is
     not installed (Debian's mosquitto-clients)."""
@@ -114,16 +118,21 @@ async def raw_mosquitto_sub(settings: Settings, n: int, devices: int
 
     reader = asyncio.create_task(read())
     await asyncio.sleep(0.3)          # subscribed
-    pub = start_publisher(settings, prefix, n, devices)
+    procs = load(settings, prefix)
     try:
-        await idle_done(pub, lambda: t.count, n)
+        await idle_done(_All(procs), lambda: t.count, n)
     finally:
         if sub.returncode is None:
             sub.terminate()
         await sub.wait()
         await reader
-        await asyncio.to_thread(pub.wait)
+        await _wait(procs)
     return t.rate(), t.count
+
+
+async def _wait(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        await asyncio.to_thread(p.wait)
 
 
 async def bench_ingest(settings: Settings, say: Say, n: int = 60_000,
@@ -132,8 +141,7 @@ async def bench_ingest(settings: Settings, say: Say, n: int = 60_000,
         return await _bench_ingest(s, say, n, devices)
 
 
-async def ours(settings: Settings, dsn: str, tag: str,
-               load: Callable[[Settings], list[subprocess.Popen[bytes]]],
+async def ours(settings: Settings, dsn: str, tag: str, load: Load,
                n: int) -> tuple[float, int, float]:
     """Our ingest into PostgreSQL under a load: (messages/s, applied, batches)."""
     pool = await create_pool(dsn, max_size=4)
@@ -145,7 +153,7 @@ async def ours(settings: Settings, dsn: str, tag: str,
     stop = asyncio.Event()
     task = asyncio.create_task(ingest.run(stop))
     await asyncio.wait_for(ingest.connected.wait(), 30)
-    procs = load(s)
+    procs = load(s, prefix)
     first = last = 0.0
     seen = 0
 
@@ -163,8 +171,7 @@ async def ours(settings: Settings, dsn: str, tag: str,
     finally:
         stop.set()
         await task
-        for p in procs:
-            await asyncio.to_thread(p.wait)
+        await _wait(procs)
         batches = metrics.registry.get_sample_value("orch_ingest_batches_total") or 1
         await pool.close()
     return seen / max(last - first, 1e-9), seen, batches
@@ -182,37 +189,49 @@ class _All:
 
 
 async def _bench_ingest(settings: Settings, say: Say, n: int, devices: int) -> dict[str, Any]:
-    say(f"ingest: {n} QoS 1 status messages from {devices} devices, through Mosquitto at "
+    connections = max(2, min(2000, n // 10))
+    loads: dict[str, tuple[str, Load]] = {
+        "devices": (f"{connections} device connections, one report in flight each",
+                    lambda s, prefix: start_devices(s, prefix, n, connections)),
+        "burst": (f"one burst connection over {devices} device ids",
+                  lambda s, prefix: [start_publisher(s, prefix, n, devices)]),
+    }
+    say(f"ingest: {n} QoS 1 status messages, through Mosquitto at "
         f"{settings.mqtt_url.host}:{settings.mqtt_url.port}")
-    raws: dict[str, tuple[float, int]] = {}
-    raws["aiomqtt"] = await raw_aiomqtt(settings, n, devices)
-    for name, fn in (("gmqtt", raw_gmqtt), ("mosquitto_sub", raw_mosquitto_sub)):
-        got = await fn(settings, n, devices)
-        if got is not None:
-            raws[name] = got
-    for name, (r, received) in raws.items():
-        say(f"  bare {name} subscriber: {r:,.0f} msg/s ({received} received)")
-    fastest = max(raws, key=lambda k: raws[k][0])
-    raw, raw_got = raws[fastest]
+    out: dict[str, Any] = {"messages": n, "qos": 1, "device_connections": connections,
+                           "devices": devices}
+    headline: tuple[float, float] = (0.0, 0.0)
     async with scratch_database(settings) as dsn:
-        rate, seen, batches = await ours(settings, dsn, "burst", lambda s: [
-            start_publisher(s, s.mqtt_topic_prefix, n, devices)], n)
-        connections = max(1, min(2000, n // 10))
-        many, many_seen, _ = await ours(settings, dsn, "devices", lambda s: start_devices(
-            s, s.mqtt_topic_prefix, n, connections), n)
-    say(f"  orchestrator ingest into PostgreSQL, one burst connection: {rate:,.0f} msg/s "
-        f"({seen} applied)")
-    say(f"  ... from {connections} device connections, one report in flight each: "
-        f"{many:,.0f} msg/s ({many_seen} applied)")
-    if seen < n or raw_got < n:
-        say("  note: the broker dropped messages for a slow subscriber (Mosquitto keeps 1000 "
-            "queued by default); deploy/mosquitto.conf raises the limits")
-    return report("ingest", "status messages/s", rate, raw,
-                  {"messages": n, "applied": seen, "raw_client": fastest,
-                   "raw_received": raw_got,
-                   **{f"raw_{k}": round(v[0], 1) for k, v in raws.items()},
-                   "devices": devices, "mean_batch": round(seen / batches, 1), "qos": 1,
-                   "device_connections": connections, "rate_device_connections": round(many, 1),
-                   "applied_device_connections": many_seen}, say)
-
-
+        for mode, (label, load) in loads.items():
+            say(f"  load: {label}")
+            raws: dict[str, tuple[float, int]] = {}
+            raws["aiomqtt"] = await raw_aiomqtt(settings, load, n)
+            for name, fn in (("gmqtt", raw_gmqtt), ("mosquitto_sub", raw_mosquitto_sub)):
+                got = await fn(settings, load, n)
+                if got is not None:
+                    raws[name] = got
+            for name, (r, received) in raws.items():
+                say(f"    bare {name} subscriber: {r:,.0f} msg/s ({received} received)")
+            rate, seen, batches = await ours(settings, dsn, mode, load, n)
+            say(f"    orchestrator ingest into PostgreSQL, acknowledged after commit: "
+                f"{rate:,.0f} msg/s ({seen} applied)")
+            fastest = max(raws, key=lambda k: raws[k][0])
+            raw, raw_got = raws[fastest]
+            python = max((k for k in raws if k in PYTHON_CLIENTS), key=lambda k: raws[k][0])
+            say(f"    ratio to the fastest bare subscriber ({fastest}): {rate / raw:.2f}; "
+                f"to the fastest Python one ({python}): {rate / raws[python][0]:.2f}")
+            if seen < n or raw_got < n:
+                say("    note: the broker dropped messages for a slow subscriber (Mosquitto "
+                    "keeps 1000 queued by default); deploy/mosquitto.conf raises the limits")
+            key = "" if mode == "devices" else f"{mode}_"
+            out.update({f"{key}applied": seen, f"{key}raw_client": fastest,
+                        f"{key}raw_received": raw_got,
+                        f"{key}mean_batch": round(seen / batches, 1),
+                        f"{key}ratio_python": round(rate / raws[python][0], 3),
+                        **{f"{key}raw_{k}": round(v[0], 1) for k, v in raws.items()}})
+            if mode == "devices":
+                headline = (rate, raw)
+            else:
+                out.update({"burst_rate": round(rate, 1), "burst_raw_rate": round(raw, 1),
+                            "burst_ratio": round(rate / raw, 3)})
+    return report("ingest", "status messages/s", headline[0], headline[1], out, say)

@@ -1,5 +1,5 @@
 """The load generator of ``bench ingest``, in its own process so it does not share our event
-loop: ``python -m orchestrator.tools.bench.load HOST PORT PREFIX N DEVICES`` writes
+loop: ``main([HOST, PORT, PREFIX, N, DEVICES])`` (see ``start_publisher``) writes
 pre-encoded MQTT 3.1.1 QoS 1 PUBLISH packets straight to the socket and counts the PUBACKs,
 so the measurement is bounded by the broker and the subscriber, not by a Python client on
 the sending side."""
@@ -111,11 +111,21 @@ def devices_main(argv: list[str]) -> int:
     return 0
 
 
+# run as a script by import, not ``-m`` (the package imports this module first)
+_SELF = [sys.executable, "-c", "import sys; from orchestrator.tools.bench.load import main; "
+         "sys.exit(main(sys.argv[1:]))"]
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["devices"]:
+        return devices_main(argv[1:])
+    return publisher_main(argv)
+
+
 def start_publisher(settings: Settings, prefix: str, n: int, devices: int
                     ) -> subprocess.Popen[bytes]:
     u = settings.mqtt_url
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.tools.bench.load",
-                             u.host, str(u.port), prefix, str(n), str(devices)])
+    return subprocess.Popen([*_SELF, u.host, str(u.port), prefix, str(n), str(devices)])
 
 
 def start_devices(settings: Settings, prefix: str, n: int, connections: int,
@@ -123,9 +133,9 @@ def start_devices(settings: Settings, prefix: str, n: int, connections: int,
     """``connections`` device connections over ``processes`` processes, ``n`` reports."""
     u = settings.mqtt_url
     per = connections // processes
-    return [subprocess.Popen([sys.executable, "-m", "orchestrator.tools.bench.load", "devices",
-                              u.host, str(u.port), prefix, str(n // processes),
-                              str(1 + p * per), str(per)]) for p in range(processes)]
+    return [subprocess.Popen([*_SELF, "devices", u.host, str(u.port), prefix,
+                              str(n // processes + (p < n % processes)), str(1 + p * per),
+                              str(per)]) for p in range(processes)]
 
 
 class Polled(Protocol):
@@ -146,10 +156,3 @@ async def idle_done(pub: Polled, progress: Callable[[], int], n: int,
             return
         await asyncio.sleep(0.01)
 
-
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["devices"]:
-        raise SystemExit(devices_main(sys.argv[2:]))
-    raise SystemExit(publisher_main(sys.argv[1:]))

@@ -251,18 +251,28 @@ JOIN unnest($1::bigint[], $2::bigint[]) AS k(c, d)
 JOIN ota.campaigns c ON c.campaign_id = cd.campaign_id
 ORDER BY cd.campaign_id, cd.dev_id FOR UPDATE OF cd;
 
+-- name: members_lock_keys
+-- Lock (campaign, device) rows in key order before a write, reading nothing else.
+SELECT cd.dev_id
+FROM ota.campaign_devices cd
+JOIN unnest($1::bigint[], $2::bigint[]) AS k(c, d)
+  ON cd.campaign_id = k.c AND cd.dev_id = k.d
+ORDER BY cd.campaign_id, cd.dev_id FOR UPDATE OF cd;
+
 -- name: members_write
--- Decided rows, each written only if unchanged since read (same rev).
+-- Decided rows, each written only if unchanged since read (same rev). Times come as epoch
+-- seconds (no datetime object per value on our side).
 UPDATE ota.campaign_devices cd SET
     state = u.state, attempts = u.attempts, transient_errors = u.te,
-    next_attempt_at = u.next, last_errno = u.errno, last_step = u.step,
-    last_error = u.err, task = u.task, token_expires_at = u.tok,
-    dispatched_at = u.disp, report_asked_at = u.rep, heard_at = u.heard, attempt = u.att,
+    next_attempt_at = to_timestamp(u.next), last_errno = u.errno, last_step = u.step,
+    last_error = u.err, task = u.task, token_expires_at = to_timestamp(u.tok),
+    dispatched_at = to_timestamp(u.disp), report_asked_at = to_timestamp(u.rep),
+    heard_at = to_timestamp(u.heard), attempt = u.att,
     lease_owner = NULL,
     lease_until = NULL, rev = cd.rev + 1, updated_at = now()
 FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::text[], $5::int[], $6::int[],
-            $7::timestamptz[], $8::int[], $9::int[], $10::text[], $11::jsonb[],
-            $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[],
+            $7::float8[], $8::int[], $9::int[], $10::text[], $11::jsonb[],
+            $12::float8[], $13::float8[], $14::float8[], $15::float8[],
             $16::text[])
      AS u(cid, did, rev, state, attempts, te, next, errno, step, err, task, tok, disp, rep,
           heard, att)

@@ -167,7 +167,9 @@ def on_claim(row: DeviceRow, now: float, healthy_since: float | None = None, *,
                                 "dispatch_timeout_budget_spent")
             row = row.replace(attempts=row.attempts + 1)
         return Decision(row.replace(state="checking", last_error=reason), reason)
-    return Decision(row.replace(state="checking"), "claimed")
+    # the claim itself moved a waiting row to checking: no copy then
+    return Decision(row if row.state == "checking" else row.replace(state="checking"),
+                    "claimed")
 
 
 def on_check(row: DeviceRow, outcome: CheckOutcome, status: Status, now: float,

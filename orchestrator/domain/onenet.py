@@ -166,33 +166,28 @@ def outcome_errno(outcome: CheckOutcome) -> int:
     return -1
 
 
-def _field(data: dict[str, Any], key: str, kind: type, *, optional: bool = False) -> Any:
-    value = data.get(key)
-    if value is None and optional:
-        return None
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"data.{key}: expected an integer, got {value!r:.40}")
-    elif not isinstance(value, kind):
-        raise ValueError(f"data.{key}: expected {kind.__name__}, got {value!r:.40}")
-    return value
+# (JSON key, type): JSON decoding gives exactly these types, so ``type(v) is kind`` is the
+# whole check (a bool is not an int here); one loop, no call per field (measured: a third
+# of the time of a check's own parsing)
+_TASK_FIELDS = (("target", str), ("token", str), ("size", int), ("signal", int),
+                ("power", int), ("retry", int), ("interval", int), ("md5", str), ("type", int))
 
 
 def parse_task(data: Any) -> Task:
     if not isinstance(data, dict):
         raise ValueError(f"data: expected an object, got {type(data).__name__}")
-    task = Task(
-        target=_field(data, "target", str),
-        token=_field(data, "token", str),
-        size=_field(data, "size", int),
-        signal=_field(data, "signal", int),
-        power=_field(data, "power", int),
-        retry=_field(data, "retry", int),
-        interval=_field(data, "interval", int),
-        md5=_field(data, "md5", str),
-        type=_field(data, "type", int),
-        ip_port=_field(data, "ipPort", str, optional=True),
-    )
+    values: list[Any] = []
+    for key, kind in _TASK_FIELDS:
+        value = data.get(key)
+        if type(value) is not kind:
+            raise ValueError(f"data.{key}: expected {'an integer' if kind is int else 'str'}, "
+                             f"got {value!r:.40}")
+        values.append(value)
+    ip_port = data.get("ipPort")
+    if ip_port is not None and type(ip_port) is not str:
+        raise ValueError(f"data.ipPort: expected str, got {ip_port!r:.40}")
+    values.append(ip_port)
+    task = Task(*values)
     if not is_valid_version(task.target):
         raise ValueError(f"data.target: {task.target[:40]!r} is not a valid version")
     if not task.token or any(c in task.token for c in "/?#") or len(task.token) > 256:

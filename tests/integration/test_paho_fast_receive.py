@@ -9,6 +9,8 @@ import functools
 import uuid
 from typing import Any
 
+import aiomqtt
+import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -85,19 +87,29 @@ async def test_ack_all_acknowledges_each_message_in_one_write() -> None:
         assert await redelivered(topic, f"ackall-{uuid.uuid4().hex[:8]}", 15, v5) == 5
 
 
-async def test_fast_acks_complete_every_publish() -> None:
+async def test_direct_publish_delivers_a_batch_and_counts_its_acks() -> None:
     url = parse_mqtt_url(MQTT_URL)
-    topic = f"acks{uuid.uuid4().hex[:8]}/1/command"
-    async with make_client(url, f"acks-{uuid.uuid4().hex[:8]}", v5=False) as pub:
-        _paho.fast_acks(pub)
-        infos = [_paho.publish_nowait(pub, topic, f"{i}") for i in range(300)]
-        for _ in range(1000):
-            if all(i.is_published() for i in infos):
-                break
-            await asyncio.sleep(0.01)
-        assert all(i.is_published() for i in infos)
-        # nothing left waiting for an acknowledgement
-        assert not _paho.paho_of(pub)._out_messages
+    topic = f"direct{uuid.uuid4().hex[:8]}/1/command"
+    got: list[Any] = []
+    async with make_client(url, f"sub-{uuid.uuid4().hex[:8]}", v5=False) as sub, \
+            make_client(url, f"direct-{uuid.uuid4().hex[:8]}", v5=False) as pub:
+        _paho.paho_of(sub).on_message = lambda _c, _u, m: got.append(m)
+        await sub.subscribe(topic, qos=1)
+        direct = _paho.DirectPublish(pub)
+        # sizes across the one- and two-byte Remaining Length
+        messages = [(topic, f"{i}".encode() * (i % 50)) for i in range(300)]
+        batch = direct.publish(messages)
+        second = direct.publish(messages[:10])
+        async with asyncio.timeout(10):
+            await batch.done.wait()
+            await second.done.wait()
+        assert not direct.waiting
+        assert direct.publish([]).done.is_set()
+        await until(functools.partial(arrived, got, n=310), 10)
+    assert [(m.topic, m.payload, m.qos) for m in got] == [
+        (t, p, 1) for t, p in messages + messages[:10]]
+    with pytest.raises(aiomqtt.MqttError, match="not connected"):
+        direct.publish(messages[:1])
 
 
 async def test_malformed_publish_packets_fail_as_paho_fails_them() -> None:

@@ -23,7 +23,6 @@ class Publisher:
     def __init__(self, settings: Settings, client_id: str) -> None:
         self.settings = settings
         self.client_id = client_id
-        self._client: aiomqtt.Client | None = None
         self._direct: _paho.DirectPublish | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._lock = asyncio.Lock()
@@ -49,7 +48,7 @@ class Publisher:
                                 retry_in=round(delay, 2))
                     await asyncio.sleep(delay)
                     continue
-                self._client, self._stack, self._direct = client, stack, direct
+                self._stack, self._direct = stack, direct
                 return direct
 
     async def publish_many(self, commands: Sequence[tuple[int, str]],
@@ -75,7 +74,7 @@ class Publisher:
                 await asyncio.wait_for(batch.done.wait(), 0.1)
 
     async def close(self) -> None:
-        stack, self._stack, self._client, self._direct = self._stack, None, None, None
+        stack, self._stack, self._direct = self._stack, None, None
         if stack is not None:
             with contextlib.suppress(aiomqtt.MqttError):
                 await stack.aclose()

@@ -194,16 +194,12 @@ class Reads:
 
 
 def ack_all(client: aiomqtt.Client, received: Iterable[Received]) -> None:
-    """Acknowledge these messages (manual acks): the QoS 1 ones in one write."""
+    """Acknowledge these messages (manual acks) in one write. Only QoS 1 ones need it: the
+    ingest subscribes at QoS 1, so the broker sends nothing at QoS 2."""
     paho = paho_of(client)
     if not paho._manual_ack:
         return
-    mids = []
-    for r in received:
-        if r.qos == 1:
-            mids.append(r.mid)
-        elif r.qos == 2:
-            paho.ack(r.mid, 2)
+    mids = [r.mid for r in received if r.qos == 1]
     if mids:
         data = b"".join([_PUBACK + mid.to_bytes(2, "big") for mid in mids])
         paho._packet_queue(mqtt.PUBACK, data, 0, 0)

@@ -57,13 +57,11 @@ async def raw_aiomqtt(settings: Settings, load: Load, n: int) -> tuple[float, in
                 t.tick()
 
         reader = asyncio.create_task(consume())
-        procs = load(settings, prefix)
         try:
-            await idle_done(_All(procs), lambda: t.count, n)
+            await _drive(settings, load, prefix, n, lambda: t.count)
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-            await _wait(procs)
     return t.rate(), t.count
 
 
@@ -85,11 +83,9 @@ async def raw_gmqtt(settings: Settings, load: Load, n: int) -> tuple[float, int]
     await client.connect(u.host, u.port, version=MQTTv311)
     client.subscribe(topics.status(prefix), qos=1)
     await asyncio.sleep(0.3)          # SUBACK
-    procs = load(settings, prefix)
     try:
-        await idle_done(_All(procs), lambda: t.count, n)
+        await _drive(settings, load, prefix, n, lambda: t.count)
     finally:
-        await _wait(procs)
         await client.disconnect()
     return t.rate(), t.count
 
@@ -118,21 +114,29 @@ async def raw_mosquitto_sub(settings: Settings, load: Load, n: int
 
     reader = asyncio.create_task(read())
     await asyncio.sleep(0.3)          # subscribed
-    procs = load(settings, prefix)
     try:
-        await idle_done(_All(procs), lambda: t.count, n)
+        await _drive(settings, load, prefix, n, lambda: t.count)
     finally:
         if sub.returncode is None:
             sub.terminate()
         await sub.wait()
         await reader
-        await _wait(procs)
     return t.rate(), t.count
 
 
 async def _wait(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         await asyncio.to_thread(p.wait)
+
+
+async def _drive(settings: Settings, load: Load, prefix: str, n: int,
+                 progress: Callable[[], int]) -> None:
+    """Start the load on ``prefix`` and wait until ``n`` arrived or it went idle."""
+    procs = load(settings, prefix)
+    try:
+        await idle_done(_All(procs), progress, n)
+    finally:
+        await _wait(procs)
 
 
 async def bench_ingest(settings: Settings, say: Say, n: int = 60_000,
@@ -153,28 +157,28 @@ async def ours(settings: Settings, dsn: str, tag: str, load: Load,
     stop = asyncio.Event()
     task = asyncio.create_task(ingest.run(stop))
     await asyncio.wait_for(ingest.connected.wait(), 30)
-    procs = load(s, prefix)
     first = last = 0.0
-    seen = 0
+    seen = base = 0
 
     def applied() -> int:
-        nonlocal first, last, seen
+        # like Timer: from the first commit seen, not counting what it committed (the bare
+        # subscribers count from their first arrival the same way)
+        nonlocal first, last, seen, base
         if ingest.applied != seen:
             last = time.perf_counter()
             if not seen:
-                first = last
+                first, base = last, ingest.applied
             seen = ingest.applied
         return seen
 
     try:
-        await idle_done(_All(procs), applied, n)
+        await _drive(s, load, prefix, n, applied)
     finally:
         stop.set()
         await task
-        await _wait(procs)
         batches = metrics.registry.get_sample_value("orch_ingest_batches_total") or 1
         await pool.close()
-    return seen / max(last - first, 1e-9), seen, batches
+    return (seen - base) / max(last - first, 1e-9), seen, batches
 
 
 class _All:

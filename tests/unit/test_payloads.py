@@ -56,6 +56,9 @@ def test_rejections_name_their_reason() -> None:
     assert reason("ota/١٢/status", b"{}") == "bad_dev_id"  # non-ASCII digits
     assert reason("other/1/status", b"{}") == "bad_topic"
     assert reason("ota/1/command", b"{}") == "bad_topic"
+    # the ingest hands over an empty topic, and undecodable topic bytes as U+FFFD
+    assert reason("", b"{}") == "bad_topic"
+    assert reason("ota/1\ufffd/status", b"{}") == "bad_dev_id"
     assert reason("ota/1/progress", b'{"step": 5}') == "missing_field"
     assert reason("ota/1/progress", b'{"campaign": 1, "step": 150}') == "out_of_range"
     assert reason("ota/1/progress", b'{"campaign": 0, "step": 5}') == "out_of_range"

@@ -15,6 +15,18 @@ def unquote_value(value: str) -> str:
     return out.replace("%25", "%")
 
 
+def _fields(header: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for part in header.split("&"):
+        key, _, value = part.partition("=")
+        fields[key] = unquote_value(value)
+    return fields
+
+
+def expiry_of(header: str | None) -> float:
+    """The ``et`` of a token :func:`verify_authorization` accepted."""
+    assert header is not None
+    return int(_fields(header)["et"])
 
 
 def verify_authorization(header: str | None, product_id: str, access_key: str,
@@ -23,10 +35,7 @@ def verify_authorization(header: str | None, product_id: str, access_key: str,
     if not header:
         return False
     try:
-        fields: dict[str, str] = {}
-        for part in header.split("&"):
-            key, _, value = part.partition("=")
-            fields[key] = unquote_value(value)
+        fields = _fields(header)
         et = int(fields["et"])
         method = fields["method"]
         if fields.get("version") != TOKEN_VERSION or fields["res"] != f"products/{product_id}":

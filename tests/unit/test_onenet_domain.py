@@ -1,5 +1,6 @@
 import json
 
+from aiohttp.test_utils import make_mocked_request
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,6 +19,8 @@ from orchestrator.domain.onenet import (
 from orchestrator.domain.resilience import Breaker
 from orchestrator.sim import DEMO_ACCESS_KEY as KEY
 from orchestrator.sim.auth import unquote_value, verify_authorization
+from orchestrator.sim.onenet import Simulator
+from orchestrator.sim.scenario import Scenario
 
 
 def test_worked_vector_from_onenet_ota_md() -> None:
@@ -153,3 +156,22 @@ def test_ip_port_must_be_a_host_and_an_optional_port() -> None:
     for bad in ("evil.com/x?", "user:pw@host:80", "host:", "host:0", "host:80/path",
                 "host:80#frag", "a b:80"):
         assert isinstance(answer(bad), ProtocolError), bad
+
+
+def test_the_simulator_verifies_a_signature_once_and_its_expiry_always() -> None:
+    now = [1_900_000_000.0]
+    sim = Simulator(Scenario(product_id="7", access_key=KEY), clock=lambda: now[0])
+    header = authorization("7", KEY, 1_900_000_100, "sha256")
+
+    def asks(h: str) -> bool:
+        return sim.authorized(make_mocked_request("POST", "/ota/south/check",
+                                                  headers={"Authorization": h}))
+
+    assert asks(header) and asks(header)
+    assert not asks(header.replace("sign=", "sign=A"))      # a forgery is never cached
+    now[0] = 1_900_000_101
+    assert not asks(header)                                  # cached, and expired
+    for i in range(2000):                                    # the cache stays bounded
+        now[0] = 1_900_000_000
+        assert asks(authorization("7", KEY, 1_900_000_200 + i, "md5"))
+    assert len(sim._verified) <= 1024

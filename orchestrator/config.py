@@ -89,6 +89,7 @@ class Settings:
     ingest_batch_size: int = 2000
     ingest_flush_interval: float = 0.05
     scheduler_batch_size: int = 500
+    scheduler_workers: int = 3          # batches in progress at once per replica
     scheduler_poll_interval: float = 0.5
     event_retention_days: int = 90
     max_in_flight: int | None = None    # devices checking or in flight, fleet-wide
@@ -257,6 +258,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "ingest_batch_size": _positive(int),
     "ingest_flush_interval": _positive(float),
     "scheduler_batch_size": _positive(int),
+    "scheduler_workers": _positive(int),
     "scheduler_poll_interval": _positive(float),
     "max_in_flight": _positive(int),
 }

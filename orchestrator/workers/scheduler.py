@@ -74,8 +74,11 @@ class Scheduler:
         self.policy = policy or policy_from(settings)
         self.processed = 0
 
-    async def run(self, stop: asyncio.Event, workers: int = 2) -> None:
-        await asyncio.gather(*(self._worker(stop) for _ in range(workers)))
+    async def run(self, stop: asyncio.Event, workers: int | None = None) -> None:
+        """``workers`` batches at once (default ``ORCH_SCHEDULER_WORKERS``): while one
+        waits on the database, another's checks are out."""
+        n = self.settings.scheduler_workers if workers is None else workers
+        await asyncio.gather(*(self._worker(stop) for _ in range(n)))
 
     async def _worker(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -83,6 +83,15 @@ def test_bench_smoke(which: str, size: int) -> None:
     if which == "enroll":
         assert result["devices"] == 2000
         assert result["campaign_progress_ms_max"] < 1000
+    if which == "checks":
+        # every client of the test extra measured, the fastest is the raw limit, and the
+        # other processes on the path were found and counted
+        rates = {c: result[f"{c}_rate"] for c in ("aiohttp", "pyreqwest")}
+        assert result["raw_rate"] == max(rates.values())
+        assert rates[result["raw_client"]] == result["raw_rate"]
+        assert result["simulator_cpu_ms_per_1000"] > 0
+        assert result["database_cpu_ms_per_1000"] >= 0
+        assert 0 < result["machine_ceiling"] <= result["machine_ceiling_bare"]
 
 
 def test_bench_needs_a_database() -> None:

@@ -1,5 +1,5 @@
 """What the benchmarks share: the report line, a scratch database, the OneNET simulator in
-its own process, bare aiohttp checks (the raw limit of the check path)."""
+its own process, bare check POSTs (the raw limits of the check path), other processes' CPU."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
+import orjson
 
 from orchestrator.config import MqttUrl, Settings
 from orchestrator.sim import DEMO_ACCESS_KEY
@@ -72,24 +73,93 @@ async def scratch_database(settings: Settings) -> AsyncIterator[str]:
             await admin.close()
 
 
+# the HTTP clients measured bare against the simulator: ours, and the fastest Python asyncio
+# client measured here (pyreqwest, Rust's reqwest underneath; the bench extra)
+HTTP_CLIENTS = ("aiohttp", "pyreqwest")
+
+
+@dataclasses.dataclass(frozen=True)
+class RawChecks:
+    client: str
+    rate: float                 # POSTs per second
+    cpu: float                  # seconds of this process's CPU, every thread counted
+
+
 async def raw_checks(url: str, n: int, concurrency: int, body: Callable[[int], dict[str, Any]],
-                     headers: dict[str, str]) -> float:
-    conn = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=conn) as http:
-        sem = asyncio.Semaphore(concurrency)
+                     headers: dict[str, str], client: str = "aiohttp") -> RawChecks | None:
+    """``n`` bare check POSTs, ``concurrency`` at a time, bodies encoded with orjson as ours
+    are. None when the client is not installed."""
+    target = f"{url}/ota/south/check"
+    headers = {**headers, "Content-Type": "application/json"}
+    sem = asyncio.Semaphore(concurrency)
+    started, cpu = time.perf_counter(), time.process_time()
+    if client == "aiohttp":
+        conn = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=conn) as http:
 
-        async def one(i: int) -> None:
-            async with sem, http.post(f"{url}/ota/south/check", json=body(i),
-                                      headers=headers) as r:
-                await r.read()
+            async def one(i: int) -> None:
+                async with sem, http.post(target, data=orjson.dumps(body(i)),
+                                          headers=headers) as r:
+                    await r.read()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(n)))
-        return n / (time.perf_counter() - started)
+            await asyncio.gather(*(one(i) for i in range(n)))
+    else:
+        try:
+            from pyreqwest.client import ClientBuilder  # noqa: PLC0415 (bench extra only)
+        except ImportError:
+            return None
+        async with ClientBuilder().max_connections(concurrency).default_headers(
+                headers).build() as rq:
+
+            async def one_rq(i: int) -> None:
+                async with sem:
+                    r = await rq.post(target).body_bytes(orjson.dumps(body(i))).build().send()
+                    await r.bytes()
+
+            started, cpu = time.perf_counter(), time.process_time()   # not its start-up
+            await asyncio.gather(*(one_rq(i) for i in range(n)))
+    return RawChecks(client, n / (time.perf_counter() - started), time.process_time() - cpu)
+
+
+async def raw_checks_all(url: str, n: int, concurrency: int, body: Callable[[int], dict[str, Any]],
+                   auth: dict[str, str], say: Say) -> list[RawChecks]:
+    """Each of :data:`HTTP_CLIENTS` that is installed, measured bare in turn."""
+    out = []
+    for client in HTTP_CLIENTS:
+        raw = await raw_checks(url, n, concurrency, body, auth, client)
+        if raw is None:
+            say(f"  ({client} is not installed: the bench extra)")
+            continue
+        say(f"  bare {client} POSTs: {raw.rate:,.0f} checks/s, "
+            f"{1e6 * raw.cpu / n:,.0f} ms of CPU per 1,000")
+        out.append(raw)
+    return out
+
+
+def cpu_seconds(pids: Iterable[int], command: str) -> dict[int, float]:
+    """CPU seconds so far of each of ``pids`` whose command line names ``command``, from
+    /proc (empty where there is none, or for processes of another machine)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out: dict[int, float] = {}
+    for pid in pids:
+        try:
+            if command.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / tick      # utime + stime
+    return out
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two :func:`cpu_seconds`, over the processes in both."""
+    return sum(after[p] - before[p] for p in before.keys() & after.keys())
 
 
 @contextlib.asynccontextmanager
-async def simulator_process(scenario: dict[str, Any]) -> AsyncIterator[str]:
+async def simulator_process(scenario: dict[str, Any]) -> AsyncIterator[tuple[str, int]]:
+    """The OneNET simulator in a process of its own: its URL and pid."""
     port = free_port()
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(scenario, f)
@@ -106,7 +176,7 @@ async def simulator_process(scenario: dict[str, Any]) -> AsyncIterator[str]:
                         break
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.05)
-        yield url
+        yield url, proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.to_thread(proc.wait)

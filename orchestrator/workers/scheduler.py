@@ -183,14 +183,17 @@ class Scheduler:
         now = time.time()
         counts: Counter[tuple[int, int]] = Counter()
         commands: list[tuple[int, int, dict[str, Any]]] = []
-        for (c, claimed_decision), outcome in zip(to_check, outcomes, strict=True):
+        # each check's attempt id: 8 random bytes, drawn for the whole batch in one call
+        attempts = secrets.token_hex(8 * len(to_check))
+        for i, ((c, claimed_decision), outcome) in enumerate(zip(to_check, outcomes,
+                                                                   strict=True)):
             errno = outcome_errno(outcome)
             called = not ((isinstance(outcome, Failed) and outcome.local) or
                           (isinstance(outcome, Retryable) and outcome.reason == "breaker_open"))
             if called:
                 counts[(c.campaign_id, errno)] += 1
             d = on_check(claimed_decision.row, outcome, c.status, now, policy,
-                         attempt=secrets.token_hex(8))
+                         attempt=attempts[16 * i:16 * i + 16])
             if d.command is not None and d.command.op == "upgrade":
                 assert d.row.task is not None
                 url = download_url(self.settings.download_url_template, d.row.task,

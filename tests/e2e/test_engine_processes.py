@@ -68,6 +68,10 @@ async def test_two_processes_never_dispatch_a_device_twice(
         assert row["succeeded"] == n
         upgrades = Counter(d for d, c in fleet.commands if c["op"] == "upgrade")
         assert len(upgrades) == n and max(upgrades.values()) == 1, upgrades.most_common(3)
+        # every upgrade carries an attempt id of its own (drawn per batch, sliced per device)
+        attempts = [c["attempt"] for _, c in fleet.commands if c["op"] == "upgrade"]
+        assert len(set(attempts)) == n
+        assert all(len(a) == 16 and int(a, 16) >= 0 for a in attempts)
         # both replicas did work
         conn = await connect(dsn)
         try:

@@ -23,9 +23,8 @@ def _fields(header: str) -> dict[str, str]:
     return fields
 
 
-def expiry_of(header: str | None) -> float:
+def expiry_of(header: str) -> int:
     """The ``et`` of a token :func:`verify_authorization` accepted."""
-    assert header is not None
     return int(_fields(header)["et"])
 
 

@@ -120,7 +120,8 @@ class Simulator:
         expires = self._verified.get(header)
         if expires is not None:
             return now <= expires
-        if not verify_authorization(header, self.product_id, self.access_key, now):
+        if header is None or not verify_authorization(header, self.product_id,
+                                                      self.access_key, now):
             return False
         # a client sends one token for an hour: verify its signature once, its expiry always
         if len(self._verified) >= 1024:

@@ -121,8 +121,9 @@ async def raw_checks(url: str, n: int, concurrency: int, body: Callable[[int], d
     return RawChecks(client, n / (time.perf_counter() - started), time.process_time() - cpu)
 
 
-async def raw_checks_all(url: str, n: int, concurrency: int, body: Callable[[int], dict[str, Any]],
-                   auth: dict[str, str], say: Say) -> list[RawChecks]:
+async def raw_checks_all(url: str, n: int, concurrency: int,
+                         body: Callable[[int], dict[str, Any]], auth: dict[str, str],
+                         say: Say) -> list[RawChecks]:
     """Each of :data:`HTTP_CLIENTS` that is installed, measured bare in turn."""
     out = []
     for client in HTTP_CLIENTS:

@@ -88,8 +88,8 @@ class Settings:
     claim_lease: float = 60.0
     ingest_batch_size: int = 2000
     ingest_flush_interval: float = 0.05
-    scheduler_batch_size: int = 500
-    scheduler_workers: int = 3          # batches in progress at once per replica
+    scheduler_batch_size: int = 2000
+    scheduler_workers: int = 2          # batches in progress at once per replica
     scheduler_poll_interval: float = 0.5
     event_retention_days: int = 90
     max_in_flight: int | None = None    # devices checking or in flight, fleet-wide

@@ -253,11 +253,14 @@ class DirectPublish:
 
         paho._handle_pubackcomp = handle  # type: ignore[method-assign]
 
+    def connected(self) -> bool:
+        return bool(self.paho.is_connected())
+
     def publish(self, messages: Sequence[tuple[str, bytes]]) -> Batch:
         """Queue these (topic, payload) messages at QoS 1. Raises aiomqtt.MqttError when
         not connected or too many are unacknowledged."""
         paho = self.paho
-        if not paho.is_connected():
+        if not self.connected():
             raise aiomqtt.MqttError("publish failed: not connected")
         if len(self.waiting) + len(messages) > self.LIMIT:
             raise aiomqtt.MqttError("publish failed: too many unacknowledged messages")

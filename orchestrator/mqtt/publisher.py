@@ -67,7 +67,7 @@ class Publisher:
             raise PublishFailed(str(exc)) from exc
         deadline = time.monotonic() + timeout
         while not batch.done.is_set():
-            if time.monotonic() > deadline or not direct.paho.is_connected():
+            if time.monotonic() > deadline or not direct.connected():
                 await self.close()
                 raise PublishFailed("broker did not acknowledge the commands")
             with contextlib.suppress(TimeoutError):

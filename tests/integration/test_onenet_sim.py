@@ -414,3 +414,25 @@ def test_simulator_and_fleet_flags_refuse_bad_values() -> None:
         out = run_cli(*args, timeout=30)
         assert out.returncode == 2, (args, out.stderr)
         assert word in out.stderr, (args, out.stderr)
+
+
+async def test_sibling_calls_answer_garbage_bodies_with_errno_2(start_sim: Any) -> None:
+    """The version and progress bodies (read with orjson): not JSON, not UTF-8, not an
+    object, a wrong step — each a clear errno 2; the task is untouched and goes on."""
+    srv = await start_sim(SCENARIO)
+    auth = {"Authorization": authorization("123123", SIM_KEY, 2**40),
+            "Content-Type": "application/json"}
+    async with OneNetClient(settings_for(srv.url)) as client, aiohttp.ClientSession() as s:
+        task = await task_and_token(client)
+        not_an_object = (b"{not json", b"\xff\xfe", b"[1, 2]")
+        for body in not_an_object:
+            async with s.post(f"{srv.url}/ota/device/version", params={"dev_id": "1"},
+                              data=body, headers=auth) as r:
+                assert (await r.json())["errno"] == 2, body
+        for body in (*not_an_object, b'{"step": "50"}', b'{"step": 1e999}'):
+            async with s.post(f"{srv.url}/ota/south/device/download/{task.token}/progress",
+                              params={"dev_id": "1"}, data=body, headers=auth) as r:
+                assert (await r.json())["errno"] == 2, body
+        assert srv.sim.by_token[task.token].state == "to_be_upgraded"
+        assert await client.check_token(task.token, 1) == 0
+        assert await client.report_progress(task.token, 1, 50) == 0

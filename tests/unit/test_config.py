@@ -36,6 +36,8 @@ def test_env_values() -> None:
     ({"ORCH_API_LISTEN": "8080"}, "ORCH_API_LISTEN"),
     ({"ORCH_CLAIM_LEASE": "-1"}, "ORCH_CLAIM_LEASE"),
     ({"ORCH_CLAIM_LEASE": "soon"}, "ORCH_CLAIM_LEASE"),
+    ({"ORCH_SCHEDULER_WORKERS": "0"}, "ORCH_SCHEDULER_WORKERS"),
+    ({"ORCH_SCHEDULER_WORKERS": "many"}, "ORCH_SCHEDULER_WORKERS"),
     ({"ORCH_LOG_FORMAT": "xml"}, "ORCH_LOG_FORMAT"),
     ({"ORCH_MQTT_TOPIC_PREFIX": "a/b"}, "ORCH_MQTT_TOPIC_PREFIX"),
     ({"ORCH_ONENET_URL": "ftp://x"}, "ORCH_ONENET_URL"),

@@ -14,12 +14,12 @@ from orchestrator.store.queries import q
 
 
 async def enqueue(conn: Connection, commands: Sequence[tuple[int, dict[str, Any]]]) -> list[int]:
-    """Queue commands; each payload is encoded once here and published as stored."""
+    """Queue commands; their payloads are encoded once here, with the batch, and published as
+    stored."""
     if not commands:
         return []
-    rows = await conn.fetch(q("outbox_insert"), [c[0] for c in commands],
-                            [orjson.dumps(c[1]).decode() for c in commands])
-    return [r["id"] for r in rows]
+    rows = await conn.fetch(q("outbox_insert"), orjson.dumps(commands).decode())
+    return [r[0] for r in rows]
 
 
 async def lease(conn: Connection, ids: Sequence[int] | None, limit: int,

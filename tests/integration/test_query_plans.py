@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from orchestrator.domain.campaign import CampaignSpec
 from orchestrator.domain.device import NON_TERMINAL
 from orchestrator.store.campaigns import create_campaign
@@ -29,10 +31,22 @@ async def test_claim_and_progress_use_their_indexes(pool: Any) -> None:
         # one of the two small partial indexes on unreachable rows, never the table
         assert "campaign_devices_unreachable" in woken, woken
         assert "Seq Scan on campaign_devices" not in woken, woken
-        for name in ("members_lock", "members_lock_keys"):
-            lock = "\n".join(r[0] for r in await conn.fetch(
-                "EXPLAIN " + q(name), [2, 2, 2], [5, 6, 7]))
-            assert "campaign_devices_pkey" in lock, (name, lock)
+        lock = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN " + q("members_lock"), [2, 2, 2], [5, 6, 7]))
+        assert "campaign_devices_pkey" in lock, lock
+        # the batched writes take their rows as one JSON document: a scheduler's batch of
+        # 2,000 must still reach each row by its key
+        keys = orjson.dumps([(2, d) for d in range(5, 2005)]).decode()
+        lock = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + q("members_lock_keys"),
+                                                         keys))
+        assert "campaign_devices_pkey" in lock, lock
+        rows = orjson.dumps([(2, d, 1, "checking", 0, 0, 1.0, None, None, None, None, None,
+                              None, None, None, None, "pending", "claimed")
+                             for d in range(5, 2005)]).decode()
+        write = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + q("members_write"),
+                                                          rows, "t"))
+        assert "Seq Scan on campaign_devices" not in write, write
+        assert "campaign_devices_pkey" in write, write
         target = "\n".join(r[0] for r in await conn.fetch(
             "EXPLAIN " + q("members_reaching_target"), [5, 6], ["1.3", "1.3"], [None, None],
             list(NON_TERMINAL)))

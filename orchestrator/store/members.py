@@ -21,26 +21,23 @@ from orchestrator.store.queries import q
 CAP_LOCK = int.from_bytes(b"ota-caps", "big", signed=True)   # pg_advisory_xact_lock key
 
 
-def _ts(value: dt.datetime | None) -> float | None:
-    return value.timestamp() if value is not None else None
-
-
-def device_row(r: Record) -> DeviceRow:
-    task = r["task"]
-    return DeviceRow(
-        state=r["state"], attempts=r["attempts"], transient_errors=r["transient_errors"],
-        next_attempt_at=_ts(r["next_attempt_at"]), last_errno=r["last_errno"],
-        last_step=r["last_step"], last_error=r["last_error"],
-        task=Task.from_json(task) if task else None,
-        token_expires_at=_ts(r["token_expires_at"]), dispatched_at=_ts(r["dispatched_at"]),
-        report_asked_at=_ts(r["report_asked_at"]), heard_at=_ts(r["heard_at"]),
-        attempt=r["attempt"])
-
-
-def _member(r: Record) -> Member:
-    return Member(r["campaign_id"], r["dev_id"], r["rev"], r["wave"], device_row(r),
-                  r["type"], r["target_version"], r["dispatch_timeout"],
-                  r["unreachable_after"])
+def _member(r: Record, rows: dict[tuple[Any, ...], DeviceRow]) -> Member:
+    """A membership from the first 21 columns of members_lock or members_claim. Rows without
+    a task are shared between members whose rows are equal (they are immutable): a batch
+    of fresh claims then builds one."""
+    (cid, did, rev, wave, state, attempts, te, next_at, errno, step, err, task, tok, disp,
+     asked, heard, attempt, kind, target, dispatch_timeout, unreachable_after) = r[:21]
+    if task is None:
+        key = (state, attempts, te, next_at, errno, step, err, tok, disp, asked, heard,
+               attempt)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = DeviceRow(state, attempts, te, next_at, errno, step, err, None,
+                                        tok, disp, asked, heard, attempt)
+    else:
+        row = DeviceRow(state, attempts, te, next_at, errno, step, err, Task.from_json(task),
+                        tok, disp, asked, heard, attempt)
+    return Member(cid, did, rev, wave, row, kind, target, dispatch_timeout, unreachable_after)
 
 
 async def claim(conn: Connection, campaign_id: int, current_wave: int, limit: int,
@@ -52,10 +49,13 @@ async def claim(conn: Connection, campaign_id: int, current_wave: int, limit: in
         return []
     rows = await conn.fetch(q("members_claim"), campaign_id, list(states),
                             current_wave, limit, lease, owner)
-    return [Claimed(_member(r), r["manuf"], r["model"],
-                    r["fota_version"] if r["type"] == "fota" else r["sota_version"],
-                    Status(r["signal"], r["power"], _ts(r["status_at"])), _ts(r["last_seen"]))
-            for r in rows]
+    shared: dict[tuple[Any, ...], DeviceRow] = {}
+    out = []
+    for r in rows:
+        manuf, model, version, signal, power, status_at, last_seen = r[21:]
+        out.append(Claimed(_member(r, shared), manuf, model, version,
+                           Status(signal, power, status_at), last_seen))
+    return out
 
 
 async def cap_lock(conn: Connection) -> None:
@@ -81,7 +81,8 @@ async def lock(conn: Connection, keys: Sequence[Key]) -> dict[Key, Member]:
     ordered = sorted(set(keys))
     rows = await conn.fetch(q("members_lock"), [k[0] for k in ordered],
                             [k[1] for k in ordered])
-    return {(r["campaign_id"], r["dev_id"]): _member(r) for r in rows}
+    shared: dict[tuple[Any, ...], DeviceRow] = {}
+    return {(r[0], r[1]): _member(r, shared) for r in rows}
 
 
 async def write(conn: Connection, writes: Sequence[Write], actor: str, *,

@@ -11,6 +11,7 @@ line by its next status report.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import random
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -75,7 +76,20 @@ class DeviceRow:
     attempt: str | None = None           # id of the upgrade command in flight (echoed back)
 
     def replace(self, **changes: Any) -> DeviceRow:
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``; an unknown field raises AttributeError. Field by field
+        (the fields are slots): half the time of ``dataclasses.replace``, which the
+        scheduler calls twice per device."""
+        new = object.__new__(DeviceRow)
+        for name, value in zip(_ROW_FIELDS, _row_values(self), strict=True):
+            _set(new, name, value)
+        for name, value in changes.items():
+            _set(new, name, value)
+        return new
+
+
+_ROW_FIELDS = tuple(f.name for f in dataclasses.fields(DeviceRow))
+_row_values = operator.attrgetter(*_ROW_FIELDS)
+_set = object.__setattr__
 
 
 @dataclass(frozen=True, slots=True)

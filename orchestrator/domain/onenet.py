@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import orjson
 
-from orchestrator.domain.versions import is_valid_version
+from orchestrator.domain.versions import VERSION_RE
 
 IP_PORT = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
@@ -167,39 +167,39 @@ def outcome_errno(outcome: CheckOutcome) -> int:
 
 
 # (JSON key, type): JSON decoding gives exactly these types, so ``type(v) is kind`` is the
-# whole check (a bool is not an int here); one loop, no call per field (measured: a third
-# of the time of a check's own parsing)
+# whole check (a bool is not an int here). The common case, every field right, is one
+# tuple comparison made in C; the loop that names the wrong field runs only on a bad answer.
 _TASK_FIELDS = (("target", str), ("token", str), ("size", int), ("signal", int),
                 ("power", int), ("retry", int), ("interval", int), ("md5", str), ("type", int))
+_TASK_KEYS = tuple(key for key, _ in _TASK_FIELDS)
+_TASK_KINDS = tuple(kind for _, kind in _TASK_FIELDS)
 
 
 def parse_task(data: Any) -> Task:
     if not isinstance(data, dict):
         raise ValueError(f"data: expected an object, got {type(data).__name__}")
-    values: list[Any] = []
-    for key, kind in _TASK_FIELDS:
-        value = data.get(key)
-        if type(value) is not kind:
-            raise ValueError(f"data.{key}: expected {'an integer' if kind is int else 'str'}, "
-                             f"got {value!r:.40}")
-        values.append(value)
+    values: tuple[Any, ...] = tuple(map(data.get, _TASK_KEYS))
+    if tuple(map(type, values)) != _TASK_KINDS:
+        for (key, kind), value in zip(_TASK_FIELDS, values, strict=True):
+            if type(value) is not kind:
+                raise ValueError(f"data.{key}: expected "
+                                 f"{'an integer' if kind is int else 'str'}, got {value!r:.40}")
+    target, token, size, signal, power, retry, interval, md5, package = values
     ip_port = data.get("ipPort")
     if ip_port is not None and type(ip_port) is not str:
         raise ValueError(f"data.ipPort: expected str, got {ip_port!r:.40}")
-    values.append(ip_port)
-    task = Task(*values)
-    if not is_valid_version(task.target):
-        raise ValueError(f"data.target: {task.target[:40]!r} is not a valid version")
-    if not task.token or any(c in task.token for c in "/?#") or len(task.token) > 256:
+    if VERSION_RE.fullmatch(target) is None:
+        raise ValueError(f"data.target: {target[:40]!r} is not a valid version")
+    if not token or "/" in token or "?" in token or "#" in token or len(token) > 256:
         raise ValueError("data.token: empty or not a path segment")
-    if task.size < 0 or task.retry < 0 or task.interval < 0:
+    if size < 0 or retry < 0 or interval < 0:
         raise ValueError("data: size, retry and interval must be >= 0")
-    if task.type not in (FULL_PACKAGE, DIFF_PACKAGE):
-        raise ValueError(f"data.type: {task.type} is neither 1 nor 2")
-    if task.ip_port is not None and not IP_PORT.fullmatch(task.ip_port):
+    if package not in (FULL_PACKAGE, DIFF_PACKAGE):
+        raise ValueError(f"data.type: {package} is neither 1 nor 2")
+    if ip_port is not None and not IP_PORT.fullmatch(ip_port):
         # it becomes the host of the device's download URL: host[:port], nothing else
-        raise ValueError(f"data.ipPort: {task.ip_port[:60]!r} is not host[:port]")
-    return task
+        raise ValueError(f"data.ipPort: {ip_port[:60]!r} is not host[:port]")
+    return Task(target, token, size, signal, power, retry, interval, md5, package, ip_port)
 
 
 def parse_check_response(status: int, body: bytes) -> CheckOutcome:

@@ -328,3 +328,25 @@ def test_resume_accepts_the_evidence_and_the_rules_judge_only_what_follows() -> 
 def test_the_abort_rule_names_its_action() -> None:
     rules = Rules(abort_failure_pct=10, abort_min_finished=2, abort_action="abort")
     assert decide(rules, 0, {0: Counts(failed=2)}).kind == "abort"
+
+
+ROW_FIELDS = [f.name for f in dataclasses.fields(DeviceRow)]
+
+
+@settings(deadline=None)     # timing is not the property; a slow machine moment is no failure
+@given(st.dictionaries(st.sampled_from(ROW_FIELDS),
+                       st.one_of(st.none(), st.integers(), st.text(max_size=5)), max_size=6))
+def test_row_replace_is_dataclasses_replace(changes: dict[str, object]) -> None:
+    row = DeviceRow("dispatched", 2, 1, 5.0, 0, 57, "e", None, 9.0, 1.0, 2.0, 3.0, "a")
+    fast = row.replace(**changes)
+    assert fast == dataclasses.replace(row, **changes)
+    assert fast is not row and row == DeviceRow("dispatched", 2, 1, 5.0, 0, 57, "e", None,
+                                                9.0, 1.0, 2.0, 3.0, "a")
+    assert hash(fast) == hash(dataclasses.replace(row, **changes))
+
+
+def test_row_replace_refuses_unknown_fields_and_stays_frozen() -> None:
+    with pytest.raises(AttributeError):
+        DeviceRow().replace(stat="failed")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DeviceRow().replace(state="failed").state = "pending"  # type: ignore[misc]

@@ -256,7 +256,7 @@ ORDER BY cd.campaign_id, cd.dev_id FOR UPDATE OF cd;
 SELECT cd.dev_id
 FROM ota.campaign_devices cd
 JOIN (SELECT (e->>0)::bigint AS c, (e->>1)::bigint AS d
-      FROM jsonb_array_elements($1::text::jsonb) e) k
+      FROM jsonb_array_elements($1::jsonb) e) k
   ON cd.campaign_id = k.c AND cd.dev_id = k.d
 ORDER BY cd.campaign_id, cd.dev_id FOR UPDATE OF cd;
 
@@ -265,9 +265,11 @@ ORDER BY cd.campaign_id, cd.dev_id FOR UPDATE OF cd;
 -- row written that has a reason. $1: a JSON array of rows [campaign_id, dev_id, rev, state,
 -- attempts, transient_errors, next_attempt_at, last_errno, last_step, last_error, task,
 -- token_expires_at, dispatched_at, report_asked_at, heard_at, attempt, old_state, reason];
--- times as epoch seconds. One JSON text, not 18 arrays: asyncpg's array parameters cost
+-- times as epoch seconds. One jsonb, not 18 arrays: asyncpg's array parameters cost
 -- 5.6 us of our CPU per row (a Python ABC check per element), this 0.4 (and PostgreSQL
--- less too: 2.5 us against 4.1, measured with 2,000 rows).
+-- less too: 2.5 us against 4.1, measured with 2,000 rows). Typed jsonb, not text cast to
+-- jsonb: the planner folds that cast, parsing the whole document again on every call
+-- (22 ms of planning for 2,000 rows).
 WITH u AS MATERIALIZED (
     SELECT (e->>0)::bigint AS cid, (e->>1)::bigint AS did, (e->>2)::int AS rev,
            e->>3 AS state, (e->>4)::int AS attempts, (e->>5)::int AS te,
@@ -275,7 +277,7 @@ WITH u AS MATERIALIZED (
            e->>9 AS err, nullif(e->10, 'null'::jsonb) AS task, (e->>11)::float8 AS tok,
            (e->>12)::float8 AS disp, (e->>13)::float8 AS rep, (e->>14)::float8 AS heard,
            e->>15 AS att, e->>16 AS old_state, e->>17 AS reason
-    FROM jsonb_array_elements($1::text::jsonb) e
+    FROM jsonb_array_elements($1::jsonb) e
 ), written AS (
     UPDATE ota.campaign_devices cd SET
         state = u.state, attempts = u.attempts, transient_errors = u.te,
@@ -393,7 +395,7 @@ SELECT pg_try_advisory_xact_lock($1);
 -- name: outbox_insert
 -- $1: a JSON array of [dev_id, payload]; ids come back in that order.
 INSERT INTO ota.outbox (dev_id, payload)
-SELECT (e->>0)::bigint, e->1 FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY
+SELECT (e->>0)::bigint, e->1 FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY
     AS x(e, i)
 ORDER BY i RETURNING id;
 

@@ -8,8 +8,6 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from orchestrator.domain.campaign import Claimed, Member, Write
 from orchestrator.domain.device import DUE_STATES, NON_TERMINAL, DeviceRow, Status
 from orchestrator.domain.onenet import Task
@@ -95,15 +93,14 @@ async def write(conn: Connection, writes: Sequence[Write], actor: str, *,
     ws = sorted(writes, key=lambda w: (w.campaign_id, w.dev_id))
     if not locked:
         # rows are not returned by execute(): only the locks are wanted
-        await conn.execute(q("members_lock_keys"),
-                           orjson.dumps([(w.campaign_id, w.dev_id) for w in ws]).decode())
-    doc = orjson.dumps([
+        await conn.execute(q("members_lock_keys"), [(w.campaign_id, w.dev_id) for w in ws])
+    doc = [
         (w.campaign_id, w.dev_id, w.rev, r.state, r.attempts, r.transient_errors,
          r.next_attempt_at, r.last_errno, r.last_step, r.last_error,
          r.task.to_json() if r.task else None, r.token_expires_at, r.dispatched_at,
          r.report_asked_at, r.heard_at, r.attempt, w.old_state, w.reason if w.event else None)
-        for w in ws for r in (w.row,)])
-    rows = await conn.fetch(q("members_write"), doc.decode(), actor)
+        for w in ws for r in (w.row,)]
+    rows = await conn.fetch(q("members_write"), doc, actor)
     return {(r[0], r[1]) for r in rows}
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from orchestrator.store.db import Connection
 from orchestrator.store.queries import q
 
@@ -18,7 +16,7 @@ async def enqueue(conn: Connection, commands: Sequence[tuple[int, dict[str, Any]
     stored."""
     if not commands:
         return []
-    rows = await conn.fetch(q("outbox_insert"), orjson.dumps(commands).decode())
+    rows = await conn.fetch(q("outbox_insert"), commands)
     return [r[0] for r in rows]
 
 

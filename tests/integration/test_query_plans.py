@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from orchestrator.domain.campaign import CampaignSpec
 from orchestrator.domain.device import NON_TERMINAL
 from orchestrator.store.campaigns import create_campaign
@@ -36,13 +34,12 @@ async def test_claim_and_progress_use_their_indexes(pool: Any) -> None:
         assert "campaign_devices_pkey" in lock, lock
         # the batched writes take their rows as one JSON document: a scheduler's batch of
         # 2,000 must still reach each row by its key
-        keys = orjson.dumps([(2, d) for d in range(5, 2005)]).decode()
+        keys = [(2, d) for d in range(5, 2005)]
         lock = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + q("members_lock_keys"),
                                                          keys))
         assert "campaign_devices_pkey" in lock, lock
-        rows = orjson.dumps([(2, d, 1, "checking", 0, 0, 1.0, None, None, None, None, None,
-                              None, None, None, None, "pending", "claimed")
-                             for d in range(5, 2005)]).decode()
+        rows = [(2, d, 1, "checking", 0, 0, 1.0, None, None, None, None, None, None, None,
+                 None, None, "pending", "claimed") for d in range(5, 2005)]
         write = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + q("members_write"),
                                                           rows, "t"))
         assert "Seq Scan on campaign_devices" not in write, write

@@ -24,6 +24,9 @@ async def test_claim_and_progress_use_their_indexes(pool: Any) -> None:
             claim = "\n".join(r[0] for r in await conn.fetch(
                 "EXPLAIN " + q("members_claim"), 2, list(states), 0, 500, 60.0, "t"))
             assert "campaign_devices_due_idx" in claim, claim
+            # the claimed rows are updated by ctid, never through a hash of the table
+            assert "Tid Scan on campaign_devices" in claim, claim
+            assert "Seq Scan on campaign_devices" not in claim, claim
         woken = "\n".join(r[0] for r in await conn.fetch(
             "EXPLAIN " + q("members_unreachable"), [5, 6, 7]))
         # one of the two small partial indexes on unreachable rows, never the table

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import msgspec
+
 from orchestrator.domain.catalogue import known_manuf, known_model
 from orchestrator.domain.device import NON_TERMINAL, RETRYABLE_STATES, DeviceRow, Policy, Status
 from orchestrator.domain.rollout import Counts, Rules, check_waves
@@ -319,8 +321,7 @@ class RunningCampaign:
     schedule: Schedule = field(default_factory=Schedule)
 
 
-@dataclass(frozen=True, slots=True)
-class Member:
+class Member(msgspec.Struct, frozen=True, gc=False):
     """One device's row in one campaign, as read (locked) by the store."""
 
     campaign_id: int
@@ -334,8 +335,7 @@ class Member:
     unreachable_after: float = 3600.0
 
 
-@dataclass(frozen=True, slots=True)
-class Claimed:
+class Claimed(msgspec.Struct, frozen=True, gc=False):
     """A due device claimed for checking, with what the check and the gate need."""
 
     member: Member
@@ -362,8 +362,7 @@ class Claimed:
         return self.member.row
 
 
-@dataclass(frozen=True, slots=True)
-class Write:
+class Write(msgspec.Struct, frozen=True, gc=False):
     """One decided row to write, guarded by the revision it was read at."""
 
     campaign_id: int

@@ -12,9 +12,9 @@ import base64
 import hashlib
 import hmac
 import re
-from dataclasses import dataclass
 from typing import Any, Literal
 
+import msgspec
 import orjson
 
 from orchestrator.domain.versions import VERSION_RE
@@ -61,8 +61,7 @@ INSTALL_FAILED_STEPS = frozenset(range(202, 207))
 STEP_DOWNLOADED, STEP_SUCCEEDED = 101, 201
 
 
-@dataclass(frozen=True, slots=True)
-class Task:
+class Task(msgspec.Struct, frozen=True, gc=False):
     """The ``data`` of an errno-0 check answer."""
 
     target: str
@@ -92,14 +91,12 @@ class Task:
         return parse_task(data)
 
 
-@dataclass(frozen=True, slots=True)
-class TaskFound:
+class TaskFound(msgspec.Struct, frozen=True, gc=False):
     task: Task
     kind: Literal["task"] = "task"
 
 
-@dataclass(frozen=True, slots=True)
-class NoTask:
+class NoTask(msgspec.Struct, frozen=True, gc=False):
     kind: Literal["no_task"] = "no_task"
 
     @property
@@ -107,8 +104,7 @@ class NoTask:
         return NO_TASK
 
 
-@dataclass(frozen=True, slots=True)
-class Failed:
+class Failed(msgspec.Struct, frozen=True, gc=False):
     """A terminal answer for this device (errno 1, 2, 8, 9, 27, 32), or a local refusal
     before any call (``local=True``), which carries the errno the platform would give."""
 
@@ -118,8 +114,7 @@ class Failed:
     kind: Literal["failed"] = "failed"
 
 
-@dataclass(frozen=True, slots=True)
-class Retryable:
+class Retryable(msgspec.Struct, frozen=True, gc=False):
     """Try again later: errno 7, a timeout, a transport error, a 5xx, an open breaker."""
 
     reason: str
@@ -128,8 +123,7 @@ class Retryable:
     kind: Literal["retry"] = "retry"
 
 
-@dataclass(frozen=True, slots=True)
-class ProtocolError:
+class ProtocolError(msgspec.Struct, frozen=True, gc=False):
     """The endpoint answered something that is not the documented API (never a guessed task)."""
 
     detail: str
@@ -139,8 +133,7 @@ class ProtocolError:
 CheckOutcome = TaskFound | NoTask | Failed | Retryable | ProtocolError
 
 
-@dataclass(frozen=True, slots=True)
-class CheckRequest:
+class CheckRequest(msgspec.Struct, frozen=True, gc=False):
     """What the orchestrator asks ``/ota/south/check`` for one device."""
 
     dev_id: int

@@ -140,3 +140,49 @@ async def test_malformed_publish_packets_fail_as_paho_fails_them() -> None:
     assert [(m.topic, m.payload, m.qos, m.mid) for m in got] == [
         (m._topic.decode(), m.payload, m.qos, m.mid) for m in ref]
     assert got, "some of these packets are well-formed"
+
+
+async def test_pubacks_are_taken_from_the_buffer_until_one_is_not_ours() -> None:
+    """The PUBACK fast path consumes whole PUBACKs its taker accepts and stops at anything
+    else (a foreign id, another packet type, a PUBACK cut by the read), leaving it to paho."""
+    client = make_client(parse_mqtt_url(MQTT_URL), f"pubacks-{uuid.uuid4().hex[:8]}",
+                         v5=False)
+    reads = _paho.Reads(client)
+    ours = {1, 2, 300, 7}
+    taken: list[int] = []
+
+    def take(mid: int) -> bool:
+        if mid in ours:
+            taken.append(mid)
+            return True
+        return False
+
+    def puback(mid: int) -> bytes:
+        return bytes([0x40, 2]) + mid.to_bytes(2, "big")
+
+    cases = [
+        (puback(1) + puback(300) + puback(9) + puback(2), 2, [1, 300]),   # 9 is foreign
+        (puback(7) + bytes([0xD0, 0]), 1, [7]),                       # then a PINGRESP
+        (puback(2) + puback(1)[:3], 1, [2]),                          # a cut PUBACK
+        (bytes([0x30, 0x05]) + puback(1), 0, []),                     # a PUBLISH first
+        (b"", 0, []),
+    ]
+    for data, consumed, mids in cases:
+        taken.clear()
+        reads._buf, reads._pos = data, 0
+        assert reads._pubacks(take) == consumed, data
+        assert reads._pos == 4 * consumed and taken == mids, data
+
+
+async def test_direct_publish_counts_thousands_of_acks_exactly() -> None:
+    """Acknowledgements arrive many to a read and take the buffer fast path: a batch of
+    5,000 completes, with nothing left waiting."""
+    url = parse_mqtt_url(MQTT_URL)
+    topic = f"many{uuid.uuid4().hex[:8]}/1/command"
+    async with make_client(url, f"many-{uuid.uuid4().hex[:8]}", v5=False) as pub:
+        direct = _paho.DirectPublish(pub)
+        batches = [direct.publish([(topic, b"{}")] * 2500) for _ in range(2)]
+        async with asyncio.timeout(20):
+            for batch in batches:
+                await batch.done.wait()
+        assert not direct.waiting and [b.remaining for b in batches] == [0, 0]

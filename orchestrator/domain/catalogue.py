@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from orchestrator.domain._tables import MODULES, Module
@@ -50,11 +51,13 @@ def known_model(text: str) -> bool:
     return _norm(text) in _MODEL_NAMES or text.strip() in _MODEL_CODES
 
 
+@functools.lru_cache(maxsize=1024)
 def resolve(manuf: str, model: str) -> Resolved:
     """Find the table row for a manufacturer and model given by name or by code.
 
     Names compare case- and space-insensitively; codes exactly. A mixed pair (name with
-    code) resolves too. Raises :class:`UnknownModule` naming what is not in the tables.
+    code) resolves too. Raises :class:`UnknownModule` naming what is not in the tables
+    (never cached). Answers are cached, bounded: every device of a campaign asks the same.
     """
     key = (_norm(manuf), _norm(model))
     found = _BY_NAME.get(key) or _BY_CODE.get((manuf.strip(), model.strip()))

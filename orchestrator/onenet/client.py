@@ -93,6 +93,8 @@ class OneNetClient:
                  breaker: Breaker | None = None) -> None:
         self.settings = settings
         self.base = settings.onenet_url.rstrip("/")
+        self._check_url = f"{self.base}/ota/south/check"
+        self._check_get = settings.onenet_check_method == "GET"
         self.tokens = TokenSource(settings)
         self.clock = clock
         self.breaker = breaker or Breaker()
@@ -153,10 +155,10 @@ class OneNetClient:
         return outcome
 
     async def _check_call(self, body: dict[str, Any]) -> CheckOutcome:
-        url = f"{self.base}/ota/south/check"
+        url = self._check_url
         try:
             async with self._sem:
-                if self.settings.onenet_check_method == "GET":
+                if self._check_get:
                     params = {k: (str(v).lower() if isinstance(v, bool) else str(v))
                               for k, v in body.items()}
                     ctx = self.session.get(url, params=params, headers=self._headers(False),

@@ -96,6 +96,7 @@ class Simulator:
         self.progress_reports: list[tuple[int, int]] = []
         self._next_task = 1
         self._verified: dict[str | None, float] = {}
+        self._md5: dict[str, str] = {}
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -105,7 +106,10 @@ class Simulator:
         return self._bytes[package.id]
 
     def md5(self, package: Package) -> str:
-        return hashlib.md5(self.content(package)).hexdigest()
+        """The package's digest, computed once (every check answer carries it)."""
+        if package.id not in self._md5:
+            self._md5[package.id] = hashlib.md5(self.content(package)).hexdigest()
+        return self._md5[package.id]
 
     def set_faults(self, faults: Faults) -> None:
         self.faults = faults

@@ -195,6 +195,18 @@ def parse_task(data: Any) -> Task:
     return Task(target, token, size, signal, power, retry, interval, md5, package, ip_port)
 
 
+# control characters (NUL among them, which PostgreSQL's text refuses) in text an endpoint
+# chose, before it is stored or logged
+_CONTROLS = dict.fromkeys((*range(32), *range(127, 160)), "�")
+MAX_TEXT = 200
+
+
+def printable(text: str, limit: int = MAX_TEXT) -> str:
+    """An endpoint's free text as we keep it: at most ``limit`` characters, control
+    characters replaced by U+FFFD."""
+    return text[:limit].translate(_CONTROLS)
+
+
 def parse_check_response(status: int, body: bytes) -> CheckOutcome:
     """Map an HTTP answer of ``/ota/south/check`` to an outcome. Never raises."""
     if status >= 500 or status == 429:
@@ -210,8 +222,6 @@ def parse_check_response(status: int, body: bytes) -> CheckOutcome:
     errno = doc.get("errno")
     if isinstance(errno, bool) or not isinstance(errno, int):
         return ProtocolError(f"errno missing or not an integer: {errno!r:.40}")
-    error = doc.get("error")
-    error_text = error if isinstance(error, str) else ERRNO_TEXT.get(errno, "")
     if errno == 0:
         try:
             return TaskFound(parse_task(doc.get("data")))
@@ -219,6 +229,8 @@ def parse_check_response(status: int, body: bytes) -> CheckOutcome:
             return ProtocolError(f"errno 0 without a valid task: {exc}")
     if errno == NO_TASK:
         return NoTask()
+    error = doc.get("error")
+    error_text = printable(error) if isinstance(error, str) else ERRNO_TEXT.get(errno, "")
     if errno in RETRYABLE_ERRNOS:
         return Retryable("errno", error_text or ERRNO_TEXT[7], errno=errno)
     if errno in TERMINAL_ERRNOS:

@@ -27,6 +27,7 @@ from orchestrator.domain.onenet import (
     authorization,
     parse_check_response,
     parse_errno_answer,
+    printable,
 )
 from orchestrator.domain.payloads import INT64_MAX
 from orchestrator.domain.resilience import Breaker
@@ -174,7 +175,7 @@ class OneNetClient:
         except TimeoutError:
             return Retryable("timeout", f"no answer within {self.settings.onenet_timeout}s")
         except (aiohttp.ClientError, OSError) as exc:
-            return Retryable("transport", f"{type(exc).__name__}: {exc}"[:200])
+            return Retryable("transport", printable(f"{type(exc).__name__}: {exc}"))
 
     async def _errno_call(self, method: str, path: str, *, params: dict[str, str],
                           json_body: Any = None) -> int | None:

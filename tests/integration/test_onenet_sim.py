@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -15,6 +15,7 @@ from aiohttp import web
 
 from conftest import SIM_KEY, free_port, run_cli
 from orchestrator.config import Settings
+from orchestrator.domain.campaign import CampaignSpec
 from orchestrator.domain.onenet import (
     CheckRequest,
     Failed,
@@ -25,8 +26,13 @@ from orchestrator.domain.onenet import (
     authorization,
 )
 from orchestrator.domain.resilience import Breaker
+from orchestrator.metrics import Metrics
 from orchestrator.onenet.client import OneNetClient, TokenSource
 from orchestrator.sim.scenario import ScenarioError, load_scenario
+from orchestrator.store import devices
+from orchestrator.store.campaigns import create_campaign
+from orchestrator.store.database import PgDatabase
+from orchestrator.workers.scheduler import Scheduler
 
 M5310 = {"manuf": "China Mobile", "model": "M5310"}
 SCENARIO = {
@@ -314,6 +320,8 @@ class Misbehaving:
                                       "data": {"target": 13, "token": None}})
         if self.mode == "html":
             return web.Response(status=403, text="<html>forbidden</html>")
+        if self.mode == "nul_error":
+            return web.json_response({"errno": 1, "error": "no\u0000such device" * 40})
         return web.json_response({"errno": 11, "error": "no task"})
 
 
@@ -436,3 +444,26 @@ async def test_sibling_calls_answer_garbage_bodies_with_errno_2(start_sim: Any) 
         assert srv.sim.by_token[task.token].state == "to_be_upgraded"
         assert await client.check_token(task.token, 1) == 0
         assert await client.report_progress(task.token, 1, 50) == 0
+
+
+async def test_an_error_text_with_a_nul_is_recorded_not_a_stuck_batch(
+        bad_server: Any, pool: Any) -> None:
+    """The endpoint's error text goes into the device's row and event: a NUL in it (which
+    PostgreSQL's text refuses) once failed the whole batch's record, so its devices were
+    claimed and checked again after every lease, for ever."""
+    m, url = bad_server
+    m.mode = "nul_error"
+    async with pool.acquire() as conn:
+        await devices.seed(conn, 3)
+        cid = await create_campaign(conn, CampaignSpec("nul", "fota", "1.3", all_devices=True),
+                                    start=True)
+    s = settings_for(url)
+    async with OneNetClient(s) as client:
+        scheduler = Scheduler(s, PgDatabase(pool), client, cast(Any, None), Metrics(), "t")
+        assert await scheduler.tick() == 3
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT state, last_errno, last_error FROM"
+                                " ota.campaign_devices WHERE campaign_id = $1", cid)
+    assert [(r["state"], r["last_errno"]) for r in rows] == [("failed", 1)] * 3
+    assert all(r["last_error"].startswith("no\ufffdsuch device") and
+               len(r["last_error"]) == 200 for r in rows)

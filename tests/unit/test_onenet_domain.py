@@ -13,6 +13,7 @@ from orchestrator.domain.onenet import (
     authorization,
     outcome_errno,
     parse_check_response,
+    printable,
     quote_value,
     sign,
 )
@@ -175,3 +176,20 @@ def test_the_simulator_verifies_a_signature_once_and_its_expiry_always() -> None
         now[0] = 1_900_000_000
         assert asks(authorization("7", KEY, 1_900_000_200 + i, "md5"))
     assert len(sim._verified) <= 1024
+
+
+def test_an_endpoints_error_text_is_kept_printable_and_short() -> None:
+    """Its error text is stored with the device: a NUL (which PostgreSQL's text refuses)
+    or a megabyte of it must not stop the batch's record."""
+    for errno, kind in ((1, Failed), (7, Retryable)):
+        out = answer({"errno": errno, "error": "bad\u0000answer\n\x7f" + "x" * 5000})
+        assert isinstance(out, kind)
+        text = out.error if isinstance(out, Failed) else out.detail
+        assert text.startswith("bad\ufffdanswer\ufffd\ufffd") and len(text) == 200
+
+
+@given(st.text())
+def test_printable_never_keeps_a_control_character(text: str) -> None:
+    kept = printable(text)
+    assert len(kept) <= 200 and kept == printable(kept)
+    assert not any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 for c in kept)

@@ -65,6 +65,7 @@ async def test_the_plan_counts_gates_canary_and_eta_and_writes_nothing(
         expected_pass = await conn.fetchval(
             "SELECT count(*) FROM ota.devices WHERE signal > 20 AND power > 60")
     env = orchestrator_env(settings)
+    before = dt.datetime.now(dt.UTC).timestamp()
     out = run_cli("campaign", "create", "--name", "plan", "--type", "fota", "--target", "1.3",
                   "--all-devices", "--waves", "1,50,100", "--canary", "2",
                   "--max-per-minute", "600", "--assume-signal", "20", "--assume-power", "60",
@@ -80,10 +81,17 @@ async def test_the_plan_counts_gates_canary_and_eta_and_writes_nothing(
     night = Schedule.parse(["daily 01:00-05:00"], "Asia/Shanghai")
     # work happens only at night in Shanghai: every wave ends inside the window
     assert all(night.is_open(e.timestamp() - 1e-3) for e in etas)
-    # 2,050 devices at 600/min: 205 s of open time in all
-    first_open = night.next_open(dt.datetime.now(dt.UTC).timestamp())
-    assert first_open is not None
-    assert etas[-1].timestamp() - first_open < 3600 and etas[-1].timestamp() >= first_open + 205
+    # 2,050 devices at 600/min: 205 s of open time in all, counted from the plan's "now",
+    # which lies between before and after (run inside the window, the window is open now)
+    after = dt.datetime.now(dt.UTC).timestamp()
+    earliest, latest = night.next_open(before), night.next_open(after)
+    assert earliest is not None and latest is not None
+    assert etas[-1].timestamp() >= earliest + 205
+    # unless the window closes within those 205 s (then the rest is tomorrow night)
+    if night.is_open(latest + 300):
+        assert etas[-1].timestamp() - latest < 3600
+    else:
+        assert etas[-1].timestamp() - latest < 86_400 + 3600
     text = run_cli("campaign", "create", "--name", "plan", "--type", "fota", "--target",
                    "1.3", "--all-devices", "--canary", "2", "--assume-signal", "20",
                    "--assume-power", "60", "--dry-run", env=env)

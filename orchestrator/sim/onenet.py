@@ -95,7 +95,7 @@ class Simulator:
         self.check_bodies: deque[dict[str, Any]] = deque(maxlen=10_000)
         self.progress_reports: list[tuple[int, int]] = []
         self._next_task = 1
-        self._verified: dict[str | None, float] = {}
+        self._verified: dict[str, float] = {}      # token -> its expiry
         self._md5: dict[str, str] = {}
 
     # --- helpers ---------------------------------------------------------------------------
@@ -121,10 +121,12 @@ class Simulator:
             return True
         header = request.headers.get("Authorization")
         now = self.clock()
+        if header is None:
+            return False
         expires = self._verified.get(header)
         if expires is not None:
             return now <= expires
-        if header is None or not verify_authorization(header, self.product_id,
+        if not verify_authorization(header, self.product_id,
                                                       self.access_key, now):
             return False
         # a client sends one token for an hour: verify its signature once, its expiry always

@@ -43,9 +43,9 @@ from orchestrator.workers import outbox
 
 log = structlog.get_logger(__name__)
 IN_FLIGHT_STATES = tuple(sorted(IN_FLIGHT))
+WAITING_STATES = tuple(sorted(WAITING))      # pending, gated, and checking left by a crash
 # a placeholder until a lane fills the slot (a lane that fails fails the whole batch)
 _NOT_CHECKED = Retryable("internal", "not checked")
-WAITING_STATES = tuple(sorted(WAITING))      # pending, gated, and checking left by a crash
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -165,13 +165,14 @@ class Scheduler:
         and a semaphore wait for each of 2,000 devices cost more than the calls' Python)."""
         outcomes: list[CheckOutcome] = [
             r if isinstance(r, Failed) else _NOT_CHECKED for r in reqs]
-        todo = iter([(i, r) for i, r in enumerate(reqs) if not isinstance(r, Failed)])
+        calls = [(i, r) for i, r in enumerate(reqs) if not isinstance(r, Failed)]
+        todo = iter(calls)
 
         async def lane() -> None:
             for i, req in todo:          # shared: each request is taken by one lane
                 outcomes[i] = await self.client.check(req)
 
-        lanes = min(self.settings.onenet_concurrency, len(reqs))
+        lanes = min(self.settings.onenet_concurrency, len(calls))
         await asyncio.gather(*(lane() for _ in range(lanes)))
         return outcomes
 

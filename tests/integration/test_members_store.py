@@ -14,7 +14,7 @@ from orchestrator.store import members, outbox
 from orchestrator.store.campaigns import create_campaign
 from orchestrator.workers.scheduler import IN_FLIGHT_STATES, WAITING_STATES
 
-TASK = Task("1.3", "tok-é/ü"[:5], 2048, 10, 20, 3, 60, "0" * 32, 2, "cdn.example:8080")
+TASK = Task("1.3", "tok-é", 2048, 10, 20, 3, 60, "0" * 32, 2, "cdn.example:8080")
 
 
 async def seeded(conn: Any, n: int) -> int:

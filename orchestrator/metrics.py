@@ -50,6 +50,9 @@ class Metrics:
                                    "ORCH_MAX_IN_FLIGHT (0: no fleet-wide cap)", registry=r)
         self.controller_leader = Gauge(
             "orch_controller_leader", "1 on the replica holding the controller lock", registry=r)
+        self.relays = Counter(
+            "orch_relays", "Progress steps relayed to OneNET, by outcome (sent, retried, "
+            "dropped after RELAY_GIVE_UP_AFTER tries with no answer)", ["outcome"], registry=r)
         self.rule_actions = Counter(
             "orch_campaign_rule_actions", "Campaigns paused or aborted by a rule",
             ["rule", "action"], registry=r)

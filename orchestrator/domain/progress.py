@@ -33,6 +33,20 @@ class Relay:
     attempts: int = 0
 
 
+RELAY_GIVE_UP_AFTER = 20      # tries; 30-60 min with the relay's capped backoff
+
+
+def relay_fate(answered: bool, attempts: int,
+               give_up_after: int = RELAY_GIVE_UP_AFTER) -> str:
+    """What becomes of a relayed step after one more try, ``attempts`` failed tries before
+    it: ``sent`` when OneNET answered (any errno: an answer is final, another try would get
+    the same), ``dropped`` when it did not and this was the last allowed try, else
+    ``retried``."""
+    if answered:
+        return "sent"
+    return "dropped" if attempts >= give_up_after - 1 else "retried"
+
+
 def apply_progress(members: dict[Key, Member], reports: Sequence[ProgressReport],
                    now: float, policy: Policy, require_attempt: bool = True
                    ) -> tuple[dict[Key, DeviceRow], dict[Key, list[str]], list[Rejection],

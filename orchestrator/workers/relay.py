@@ -1,7 +1,8 @@
 """Passing device progress on to OneNET's progress endpoint. Steps wait in ``ota.relays``
 (written with the progress itself), are sent by any replica behind the check client's
 breaker and concurrency bound, and leave the table once OneNET answered; a step that got no
-answer is tried again later (capped backoff), across restarts."""
+answer is tried again later (capped backoff), across restarts, and dropped after
+``RELAY_GIVE_UP_AFTER`` tries: logged and counted in ``orch_relays_total{outcome="dropped"}``."""
 
 from __future__ import annotations
 
@@ -10,22 +11,26 @@ import contextlib
 
 import structlog
 
+from orchestrator.domain.progress import Relay, relay_fate
 from orchestrator.domain.resilience import backoff
+from orchestrator.metrics import Metrics
 from orchestrator.ports import CheckClient, Database, DatabaseUnavailable, DataRejected
 
 log = structlog.get_logger(__name__)
 
 LEASE = 60.0
 BATCH = 200
-GIVE_UP_AFTER = 20      # attempts; a step OneNET never answers is dropped, and logged
 
 
 class Relayer:
-    def __init__(self, db: Database, client: CheckClient, interval: float = 0.5) -> None:
+    def __init__(self, db: Database, client: CheckClient, interval: float = 0.5,
+                 metrics: Metrics | None = None) -> None:
         self.db = db
         self.client = client
         self.interval = interval
+        self.metrics = metrics
         self.sent = 0
+        self.dropped = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -48,19 +53,24 @@ class Relayer:
             return False
         answers = await asyncio.gather(*(self.client.report_progress(r.token, r.dev_id, r.step)
                                          for r in due))
-        done = [r.id for r, a in zip(due, answers, strict=True)
-                if r.id is not None and (a is not None or r.attempts >= GIVE_UP_AFTER)]
-        later = [r for r, a in zip(due, answers, strict=True)
-                 if r.id is not None and a is None and r.attempts < GIVE_UP_AFTER]
+        fates: dict[str, list[Relay]] = {"sent": [], "retried": [], "dropped": []}
         for r, a in zip(due, answers, strict=True):
-            if a is None and r.attempts >= GIVE_UP_AFTER:
-                log.warning("progress relay dropped after retries", dev_id=r.dev_id,
-                            step=r.step, attempts=r.attempts)
+            if r.id is not None:
+                fates[relay_fate(a is not None, r.attempts)].append(r)
+        for r in fates["dropped"]:
+            log.warning("progress relay dropped: OneNET never answered", dev_id=r.dev_id,
+                        step=r.step, tries=r.attempts + 1)
+        done = [r.id for r in fates["sent"] + fates["dropped"] if r.id is not None]
+        later = fates["retried"]
         async with self.db.transaction() as tx:
             if done:
                 await tx.relays_done(done)
             if later:
                 delay = backoff(min(r.attempts for r in later), 1.0, 300.0)
                 await tx.relays_retry_later([r.id for r in later if r.id is not None], delay)
-        self.sent += len(done)
+        for fate, rs in fates.items():
+            if rs and self.metrics is not None:
+                self.metrics.relays.labels(fate).inc(len(rs))
+        self.sent += len(fates["sent"])
+        self.dropped += len(fates["dropped"])
         return len(due) == BATCH

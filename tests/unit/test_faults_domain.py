@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from orchestrator.domain.device import DeviceRow, on_claim
 from orchestrator.domain.onenet import Task
-from orchestrator.domain.progress import worth_an_event
+from orchestrator.domain.progress import RELAY_GIVE_UP_AFTER, relay_fate, worth_an_event
 from orchestrator.domain.resilience import backoff
 from orchestrator.logs import RateLimitedLog
 from orchestrator.ports import DatabaseUnavailable, DataRejected
@@ -107,3 +107,31 @@ def test_rejections_are_logged_once_per_reason_per_interval() -> None:
     log.note("bad_json")
     assert [(x["reason"], x["count"]) for x in lines] == [
         ("bad_json", 1), ("bad_topic", 1), ("bad_json", 10_000)]
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=60), st.integers(1, 30))
+def test_a_relayed_step_is_tried_until_answered_or_give_up_after_tries(
+        answers: list[bool], give_up_after: int) -> None:
+    """Played out over a run of answers: the step ends at its first answer ("sent"), or at
+    its ``give_up_after``-th unanswered try ("dropped"); never before, never after."""
+    fates = []
+    for attempts, answered in enumerate(answers):   # failed tries so far, as ota.relays counts
+        fate = relay_fate(answered, attempts, give_up_after)
+        fates.append(fate)
+        if fate != "retried":
+            break
+    tries = len(fates)
+    first_answer = answers.index(True) + 1 if True in answers else None
+    if first_answer is not None and first_answer <= give_up_after:
+        assert fates[-1] == "sent" and tries == first_answer
+    elif len(answers) >= give_up_after:
+        assert fates[-1] == "dropped" and tries == give_up_after
+    else:
+        assert set(fates) == {"retried"} and tries == len(answers)
+
+
+def test_relay_gives_up_after_twenty_tries_by_default() -> None:
+    assert RELAY_GIVE_UP_AFTER == 20
+    assert relay_fate(False, 18) == "retried"
+    assert relay_fate(False, 19) == "dropped"
+    assert relay_fate(True, 19) == "sent"

@@ -12,6 +12,7 @@ from typing import Any
 from orchestrator import runtime
 from orchestrator.cli.common import UsageError
 from orchestrator.config import Settings
+from orchestrator.sim import fast
 from orchestrator.sim.fleet import Fleet, FleetConfig, make_devices
 from orchestrator.sim.onenet import Simulator, serve
 from orchestrator.sim.scenario import Faults, Scenario, ScenarioError, load_scenario
@@ -36,20 +37,36 @@ def cmd_simulate_onenet(args: argparse.Namespace, settings: Settings) -> int:
     scenario = dataclasses.replace(scenario, **changes)
     sim = Simulator(scenario)
     f = scenario.faults
-    sim.set_faults(Faults(
+    faults = Faults(
         args.errno7_rate if args.errno7_rate is not None else f.errno7_rate,
         args.latency_ms if args.latency_ms is not None else f.latency_ms,
-        args.drop_rate if args.drop_rate is not None else f.drop_rate, f.seed))
+        args.drop_rate if args.drop_rate is not None else f.drop_rate, f.seed)
+    sim.set_faults(faults)
+    if args.server == "granian":
+        if not fast.available():
+            raise UsageError("--server granian needs granian: pip install -e '.[test]'")
+        if args.port == 0:
+            raise UsageError("--server granian needs a port of its own (not 0)")
+        if faults.latency_ms or faults.drop_rate:
+            raise UsageError("--server granian injects no latency or dropped connections: "
+                             "use the default server for those")
 
-    async def main() -> None:
-        runner = await serve(sim, args.host, args.port)
-        host, port = runner.addresses[0][:2]
+    def announce(host: str, port: int) -> None:
         print(f"OneNET OTA simulator on http://{host}:{port}", flush=True)
         print(f"export ORCH_ONENET_URL=http://{host}:{port} "
               f"ORCH_ONENET_PRODUCT_ID={sim.product_id} "
               f"ORCH_ONENET_ACCESS_KEY={sim.access_key}", flush=True)
+
+    async def main() -> None:
         stop = asyncio.Event()
         runtime.stop_on_signals(stop)
+        if args.server == "granian":
+            async with fast.serving(sim, args.host, args.port):
+                announce(args.host, args.port)
+                await stop.wait()
+            return
+        runner = await serve(sim, args.host, args.port)
+        announce(*runner.addresses[0][:2])
         await stop.wait()
         await runner.cleanup()
 
@@ -94,6 +111,9 @@ def register(sub: Any) -> None:
     p.add_argument("--errno7-rate", type=_rate, help="share of checks answered errno 7")
     p.add_argument("--latency-ms", type=_positive, help="delay added to every call")
     p.add_argument("--drop-rate", type=_rate, help="share of calls whose connection is dropped")
+    p.add_argument("--server", choices=("aiohttp", "granian"), default="aiohttp",
+                   help="granian: the check endpoint (and /sim/state) only, on a Rust HTTP "
+                        "server at about half the CPU per check, for load tests")
     p.set_defaults(handler=cmd_simulate_onenet)
     register_fleet(sim)
 

@@ -15,7 +15,7 @@ import random
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,6 @@ from orchestrator.sim.scenario import Faults, Package, Scenario, TaskSpec
 log = structlog.get_logger(__name__)
 
 ACTIVE = ("to_be_upgraded", "downloading", "upgrading")
-ERRNO = web.ResponseKey("errno", int)      # what a check answered, for the counts
 
 
 @dataclass
@@ -117,9 +116,11 @@ class Simulator:
             self.rng = random.Random(faults.seed)
 
     def authorized(self, request: web.Request) -> bool:
+        return self.authorized_header(request.headers.get("Authorization"))
+
+    def authorized_header(self, header: str | None) -> bool:
         if not self.scenario.auth:
             return True
-        header = request.headers.get("Authorization")
         now = self.clock()
         if header is None:
             return False
@@ -138,12 +139,8 @@ class Simulator:
     @staticmethod
     def answer(errno: int, error: str | None = None, data: dict[str, Any] | None = None
                ) -> web.Response:
-        doc: dict[str, Any] = {"errno": errno, "error": error or ERRNO_TEXT.get(errno, "error")}
-        if data is not None:
-            doc["data"] = data
-        resp = web.Response(body=orjson.dumps(doc), content_type="application/json")
-        resp[ERRNO] = errno
-        return resp
+        return web.Response(body=answer_body(errno, error, data),
+                            content_type="application/json")
 
     def _new_task(self, dev: DeviceState, type_: int, spec: TaskSpec) -> TaskState:
         task = TaskState(self._next_task, dev.dev_id, type_, self.packages[spec.package], spec,
@@ -183,65 +180,75 @@ class Simulator:
     # --- check -----------------------------------------------------------------------------
 
     async def check(self, request: web.Request) -> web.Response:
-        resp = await self._check(request)
-        self.checks[resp.get(ERRNO, -1)] += 1
-        return resp
+        body = b"" if request.method == "GET" else await request.read()
+        answer = self.check_answer(request.method, request.headers.get("Authorization"),
+                                   request.query, body)
+        return web.Response(body=answer, content_type="application/json")
 
-    async def _check(self, request: web.Request) -> web.Response:
-        if not self.authorized(request):
-            return self.answer(1)
-        if request.method == "GET":
-            params: dict[str, Any] = dict(request.query)
+    def check_answer(self, method: str, authorization: str | None,
+                     query: Mapping[str, str], body: bytes) -> bytes:
+        """The check's answer (a JSON document) to a request, whichever server carried it;
+        counted by errno."""
+        errno, answer = self._check(method, authorization, query, body)
+        self.checks[errno] += 1
+        return answer
+
+    def _check(self, method: str, authorization: str | None, query: Mapping[str, str],
+               body: bytes) -> tuple[int, bytes]:
+        if not self.authorized_header(authorization):
+            return _reply(1)
+        if method == "GET":
+            params: dict[str, Any] = dict(query)
         else:
             try:
-                params = orjson.loads(await request.read())
+                params = orjson.loads(body)
             except (ValueError, RecursionError):
-                return self.answer(2, "request body is not JSON")
+                return _reply(2, "request body is not JSON")
             if not isinstance(params, dict):
-                return self.answer(2, "request body is not a JSON object")
-        parsed = _check_params(params, request.method == "GET")
+                return _reply(2, "request body is not a JSON object")
+        parsed = _check_params(params, method == "GET")
         if isinstance(parsed, str):
-            return self.answer(2, parsed)
+            return _reply(2, parsed)
         dev_id, manuf, model, type_, version, cdn = parsed
-        self.check_bodies.append({**params, "_method": request.method})
+        self.check_bodies.append({**params, "_method": method})
         if not is_valid_version(version):
-            return self.answer(27)
+            return _reply(27)
         dev = self.devices.get(dev_id)
         if dev is None:
             if not self.scenario.auto_register:
-                return self.answer(1, "device does not exist")
+                return _reply(1, "device does not exist")
             dev = self.devices[dev_id] = DeviceState(dev_id, manuf, model)
         scripted = self.script.get(dev_id)
         if scripted:
             errno = scripted.pop(0)
             if errno != 0:
-                return self.answer(errno)
+                return _reply(errno)
         if self.faults.errno7_rate and self.rng.random() < self.faults.errno7_rate:
-            return self.answer(7)
+            return _reply(7)
         if dev.manuf is None:
             dev.manuf, dev.model = manuf, model
         previous = dev.versions.get(type_)
         dev.versions[type_] = version       # recorded whether a task is found or not
         task = self.tasks.get((dev_id, type_))
         if task is not None and task.state == "failed" and task.failed_errno:
-            return self.answer(task.failed_errno)
+            return _reply(task.failed_errno)
         if task is None or task.state not in ACTIVE:
             spec = None if task is not None else self._spec_for(dev, type_, version)
             if spec is None:
-                return self.answer(11)
+                return _reply(11)
             task = self._new_task(dev, type_, spec)
         if task.manuf is not None and (task.manuf != manuf or task.model != model):
             task.move("failed")
             task.failed_errno = 8
-            return self.answer(8)
+            return _reply(8)
         package = task.package
         if package.diff_from is not None:
             if previous is None and package.diff_from != version:
-                return self.answer(32)
+                return _reply(32)
             if package.diff_from != version:
                 task.move("failed")
                 task.failed_errno = 9
-                return self.answer(9)
+                return _reply(9)
         data: dict[str, Any] = {
             "target": package.version,
             "token": self._token(task),
@@ -255,7 +262,7 @@ class Simulator:
         }
         if cdn and self.ip_port:
             data["ipPort"] = self.ip_port
-        return self.answer(0, "succ", data)
+        return _reply(0, "succ", data)
 
     # --- version report --------------------------------------------------------------------
 
@@ -389,7 +396,10 @@ class Simulator:
     # --- control (not OneNET: for tests, demo and staging) -------------------------------
 
     async def state(self, request: web.Request) -> web.Response:
-        return web.json_response({
+        return web.json_response(self.state_doc())
+
+    def state_doc(self) -> dict[str, Any]:
+        return {
             "checks": {str(k): v for k, v in sorted(self.checks.items())},
             "devices": {str(d.dev_id): {"manuf": d.manuf, "model": d.model,
                                         "fota_version": d.versions[1],
@@ -398,7 +408,7 @@ class Simulator:
             "tasks": [{"dev_id": t.dev_id, "type": t.type, "state": t.state,
                        "target": t.package.version, "failures": t.failures,
                        "history": t.history} for t in self.tasks.values()],
-        })
+        }
 
     async def put_faults(self, request: web.Request) -> web.Response:
         """Change the faults; fields left out keep their current value. Rates are in
@@ -459,6 +469,20 @@ class Simulator:
             web.put("/sim/faults", self.put_faults),
         ])
         return app
+
+
+def answer_body(errno: int, error: str | None = None, data: dict[str, Any] | None = None
+                ) -> bytes:
+    """OneNET's answer document: errno, its text, and data when there is any."""
+    doc: dict[str, Any] = {"errno": errno, "error": error or ERRNO_TEXT.get(errno, "error")}
+    if data is not None:
+        doc["data"] = data
+    return orjson.dumps(doc)
+
+
+def _reply(errno: int, error: str | None = None, data: dict[str, Any] | None = None
+           ) -> tuple[int, bytes]:
+    return errno, answer_body(errno, error, data)
 
 
 def _int_param(value: str | None) -> int | None:

@@ -90,6 +90,7 @@ def test_bench_smoke(which: str, size: int) -> None:
         assert result["raw_rate"] == max(rates.values())
         assert rates[result["raw_client"]] == result["raw_rate"]
         assert result["simulator_cpu_ms_per_1000"] > 0
+        assert result["simulator_server"] == "granian"     # the test extra has it
         assert result["database_cpu_ms_per_1000"] >= 0
         assert 0 < result["machine_ceiling"] <= result["machine_ceiling_bare"]
 

@@ -28,7 +28,9 @@ from orchestrator.domain.onenet import (
 from orchestrator.domain.resilience import Breaker
 from orchestrator.metrics import Metrics
 from orchestrator.onenet.client import OneNetClient, TokenSource
-from orchestrator.sim.scenario import ScenarioError, load_scenario
+from orchestrator.sim import fast
+from orchestrator.sim.onenet import Simulator
+from orchestrator.sim.scenario import ScenarioError, load_scenario, parse_scenario
 from orchestrator.store import devices
 from orchestrator.store.campaigns import create_campaign
 from orchestrator.store.database import PgDatabase
@@ -418,7 +420,12 @@ def test_simulator_and_fleet_flags_refuse_bad_values() -> None:
                        (["simulate", "fleet", "--install-failure-rate", "1.5"],
                         "between 0 and 1"),
                        (["simulate", "fleet", "--bandwidth", "-1"], ">= 0"),
-                       (["simulate", "fleet", "--devices", "0"], "at least 1")]:
+                       (["simulate", "fleet", "--devices", "0"], "at least 1"),
+                       (["simulate", "onenet", "--server", "nginx"], "invalid choice"),
+                       (["simulate", "onenet", "--server", "granian", "--port", "0"],
+                        "a port of its own"),
+                       (["simulate", "onenet", "--server", "granian", "--drop-rate", "0.1"],
+                        "use the default server")]:
         out = run_cli(*args, timeout=30)
         assert out.returncode == 2, (args, out.stderr)
         assert word in out.stderr, (args, out.stderr)
@@ -467,3 +474,75 @@ async def test_an_error_text_with_a_nul_is_recorded_not_a_stuck_batch(
     assert [(r["state"], r["last_errno"]) for r in rows] == [("failed", 1)] * 3
     assert all(r["last_error"].startswith("no\ufffdsuch device") and
                len(r["last_error"]) == 200 for r in rows)
+
+
+async def test_the_granian_check_server_answers_as_the_aiohttp_one(start_sim: Any) -> None:
+    """``simulate onenet --server granian`` carries the same simulator: the same requests,
+    in the same order, get the same answers (tokens aside: they are random) and counts."""
+    scenario = {**SCENARIO, "credentials": {"product_id": "123123", "access_key": SIM_KEY},
+                "server": {"ip_port": "cdn.example:80"}}
+    aio = await start_sim(scenario)
+    sim = Simulator(parse_scenario(scenario))
+    port = free_port()
+    good = {"Authorization": authorization("123123", SIM_KEY, 2**40)}
+    bad = {"Authorization": authorization("123123", SIM_KEY, 1)}      # expired
+    found = {"dev_id": 1, **M5310, "type": 1, "version": "1.2", "cdn": True}
+    calls: list[tuple[str, str, dict[str, str], bytes]] = [
+        ("POST", "", good, json.dumps(found).encode()),
+        ("POST", "", good, json.dumps(found).encode()),              # the same task again
+        ("POST", "", bad, json.dumps(found).encode()),
+        ("POST", "", {}, json.dumps(found).encode()),
+        ("POST", "", good, b"{not json"),
+        ("POST", "", good, b"[1, 2]"),
+        ("POST", "", good, json.dumps({"dev_id": 1}).encode()),
+        ("POST", "", good, json.dumps({**found, "version": "1.2 beta"}).encode()),
+        ("POST", "", good, json.dumps({**found, "dev_id": 4, "version": "1.3"}).encode()),
+        ("POST", "", good, json.dumps({**found, "dev_id": 6}).encode()),  # scripted errno 7
+        ("POST", "", good, json.dumps({**found, "dev_id": 99}).encode()),  # not registered
+        ("POST", "", good, json.dumps({**found, "dev_id": 3, **{
+            "manuf": "Quectel Wireless Solutions Co., Ltd.", "model": "BC28"},
+            "version": "2.0"}).encode()),
+        ("GET", "?dev_id=2&manuf=China%20Mobile&model=M5310&type=1&version=1.2&cdn=false",
+         good, b""),
+        ("GET", "?dev_id=2&manuf=China%20Mobile&type=1", good, b""),
+        ("POST", "", good, b"x" * (1024 * 1024 + 1)),
+    ]
+
+    def comparable(status: int, body: bytes) -> tuple[int, Any]:
+        if status != 200:
+            return status, None
+        doc = json.loads(body)
+        if isinstance(doc.get("data"), dict):
+            doc["data"].pop("token", None)
+        return status, doc
+
+    async def run_all(base: str) -> list[tuple[int, Any]]:
+        out = []
+        async with aiohttp.ClientSession() as http:
+            for method, query, headers, body in calls:
+                async with http.request(method, f"{base}/ota/south/check{query}",
+                                        headers=headers, data=body or None) as resp:
+                    out.append(comparable(resp.status, await resp.read()))
+        return out
+
+    async with fast.serving(sim, "127.0.0.1", port):
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                async with aiohttp.ClientSession() as http, http.get(f"{base}/sim/state"):
+                    break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+        on_granian = await run_all(base)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/sim/state") as resp:
+                state = await resp.json()
+            async with http.get(f"{base}/ota/device/version") as resp:
+                assert resp.status == 404      # the other calls are the default server's
+    on_aiohttp = await run_all(aio.url)
+    assert on_granian == on_aiohttp
+    errnos = [doc["errno"] if doc else status for status, doc in on_granian]
+    assert errnos == [0, 0, 1, 1, 2, 2, 2, 27, 11, 7, 1, 0, 0, 2, 413]
+    assert on_granian[0][1]["data"]["ipPort"] == "cdn.example:80"
+    assert state == aio.sim.state_doc()         # devices, tasks and counts by errno
+    assert state["checks"] == {"0": 4, "1": 3, "11": 1, "2": 4, "27": 1, "7": 1}

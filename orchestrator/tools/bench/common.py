@@ -159,13 +159,15 @@ def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
 
 
 @contextlib.asynccontextmanager
-async def simulator_process(scenario: dict[str, Any]) -> AsyncIterator[tuple[str, int]]:
-    """The OneNET simulator in a process of its own: its URL and pid."""
+async def simulator_process(scenario: dict[str, Any], server: str = "aiohttp"
+                            ) -> AsyncIterator[tuple[str, int]]:
+    """The OneNET simulator in a process of its own (``server``: its HTTP server, see
+    ``simulate onenet --server``): its URL and pid."""
     port = free_port()
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(scenario, f)
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "simulate", "onenet",
-                             "--port", str(port), "--scenario", f.name],
+                             "--port", str(port), "--scenario", f.name, "--server", server],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "ORCH_LOG_LEVEL": "error"})
     url = f"http://127.0.0.1:{port}"

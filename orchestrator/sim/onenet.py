@@ -1,4 +1,5 @@
-"""A faithful simulator of the OneNET OTA southbound API (an aiohttp app).
+"""A faithful simulator of the OneNET OTA southbound API (an aiohttp app; its check also on
+granian, in ``sim.fast``).
 
 Reproduces the seed's check (POST JSON, and the public docs' GET form) with every errno,
 version recording, automatic-add strategies, the task life cycle driven by token checks and

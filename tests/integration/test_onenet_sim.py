@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -539,6 +540,18 @@ async def test_the_granian_check_server_answers_as_the_aiohttp_one(start_sim: An
                 state = await resp.json()
             async with http.get(f"{base}/ota/device/version") as resp:
                 assert resp.status == 404      # the other calls are the default server's
+
+            async def chunked(size: int) -> AsyncIterator[bytes]:
+                # a body with no Content-Length: counted as it arrives
+                yield json.dumps({**found, "dev_id": 2, "pad": "x" * size}).encode()
+            async with http.post(f"{base}/ota/south/check", headers=good,
+                                 data=chunked(10)) as resp:
+                assert (await resp.json())["errno"] == 0
+            async with http.post(f"{base}/ota/south/check", headers=good,
+                                 data=chunked(1024 * 1024)) as resp:
+                assert resp.status == 413
+            async with http.get(f"{base}/sim/state") as resp:
+                assert (await resp.json())["checks"]["0"] == 5
     on_aiohttp = await run_all(aio.url)
     assert on_granian == on_aiohttp
     errnos = [doc["errno"] if doc else status for status, doc in on_granian]

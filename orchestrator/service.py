@@ -74,7 +74,7 @@ class Service:
                 ingest_ok=self.ingest.connected.is_set,
                 session_expiry=s.mqtt_session_expiry,
                 event_retention_days=s.event_retention_days, max_in_flight=s.max_in_flight)
-            self.relayer = Relayer(db, self.client, metrics=self.metrics)
+            self.relayer = Relayer(db, self.client, self.metrics)
             if self.api:
                 runner = web.AppRunner(build_app(ApiState(s, pool, self.metrics,
                                                           self._ready_checks)),

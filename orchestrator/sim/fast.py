@@ -36,13 +36,16 @@ def rsgi_app(sim: Simulator) -> RsgiApp:
     async def app(scope: Any, proto: Any) -> None:
         path, method = scope.path, scope.method
         if path == "/ota/south/check" and method in ("POST", "GET"):
-            body = b"" if method == "GET" else await _body(scope, proto)
+            query: dict[str, str] = {}
+            if method == "GET":
+                body: bytes | None = b""
+                for k, v in parse_qsl(scope.query_string, keep_blank_values=True):
+                    query.setdefault(k, v)      # the first of a repeated key, as aiohttp's
+            else:
+                body = await _body(scope, proto)
             if body is None:
                 proto.response_bytes(413, JSON, answer_body(2, "request body too large"))
                 return
-            query: dict[str, str] = {}
-            for k, v in parse_qsl(scope.query_string, keep_blank_values=True):
-                query.setdefault(k, v)          # the first of a repeated key, as aiohttp's
             proto.response_bytes(200, JSON, sim.check_answer(
                 method, scope.headers.get("authorization"), query, body))
         elif path == "/sim/state" and method == "GET":

@@ -23,14 +23,12 @@ BATCH = 200
 
 
 class Relayer:
-    def __init__(self, db: Database, client: CheckClient, interval: float = 0.5,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(self, db: Database, client: CheckClient, metrics: Metrics,
+                 interval: float = 0.5) -> None:
         self.db = db
         self.client = client
-        self.interval = interval
         self.metrics = metrics
-        self.sent = 0
-        self.dropped = 0
+        self.interval = interval
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -69,8 +67,6 @@ class Relayer:
                 delay = backoff(min(r.attempts for r in later), 1.0, 300.0)
                 await tx.relays_retry_later([r.id for r in later if r.id is not None], delay)
         for fate, rs in fates.items():
-            if rs and self.metrics is not None:
+            if rs:
                 self.metrics.relays.labels(fate).inc(len(rs))
-        self.sent += len(fates["sent"])
-        self.dropped += len(fates["dropped"])
         return len(due) == BATCH

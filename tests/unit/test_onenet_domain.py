@@ -13,6 +13,7 @@ from orchestrator.domain.onenet import (
     authorization,
     outcome_errno,
     parse_check_response,
+    parse_errno_answer,
     printable,
     quote_value,
     sign,
@@ -193,3 +194,20 @@ def test_printable_never_keeps_a_control_character(text: str) -> None:
     kept = printable(text)
     assert len(kept) <= 200 and kept == printable(kept)
     assert not any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 for c in kept)
+
+
+def test_a_sibling_answer_is_an_errno_or_none_never_a_guess() -> None:
+    """What the relay counts as answered: an integer errno in a JSON object with 200."""
+    assert parse_errno_answer(200, b'{"errno": 0, "error": "succ"}') == 0
+    assert parse_errno_answer(200, b'{"errno": 17}') == 17
+    for status, body in [(500, b'{"errno": 0}'), (200, b"<html>busy</html>"), (200, b""),
+                         (200, b"[0]"), (200, b'{"errno": "0"}'), (200, b'{"errno": true}'),
+                         (200, b'{"errno": 1.5}'), (200, b'{"error": "succ"}'),
+                         (200, b"\xff\xfe"), (200, b"[" * 100_000)]:
+        assert parse_errno_answer(status, body) is None, (status, body[:20])
+
+
+@given(st.binary(max_size=200))
+def test_any_sibling_answer_body_parses_without_raising(body: bytes) -> None:
+    errno = parse_errno_answer(200, body)
+    assert errno is None or (type(errno) is int)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -203,18 +204,26 @@ class PgTx:
         return await health.event_partitions(self.conn, keep_days)
 
 
+STALL_AFTER = 5.0   # seconds: a transaction this slow met a stalled database (a lock, I/O)
+
+
 class PgDatabase:
     """The port ``Database`` over an asyncpg pool. After an outage (a transaction that
-    failed as DatabaseUnavailable) the first transaction that succeeds records the end of
-    our gap in ``ota.health``, so no device's retry budget pays for it."""
+    failed as DatabaseUnavailable, or one that took ``STALL_AFTER`` seconds or more: the
+    database stalled, and what devices said meanwhile was not recorded) the first
+    transaction that succeeds records the end of our gap in ``ota.health``, so no device's
+    retry budget pays for it."""
 
-    def __init__(self, pool: Pool, *, retries: int = 8) -> None:
+    def __init__(self, pool: Pool, *, retries: int = 8, stall_after: float = STALL_AFTER
+                 ) -> None:
         self.pool = pool
         self.retries = retries
+        self.stall_after = stall_after
         self.outage = False
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PgTx]:
+        started = time.monotonic()
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 yield PgTx(conn)
@@ -225,6 +234,8 @@ class PgDatabase:
             if isinstance(ported, DatabaseUnavailable):
                 self.outage = True
             raise ported from exc
+        if time.monotonic() - started >= self.stall_after:
+            self.outage = True
         if self.outage:
             await self._end_outage()
 

@@ -101,11 +101,14 @@ class Scheduler:
         self.metrics.breaker_open.set(0)
         async with self.db.transaction() as tx:
             campaigns = await tx.running_campaigns()
-            healthy_since = await tx.gap_end()
         total = 0
         for campaign in campaigns:
             claimed = await self.db.run(functools.partial(self._claim, c=campaign))
             if claimed:
+                # read after the claim: a claim that waited out a stalled database has
+                # marked that gap by now, and the devices it found due are judged by it
+                async with self.db.transaction() as tx:
+                    healthy_since = await tx.gap_end()
                 renewer = asyncio.create_task(self._renew(claimed), name="lease-renewal")
                 try:
                     await self.process(campaign, claimed, healthy_since)

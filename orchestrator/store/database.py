@@ -153,8 +153,9 @@ class PgTx:
                            lease: float) -> int:
         return await members.renew(self.conn, claimed, owner, lease)
 
-    async def enqueue(self, commands: Sequence[tuple[int, dict[str, Any]]]) -> list[int]:
-        return await outbox.enqueue(self.conn, commands)
+    async def enqueue(self, commands: Sequence[tuple[int, dict[str, Any]]],
+                      seconds: float) -> list[tuple[int, int, str]]:
+        return await outbox.enqueue(self.conn, commands, seconds)
 
     async def lease_outbox(self, ids: Sequence[int] | None, limit: int,
                            seconds: float) -> list[tuple[int, int, str]]:

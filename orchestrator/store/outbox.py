@@ -11,13 +11,15 @@ from orchestrator.store.db import Connection
 from orchestrator.store.queries import q
 
 
-async def enqueue(conn: Connection, commands: Sequence[tuple[int, dict[str, Any]]]) -> list[int]:
-    """Queue commands; their payloads are encoded once here, with the batch, and published as
-    stored."""
+async def enqueue(conn: Connection, commands: Sequence[tuple[int, dict[str, Any]]],
+                  seconds: float) -> list[tuple[int, int, str]]:
+    """Queue commands leased to the caller for ``seconds``, to publish now: (id, dev_id,
+    payload), in the order given. Payloads are encoded once here, with the batch, and
+    published as stored."""
     if not commands:
         return []
-    rows = await conn.fetch(q("outbox_insert"), commands)
-    return [r[0] for r in rows]
+    rows = await conn.fetch(q("outbox_insert"), commands, seconds)
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
 async def lease(conn: Connection, ids: Sequence[int] | None, limit: int,

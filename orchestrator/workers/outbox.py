@@ -1,6 +1,7 @@
 """Publishing the command outbox. Commands are written in the transaction that records the
-decision; publishing leases them in a short transaction of its own, publishes with no
-transaction open, and deletes them once the broker acknowledged them.
+decision, leased to the scheduler that decided them (which publishes them at once); the
+drain leases what is left in a short transaction of its own. Both publish with no
+transaction open and delete them once the broker acknowledged them.
 
 So a device can never report progress for a command the database does not know of yet, a
 crash after the commit leaves the command for any replica to publish (at-least-once: a lease
@@ -16,8 +17,11 @@ from orchestrator.ports import CommandPublisher, Database, PublishFailed
 LEASE = 60.0     # longer than a publish may take (the publisher gives up after 30 s)
 
 
-async def _publish(db: Database, publisher: CommandPublisher,
-                   rows: Sequence[tuple[int, int, str]]) -> int:
+async def publish(db: Database, publisher: CommandPublisher,
+                  rows: Sequence[tuple[int, int, str]]) -> int:
+    """Publish these commands, leased to us ((id, dev_id, payload), from ``enqueue`` or
+    ``lease_outbox``), and delete them once the broker took them. Raises PublishFailed,
+    leaving them queued for any publisher, when it does not."""
     if not rows:
         return 0
     ids = [r[0] for r in rows]
@@ -32,16 +36,6 @@ async def _publish(db: Database, publisher: CommandPublisher,
     return len(rows)
 
 
-async def send(db: Database, publisher: CommandPublisher, ids: Sequence[int]) -> int:
-    """Publish these queued commands now (those another publisher holds are skipped).
-    Raises PublishFailed, leaving them queued, when the broker does not take them."""
-    if not ids:
-        return 0
-    async with db.transaction() as tx:
-        rows = await tx.lease_outbox(ids, len(ids), LEASE)
-    return await _publish(db, publisher, rows)
-
-
 async def drain(db: Database, publisher: CommandPublisher, batch: int = 500) -> int:
     """Publish whatever is queued (cancels, and commands a crashed replica left)."""
     sent = 0
@@ -50,4 +44,4 @@ async def drain(db: Database, publisher: CommandPublisher, batch: int = 500) -> 
             rows = await tx.lease_outbox(None, batch, LEASE)
         if not rows:
             return sent
-        sent += await _publish(db, publisher, rows)
+        sent += await publish(db, publisher, rows)

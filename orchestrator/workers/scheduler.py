@@ -231,18 +231,18 @@ class Scheduler:
         for errno, n in by_errno.items():
             self.metrics.checks.labels(str(errno)).inc(n)
 
-        async def record(tx: Tx) -> list[int]:
+        async def record(tx: Tx) -> list[tuple[int, int, str]]:
             written = await tx.write_members(writes, self.owner)
             await tx.count_checks(counts)
             return await tx.enqueue([(dev, payload) for cid, dev, payload in commands
-                                     if (cid, dev) in written])
+                                     if (cid, dev) in written], outbox.LEASE)
 
-        ids = await self.db.run(record)
+        queued = await self.db.run(record)
         self.processed += len(claimed)
         try:
-            await outbox.send(self.db, self.publisher, ids)
+            await outbox.publish(self.db, self.publisher, queued)
             self.metrics.dispatches.inc(sum(1 for _, _, p in commands if p["op"] == "upgrade"))
         except (PublishFailed, DatabaseUnavailable) as exc:
             # recorded and queued: the controller's drain publishes them when it can
             log.warning("command publish failed; left in the outbox", error=str(exc),
-                        devices=len(ids))
+                        devices=len(queued))

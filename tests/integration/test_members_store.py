@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
+
 from orchestrator.domain.campaign import CampaignSpec, Write
 from orchestrator.domain.device import DeviceRow, Status
 from orchestrator.domain.onenet import Task
@@ -68,12 +70,18 @@ async def test_a_row_with_every_field_set_reads_back_equal(pool: Any) -> None:
         (1, "checking", "dispatched", "gate passed", "me", {"errno": 0, "step": 57})]
 
 
-async def test_outbox_ids_come_back_in_the_order_the_commands_went_in(pool: Any) -> None:
+async def test_outbox_rows_come_back_leased_in_the_order_the_commands_went_in(
+        pool: Any) -> None:
     async with pool.acquire() as conn:
         commands = [(d, {"op": "report", "n": d, "text": "ü\"'"}) for d in (9, 3, 7, 1)]
-        ids = await outbox.enqueue(conn, commands)
-        leased = await outbox.lease(conn, ids, 10, 60.0)
+        queued = await outbox.enqueue(conn, commands, 60.0)
+        ids = [i for i, _, _ in queued]
+        # leased to the caller: no other publisher takes them while it publishes
+        assert await outbox.lease(conn, None, 10, 60.0) == []
+        await outbox.release(conn, ids[:2])
+        taken = await outbox.lease(conn, None, 10, 60.0)
     assert ids == sorted(ids) and len(set(ids)) == 4
-    by_id = {i: (dev, payload) for i, dev, payload in leased}
-    assert [by_id[i][0] for i in ids] == [9, 3, 7, 1]
-    assert '"text": "ü\\"\'"' in by_id[ids[0]][1]
+    assert [dev for _, dev, _ in queued] == [9, 3, 7, 1]
+    assert '"text": "ü\\"\'"' in queued[0][2]
+    assert orjson.loads(queued[1][2]) == {"op": "report", "n": 3, "text": "ü\"'"}
+    assert taken == queued[:2]

@@ -3,13 +3,16 @@
 -- these are its statements; migrations (NNN_*.sql) sit beside this file.
 
 -- name: device_upsert_status
--- Batched status reports, one row per device (folded and sorted by the caller).
+-- Batched status reports, one row per device (folded and sorted by the caller). $1: a JSON
+-- array of [dev_id, manuf, model, fota, sota, signal, power] (one jsonb, not 7 arrays:
+-- asyncpg's array parameters cost 2.4-3.7 us of our CPU per row, this 0.3-0.8).
 INSERT INTO ota.devices AS d
     (dev_id, manuf, model, fota_version, sota_version, signal, power, status_at, last_seen)
 SELECT u.dev_id, u.manuf, u.model, u.fota, u.sota, u.signal, u.power,
        CASE WHEN u.signal IS NOT NULL OR u.power IS NOT NULL THEN now() END, now()
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
-            $6::int[], $7::int[]) AS u(dev_id, manuf, model, fota, sota, signal, power)
+FROM (SELECT (e->>0)::bigint AS dev_id, e->>1 AS manuf, e->>2 AS model, e->>3 AS fota,
+             e->>4 AS sota, (e->>5)::int AS signal, (e->>6)::int AS power
+      FROM jsonb_array_elements($1::jsonb) e) u
 ORDER BY u.dev_id
 ON CONFLICT (dev_id) DO UPDATE SET
     manuf = coalesce(EXCLUDED.manuf, d.manuf),
@@ -26,8 +29,8 @@ ON CONFLICT (dev_id) DO UPDATE SET
 -- An import is not a report: no status time, no signal/power; and what a device reported
 -- itself (it has been seen) wins over the file.
 INSERT INTO ota.devices AS d (dev_id, manuf, model, fota_version, sota_version, signal, power)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::int[], $7::int[]) ORDER BY 1
+SELECT (e->>0)::bigint, e->>1, e->>2, e->>3, e->>4, (e->>5)::int, (e->>6)::int
+FROM jsonb_array_elements($1::jsonb) e ORDER BY 1
 ON CONFLICT (dev_id) DO UPDATE SET
     manuf = CASE WHEN d.last_seen IS NULL THEN coalesce(EXCLUDED.manuf, d.manuf)
                  ELSE coalesce(d.manuf, EXCLUDED.manuf) END,
@@ -305,12 +308,14 @@ WITH u AS MATERIALIZED (
 SELECT campaign_id, dev_id FROM written;
 
 -- name: members_reaching_target
--- Open memberships whose campaign's target equals the version a status reports.
+-- Open memberships whose campaign's target equals the version a status reports. $1: a
+-- JSON array of [dev_id, fota, sota].
 SELECT cd.campaign_id, cd.dev_id
-FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(dev_id, fota, sota)
+FROM (SELECT (e->>0)::bigint AS dev_id, e->>1 AS fota, e->>2 AS sota
+      FROM jsonb_array_elements($1::jsonb) e) u
 JOIN ota.campaign_devices cd ON cd.dev_id = u.dev_id
 JOIN ota.campaigns c ON c.campaign_id = cd.campaign_id
-WHERE cd.state = ANY($4)
+WHERE cd.state = ANY($2)
   AND ((c.type = 'fota' AND u.fota = c.target_version)
        OR (c.type = 'sota' AND u.sota = c.target_version));
 
@@ -318,7 +323,8 @@ WHERE cd.state = ANY($4)
 -- These reporting devices' unreachable memberships in live campaigns (a partial index).
 SELECT cd.campaign_id, cd.dev_id
 FROM ota.campaign_devices cd JOIN ota.campaigns c USING (campaign_id)
-WHERE cd.dev_id = ANY($1) AND cd.state = 'unreachable' AND c.status IN ('running', 'paused');
+WHERE cd.dev_id = ANY(ARRAY(SELECT jsonb_array_elements_text($1::jsonb)::bigint))
+  AND cd.state = 'unreachable' AND c.status IN ('running', 'paused');
 
 -- name: cap_lock
 -- Claims under an in-flight cap take turns (every replica), so the cap is never exceeded.
@@ -509,7 +515,9 @@ SELECT g, 'China Mobile', 'M5310', '1.2', 20, 80, now(), now()
 FROM generate_series(1, $1::bigint) g;
 
 -- name: devices_known
-SELECT dev_id FROM ota.devices WHERE dev_id = ANY($1);
+-- $1: a JSON array of dev_ids (an index scan over = ANY, as with an array parameter).
+SELECT dev_id FROM ota.devices
+WHERE dev_id = ANY(ARRAY(SELECT jsonb_array_elements_text($1::jsonb)::bigint));
 
 -- name: events_list
 -- A campaign's events after $3 (event id), optionally one device's ($2), oldest first.

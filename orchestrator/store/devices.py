@@ -55,22 +55,16 @@ def merge_reports(reports: Iterable[StatusReport]) -> list[StatusReport]:
     return [merged[k] for k in sorted(merged)]
 
 
-def status_columns(rows: Sequence[StatusReport]) -> list[list[Any]]:
-    return [
-        [r.dev_id for r in rows],
-        [r.manuf for r in rows],
-        [r.model for r in rows],
-        [r.fota_version for r in rows],
-        [r.sota_version for r in rows],
-        [r.signal for r in rows],
-        [r.power for r in rows],
-    ]
+def status_doc(rows: Sequence[StatusReport]) -> list[tuple[Any, ...]]:
+    """Rows as the JSON document the registry's statements take."""
+    return [(r.dev_id, r.manuf, r.model, r.fota_version, r.sota_version, r.signal, r.power)
+            for r in rows]
 
 
 async def upsert_status(conn: Connection, reports: Iterable[StatusReport]) -> int:
     rows = merge_reports(reports)
     if rows:
-        await conn.execute(q("device_upsert_status"), *status_columns(rows))
+        await conn.execute(q("device_upsert_status"), status_doc(rows))
     return len(rows)
 
 
@@ -99,7 +93,7 @@ async def import_devices(conn: Connection, rows: Sequence[StatusReport]) -> int:
     """Insert or update registry rows (no status time: an import is not a report)."""
     rows = merge_reports(rows)
     if rows:
-        await conn.execute(q("device_import"), *status_columns(rows))
+        await conn.execute(q("device_import"), status_doc(rows))
     return len(rows)
 
 
@@ -115,7 +109,7 @@ async def count_reported(conn: Connection, dev_ids: Sequence[int]) -> int:
 
 async def known(conn: Connection, dev_ids: Sequence[int]) -> set[int]:
     """Those of ``dev_ids`` already in the registry."""
-    return {r["dev_id"] for r in await conn.fetch(q("devices_known"), list(dev_ids))}
+    return {r[0] for r in await conn.fetch(q("devices_known"), list(dev_ids))}
 
 
 async def seed(conn: Connection, n: int) -> None:

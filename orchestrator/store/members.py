@@ -107,10 +107,9 @@ async def write(conn: Connection, writes: Sequence[Write], actor: str, *,
 async def reaching_target(conn: Connection, statuses: Sequence[StatusReport]) -> list[Key]:
     """Open memberships whose campaign's target equals a version these statuses report."""
     rows = await conn.fetch(
-        q("members_reaching_target"), [s.dev_id for s in statuses],
-        [s.fota_version for s in statuses], [s.sota_version for s in statuses],
-        list(NON_TERMINAL))
-    return [(r["campaign_id"], r["dev_id"]) for r in rows]
+        q("members_reaching_target"),
+        [(s.dev_id, s.fota_version, s.sota_version) for s in statuses], list(NON_TERMINAL))
+    return [(r[0], r[1]) for r in rows]
 
 
 async def count_checks(conn: Connection, counts: Counter[Key]) -> None:

@@ -47,10 +47,15 @@ async def test_claim_and_progress_use_their_indexes(pool: Any) -> None:
                                                           rows, "t"))
         assert "Seq Scan on campaign_devices" not in write, write
         assert "campaign_devices_pkey" in write, write
+        # an ingest batch's statuses come as one JSON document too: each row by its key
+        statuses = [(d, "1.3", None) for d in range(5, 5005)]
         target = "\n".join(r[0] for r in await conn.fetch(
-            "EXPLAIN " + q("members_reaching_target"), [5, 6], ["1.3", "1.3"], [None, None],
-            list(NON_TERMINAL)))
+            "EXPLAIN " + q("members_reaching_target"), statuses, list(NON_TERMINAL)))
         assert "Seq Scan on campaign_devices" not in target, target
+        assert "Index Scan using campaign_devices_" in target, target
+        known = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN " + q("devices_known"), list(range(5, 5005))))
+        assert "devices_pkey" in known and "Seq Scan" not in known, known
         by_device = "\n".join(r[0] for r in await conn.fetch(
             "EXPLAIN SELECT * FROM ota.campaign_devices WHERE dev_id = ANY($1)",
             [5, 6, 7]))

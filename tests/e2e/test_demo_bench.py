@@ -83,6 +83,13 @@ def test_bench_smoke(which: str, size: int) -> None:
     if which == "enroll":
         assert result["devices"] == 2000
         assert result["campaign_progress_ms_max"] < 1000
+    if which == "ingest":
+        # every report applied in both loads, and our cost per message counted (the
+        # database's is clock ticks: a small run may see none)
+        assert result["applied"] == result["burst_applied"] == 3000
+        for key in ("", "burst_"):
+            assert 0 < result[f"{key}cpu_us_per_message"] < 1000
+            assert result[f"{key}database_cpu_us_per_message"] >= 0
     if which == "checks":
         # every client of the test extra measured, the fastest is the raw limit, and the
         # other processes on the path were found and counted

@@ -22,6 +22,7 @@ from orchestrator.store.campaigns import create_campaign
 from orchestrator.store.database import PgDatabase
 from orchestrator.store.db import create_pool
 from orchestrator.tools.bench.common import (
+    DB_PIDS,
     PRODUCT_ID,
     Say,
     checks_scenario,
@@ -69,7 +70,7 @@ async def bench_checks(settings: Settings, say: Say, n: int = 20_000) -> dict[st
                 # the other processes on the path: the simulator, and the database's backends
                 # for this database plus its writers (when it runs on this machine)
                 async with pool.acquire() as conn:
-                    db_pids = [r["pid"] for r in await conn.fetch(_DB_PIDS)]
+                    db_pids = [r["pid"] for r in await conn.fetch(DB_PIDS)]
                 others = {"simulator": ([sim_pid], "orchestrator"),
                           "database": (db_pids, "postgres")}
                 cpu_before = {k: cpu_seconds(*v) for k, v in others.items()}
@@ -139,8 +140,3 @@ async def bench_checks(settings: Settings, say: Say, n: int = 20_000) -> dict[st
     })
     return report("checks", "devices/s", rate, raws[fastest][0], table, say)
 
-
-_DB_PIDS = """
-    SELECT pid FROM pg_stat_activity
-    WHERE datname = current_database()
-       OR backend_type IN ('walwriter', 'checkpointer', 'background writer')"""

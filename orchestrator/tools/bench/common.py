@@ -158,6 +158,14 @@ def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(after[p] - before[p] for p in before.keys() & after.keys())
 
 
+# the database's processes on a path: the backends of this database (open every pool
+# connection first, so all are counted) and its writers, when it runs on this machine
+DB_PIDS = """
+    SELECT pid FROM pg_stat_activity
+    WHERE datname = current_database()
+       OR backend_type IN ('walwriter', 'checkpointer', 'background writer')"""
+
+
 @contextlib.asynccontextmanager
 async def simulator_process(scenario: dict[str, Any], server: str = "aiohttp"
                             ) -> AsyncIterator[tuple[str, int]]:

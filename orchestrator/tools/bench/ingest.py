@@ -19,7 +19,15 @@ from orchestrator.mqtt.connection import make_client
 from orchestrator.mqtt.ingest import Ingest
 from orchestrator.store.database import PgDatabase
 from orchestrator.store.db import create_pool
-from orchestrator.tools.bench.common import Say, private_broker, report, scratch_database
+from orchestrator.tools.bench.common import (
+    DB_PIDS,
+    Say,
+    cpu_seconds,
+    cpu_spent,
+    private_broker,
+    report,
+    scratch_database,
+)
 from orchestrator.tools.bench.load import idle_done, start_devices, start_publisher
 from orchestrator.workers.progress import ProgressSink
 
@@ -145,10 +153,20 @@ async def bench_ingest(settings: Settings, say: Say, n: int = 60_000,
         return await _bench_ingest(s, say, n, devices)
 
 
-async def ours(settings: Settings, dsn: str, tag: str, load: Load,
-               n: int) -> tuple[float, int, float]:
-    """Our ingest into PostgreSQL under a load: (messages/s, applied, batches)."""
-    pool = await create_pool(dsn, max_size=4)
+@dataclasses.dataclass(frozen=True)
+class Ours:
+    rate: float          # messages/s, from the first commit
+    applied: int
+    batches: float
+    cpu_us: float        # our process's CPU per message applied
+    db_cpu_us: float     # PostgreSQL's (its backends for this database and its writers)
+
+
+async def ours(settings: Settings, dsn: str, tag: str, load: Load, n: int) -> Ours:
+    """Our ingest into PostgreSQL under a load."""
+    pool = await create_pool(dsn, min_size=4, max_size=4)
+    async with pool.acquire() as conn:
+        db_pids = [r["pid"] for r in await conn.fetch(DB_PIDS)]
     prefix = f"ing{tag}{os.getpid()}"
     s = dataclasses.replace(settings, database_url=dsn, mqtt_topic_prefix=prefix,
                             mqtt_client_id=f"bench-{prefix}", mqtt_shared_group=None)
@@ -171,14 +189,19 @@ async def ours(settings: Settings, dsn: str, tag: str, load: Load,
             seen = ingest.applied
         return seen
 
+    db_before = cpu_seconds(db_pids, "postgres")
+    cpu = time.process_time()
     try:
         await _drive(s, load, prefix, n, applied)
+        our_cpu = time.process_time() - cpu
+        db_cpu = cpu_spent(db_before, cpu_seconds(db_pids, "postgres"))
     finally:
         stop.set()
         await task
         batches = metrics.registry.get_sample_value("orch_ingest_batches_total") or 1
         await pool.close()
-    return (seen - base) / max(last - first, 1e-9), seen, batches
+    return Ours((seen - base) / max(last - first, 1e-9), seen, batches,
+                1e6 * our_cpu / max(seen, 1), 1e6 * db_cpu / max(seen, 1))
 
 
 class _All:
@@ -216,9 +239,11 @@ async def _bench_ingest(settings: Settings, say: Say, n: int, devices: int) -> d
                     raws[name] = got
             for name, (r, received) in raws.items():
                 say(f"    bare {name} subscriber: {r:,.0f} msg/s ({received} received)")
-            rate, seen, batches = await ours(settings, dsn, mode, load, n)
+            us = await ours(settings, dsn, mode, load, n)
+            rate, seen = us.rate, us.applied
             say(f"    orchestrator ingest into PostgreSQL, acknowledged after commit: "
-                f"{rate:,.0f} msg/s ({seen} applied)")
+                f"{rate:,.0f} msg/s ({seen} applied); CPU per message: ours "
+                f"{us.cpu_us:.1f} us, PostgreSQL's {us.db_cpu_us:.1f} us")
             fastest = max(raws, key=lambda k: raws[k][0])
             raw, raw_got = raws[fastest]
             python = max((k for k in raws if k in PYTHON_CLIENTS), key=lambda k: raws[k][0])
@@ -230,7 +255,9 @@ async def _bench_ingest(settings: Settings, say: Say, n: int, devices: int) -> d
             key = "" if mode == "devices" else f"{mode}_"
             out.update({f"{key}applied": seen, f"{key}raw_client": fastest,
                         f"{key}raw_received": raw_got,
-                        f"{key}mean_batch": round(seen / batches, 1),
+                        f"{key}mean_batch": round(seen / us.batches, 1),
+                        f"{key}cpu_us_per_message": round(us.cpu_us, 2),
+                        f"{key}database_cpu_us_per_message": round(us.db_cpu_us, 2),
                         f"{key}ratio_python": round(rate / raws[python][0], 3),
                         **{f"{key}raw_{k}": round(v[0], 1) for k, v in raws.items()}})
             if mode == "devices":

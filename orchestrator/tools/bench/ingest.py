@@ -158,7 +158,7 @@ class Ours:
     rate: float          # messages/s, from the first commit
     applied: int
     batches: float
-    cpu_us: float        # our process's CPU per message applied
+    cpu_us: float        # our process's CPU per message, over the rate's window
     db_cpu_us: float     # PostgreSQL's (its backends for this database and its writers)
 
 
@@ -177,31 +177,33 @@ async def ours(settings: Settings, dsn: str, tag: str, load: Load, n: int) -> Ou
     await asyncio.wait_for(ingest.connected.wait(), 30)
     first = last = 0.0
     seen = base = 0
+    cpu: list[tuple[float, dict[int, float]]] = []     # at the first commit, at the last
 
     def applied() -> int:
         # like Timer: from the first commit seen, not counting what it committed (the bare
-        # subscribers count from their first arrival the same way)
+        # subscribers count from their first arrival the same way); CPU over the same
+        # window, so starting the load's processes is not counted as ours
         nonlocal first, last, seen, base
         if ingest.applied != seen:
             last = time.perf_counter()
             if not seen:
                 first, base = last, ingest.applied
             seen = ingest.applied
+            sample = (time.process_time(), cpu_seconds(db_pids, "postgres"))
+            cpu[:] = [cpu[0] if cpu else sample, sample]
         return seen
 
-    db_before = cpu_seconds(db_pids, "postgres")
-    cpu = time.process_time()
     try:
         await _drive(s, load, prefix, n, applied)
-        our_cpu = time.process_time() - cpu
-        db_cpu = cpu_spent(db_before, cpu_seconds(db_pids, "postgres"))
     finally:
         stop.set()
         await task
         batches = metrics.registry.get_sample_value("orch_ingest_batches_total") or 1
         await pool.close()
+    counted = max(seen - base, 1)
+    (cpu0, db0), (cpu1, db1) = cpu or [(0.0, {}), (0.0, {})]
     return Ours((seen - base) / max(last - first, 1e-9), seen, batches,
-                1e6 * our_cpu / max(seen, 1), 1e6 * db_cpu / max(seen, 1))
+                1e6 * (cpu1 - cpu0) / counted, 1e6 * cpu_spent(db0, db1) / counted)
 
 
 class _All:

@@ -410,13 +410,12 @@ FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS x(e, i)
 ORDER BY i RETURNING id, dev_id, payload::text;
 
 -- name: outbox_lease
--- Lease queued commands for $3 seconds: these ($1), or the oldest $2 when $1 is NULL,
--- skipping those another publisher holds. Committed before anything is published.
-UPDATE ota.outbox o SET lease_until = now() + make_interval(secs => $3)
+-- The drain: lease the oldest $1 queued commands for $2 seconds, skipping those another
+-- publisher holds. Committed before anything is published.
+UPDATE ota.outbox o SET lease_until = now() + make_interval(secs => $2)
 FROM (SELECT id FROM ota.outbox
-      WHERE ($1::bigint[] IS NULL OR id = ANY($1))
-        AND (lease_until IS NULL OR lease_until < now())
-      ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) x
+      WHERE lease_until IS NULL OR lease_until < now()
+      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) x
 WHERE o.id = x.id
 RETURNING o.id, o.dev_id, o.payload::text;
 

@@ -157,9 +157,8 @@ class PgTx:
                       seconds: float) -> list[tuple[int, int, str]]:
         return await outbox.enqueue(self.conn, commands, seconds)
 
-    async def lease_outbox(self, ids: Sequence[int] | None, limit: int,
-                           seconds: float) -> list[tuple[int, int, str]]:
-        return await outbox.lease(self.conn, ids, limit, seconds)
+    async def lease_outbox(self, limit: int, seconds: float) -> list[tuple[int, int, str]]:
+        return await outbox.lease(self.conn, limit, seconds)
 
     async def delete_outbox(self, ids: Sequence[int]) -> None:
         await outbox.delete(self.conn, ids)

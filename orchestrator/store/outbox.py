@@ -22,14 +22,10 @@ async def enqueue(conn: Connection, commands: Sequence[tuple[int, dict[str, Any]
     return [(r[0], r[1], r[2]) for r in rows]
 
 
-async def lease(conn: Connection, ids: Sequence[int] | None, limit: int,
-                seconds: float) -> list[tuple[int, int, str]]:
-    """Lease queued commands (these, or the oldest ``limit``) for ``seconds``, skipping those
-    another publisher holds: (id, dev_id, payload)."""
-    if ids is not None and not ids:
-        return []
-    rows = await conn.fetch(q("outbox_lease"), None if ids is None else list(ids), limit,
-                            seconds)
+async def lease(conn: Connection, limit: int, seconds: float) -> list[tuple[int, int, str]]:
+    """Lease the oldest ``limit`` queued commands no publisher holds for ``seconds``:
+    (id, dev_id, payload)."""
+    rows = await conn.fetch(q("outbox_lease"), limit, seconds)
     return [(r["id"], r["dev_id"], r["payload"]) for r in rows]
 
 

@@ -41,7 +41,7 @@ async def drain(db: Database, publisher: CommandPublisher, batch: int = 500) -> 
     sent = 0
     while True:
         async with db.transaction() as tx:
-            rows = await tx.lease_outbox(None, batch, LEASE)
+            rows = await tx.lease_outbox(batch, LEASE)
         if not rows:
             return sent
         sent += await publish(db, publisher, rows)

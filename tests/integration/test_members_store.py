@@ -77,9 +77,9 @@ async def test_outbox_rows_come_back_leased_in_the_order_the_commands_went_in(
         queued = await outbox.enqueue(conn, commands, 60.0)
         ids = [i for i, _, _ in queued]
         # leased to the caller: no other publisher takes them while it publishes
-        assert await outbox.lease(conn, None, 10, 60.0) == []
+        assert await outbox.lease(conn, 10, 60.0) == []
         await outbox.release(conn, ids[:2])
-        taken = await outbox.lease(conn, None, 10, 60.0)
+        taken = await outbox.lease(conn, 10, 60.0)
     assert ids == sorted(ids) and len(set(ids)) == 4
     assert [dev for _, dev, _ in queued] == [9, 3, 7, 1]
     assert '"text": "ü\\"\'"' in queued[0][2]

@@ -12,7 +12,8 @@ import orjson
 from orchestrator.domain.campaign import CampaignSpec, Write
 from orchestrator.domain.device import DeviceRow, Status
 from orchestrator.domain.onenet import Task
-from orchestrator.store import members, outbox
+from orchestrator.domain.payloads import StatusReport
+from orchestrator.store import devices, members, outbox
 from orchestrator.store.campaigns import create_campaign
 from orchestrator.workers.scheduler import IN_FLIGHT_STATES, WAITING_STATES
 
@@ -85,3 +86,34 @@ async def test_outbox_rows_come_back_leased_in_the_order_the_commands_went_in(
     assert '"text": "ü\\"\'"' in queued[0][2]
     assert orjson.loads(queued[1][2]) == {"op": "report", "n": 3, "text": "ü\"'"}
     assert taken == queued[:2]
+
+
+async def test_status_documents_keep_text_exact_and_fields_a_report_leaves_out(
+        pool: Any) -> None:
+    """The registry's statements take a batch as one JSON document: text with quotes,
+    backslashes and CJK arrives as sent, and a report's missing fields keep what was known
+    (a status time only when it brings signal or power)."""
+    manuf = 'Quectel "Q" \\ 移远通信'
+    async with pool.acquire() as conn:
+        assert await devices.upsert_status(conn, [
+            StatusReport(1, manuf, "BC28", "2.0", None, 21, 80),
+            StatusReport(2, "China Mobile", "M5310", "1.2"),
+        ]) == 2
+        first = await devices.get_device(conn, 1)
+        await devices.upsert_status(conn, [StatusReport(1, sota_version="s-1"),
+                                           StatusReport(2, signal=9)])
+        one, two = await devices.get_device(conn, 1), await devices.get_device(conn, 2)
+        # an import names what it knows; what a device reported itself wins
+        await devices.import_devices(conn, [StatusReport(1, "Other", "BC28", "1.0"),
+                                            StatusReport(3, "China Mobile", "M5310", "1.1")])
+        after_import = await devices.get_device(conn, 1)
+        three = await devices.get_device(conn, 3)
+        known = await devices.known(conn, [3, 1, 99])
+    assert first is not None and one is not None and two is not None
+    assert (one.manuf, one.model, one.fota_version, one.sota_version, one.signal,
+            one.power) == (manuf, "BC28", "2.0", "s-1", 21, 80)
+    assert one.status_at == first.status_at          # no signal or power: same status time
+    assert (two.signal, two.power, two.status_at is not None) == (9, None, True)
+    assert after_import is not None and after_import.manuf == manuf
+    assert three is not None and (three.fota_version, three.last_seen) == ("1.1", None)
+    assert known == {1, 3}

@@ -32,11 +32,12 @@ async def progress(dsn: str, cid: int) -> Any:
         await conn.close()
 
 
-async def make_campaign(dsn: str) -> int:
+async def make_campaign(dsn: str, max_in_flight: int | None = None) -> int:
     conn = await connect(dsn)
     try:
-        return await create_campaign(conn, CampaignSpec("p", "fota", "1.3",
-                                                       all_devices=True), start=True)
+        return await create_campaign(conn, CampaignSpec("p", "fota", "1.3", all_devices=True,
+                                                       max_in_flight=max_in_flight),
+                                     start=True)
     finally:
         await conn.close()
 
@@ -105,7 +106,10 @@ async def test_sigkill_mid_campaign_then_restart_completes(
     try:
         await asyncio.wait_for(fleet.connected.wait(), 10)
         await wait_registered(dsn, n)
-        cid = await make_campaign(dsn)
+        # 25 in flight at a time: the campaign takes several rounds, so the kill after the
+        # first 20 successes lands mid-campaign however fast one round is (without a cap,
+        # all 150 ran in one round and could all finish between two polls)
+        cid = await make_campaign(dsn, max_in_flight=25)
 
         async def some_done() -> bool:
             row = await progress(dsn, cid)

@@ -17,10 +17,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from aiohttp import web
 
 from orchestrator.config import Settings, parse_mqtt_url
 from orchestrator.sim import DEMO_ACCESS_KEY
@@ -237,3 +239,47 @@ async def start_sim() -> AsyncIterator[object]:
     yield start
     for r in runners:
         await r.cleanup()
+
+
+# --- a misbehaving OneNET endpoint ---------------------------------------------------------
+
+class Misbehaving:
+    """A OneNET endpoint answering every call by ``mode``: garbage, errors, silence."""
+
+    def __init__(self) -> None:
+        self.mode = "garbage"
+        self.calls = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.calls += 1
+        if self.mode == "garbage":
+            return web.Response(body=b"\x00\xffnot json")
+        if self.mode == "500":
+            return web.Response(status=500, text="oops")
+        if self.mode == "slow":
+            await asyncio.sleep(5)
+        if self.mode == "close":
+            assert request.transport is not None
+            request.transport.close()
+            raise ConnectionResetError
+        if self.mode == "wrong_types":
+            return web.json_response({"errno": 0, "error": "succ",
+                                      "data": {"target": 13, "token": None}})
+        if self.mode == "html":
+            return web.Response(status=403, text="<html>forbidden</html>")
+        if self.mode == "nul_error":
+            return web.json_response({"errno": 1, "error": "no\u0000such device" * 40})
+        return web.json_response({"errno": 11, "error": "no task"})
+
+
+@pytest.fixture
+async def bad_server() -> Any:
+    m = Misbehaving()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", m.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield m, f"http://127.0.0.1:{port}"
+    await runner.cleanup()

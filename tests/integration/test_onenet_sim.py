@@ -12,7 +12,6 @@ from typing import Any, cast
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from conftest import SIM_KEY, free_port, run_cli
 from orchestrator.config import Settings
@@ -297,48 +296,6 @@ async def test_fault_injection(start_sim: Any) -> None:
                              data=b'{"errno7_rate": NaN}',
                              headers={"Content-Type": "application/json"}) as r:
                 assert r.status == 400
-
-
-# --- a misbehaving server ------------------------------------------------------------------
-
-class Misbehaving:
-    def __init__(self) -> None:
-        self.mode = "garbage"
-        self.calls = 0
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.calls += 1
-        if self.mode == "garbage":
-            return web.Response(body=b"\x00\xffnot json")
-        if self.mode == "500":
-            return web.Response(status=500, text="oops")
-        if self.mode == "slow":
-            await asyncio.sleep(5)
-        if self.mode == "close":
-            assert request.transport is not None
-            request.transport.close()
-            raise ConnectionResetError
-        if self.mode == "wrong_types":
-            return web.json_response({"errno": 0, "error": "succ",
-                                      "data": {"target": 13, "token": None}})
-        if self.mode == "html":
-            return web.Response(status=403, text="<html>forbidden</html>")
-        if self.mode == "nul_error":
-            return web.json_response({"errno": 1, "error": "no\u0000such device" * 40})
-        return web.json_response({"errno": 11, "error": "no task"})
-
-
-@pytest.fixture
-async def bad_server() -> Any:
-    m = Misbehaving()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", m.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield m, f"http://127.0.0.1:{port}"
-    await runner.cleanup()
 
 
 async def test_client_against_a_misbehaving_server(bad_server: Any) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
-
 from conftest import SIM_KEY
 from orchestrator.config import Settings
 from orchestrator.domain.progress import RELAY_GIVE_UP_AFTER, Relay
@@ -61,29 +59,19 @@ async def test_unanswered_steps_are_retried_then_dropped_and_counted(pool: Any,
         assert srv.sim.progress_reports == []      # unknown token: answered, not applied
 
 
-async def test_a_garbage_answer_is_no_answer_the_step_waits(pool: Any) -> None:
-    """An endpoint answering 200 with HTML: not an answer; the step stays, retried later."""
-    async def garbage(request: web.Request) -> web.Response:
-        return web.Response(text="<html>busy</html>", content_type="text/html")
-
-    app = web.Application()
-    app.router.add_post("/ota/south/device/download/{token}/progress", garbage)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
+async def test_a_garbage_answer_is_no_answer_the_step_waits(pool: Any,
+                                                            bad_server: Any) -> None:
+    """An endpoint answering 200 with bytes that are not JSON: not an answer; the step
+    stays, retried later."""
+    m, url = bad_server
     db = PgDatabase(pool)
     async with db.transaction() as tx:
         await tx.add_relays([Relay("tok", 1, 100)])
     metrics = Metrics()
-    s = Settings(onenet_url=f"http://{host}:{port}", onenet_product_id="123123",
-                 onenet_access_key=SIM_KEY)
-    try:
-        async with OneNetClient(s) as client:
-            await Relayer(db, client, metrics).tick()
-    finally:
-        await runner.cleanup()
+    s = Settings(onenet_url=url, onenet_product_id="123123", onenet_access_key=SIM_KEY)
+    async with OneNetClient(s) as client:
+        await Relayer(db, client, metrics).tick()
+    assert m.calls == 1
     async with pool.acquire() as conn:
         row = await conn.fetchrow("SELECT attempts, lease_until > now() AS later FROM ota.relays")
     assert (row["attempts"], row["later"]) == (1, True)

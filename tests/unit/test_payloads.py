@@ -49,6 +49,8 @@ def test_rejections_name_their_reason() -> None:
     assert reason("ota/1/status", b'{"fota_version": "1.2 beta"}') == "bad_version"
     assert reason("ota/1/status", b'{"fota_version": "123456789012345678901"}') == "bad_version"
     assert reason("ota/1/status", b'{"manuf": ""}') == "bad_text"
+    assert reason("ota/1/status", b'{"manuf": "a\\u0000b"}') == "bad_text"   # NUL
+    assert reason("ota/1/status", b'{"model": "\\ud800"}') == "bad_json"     # lone surrogate
     assert reason("ota/abc/status", b"{}") == "bad_dev_id"
     assert reason("ota/0/status", b"{}") == "bad_dev_id"
     assert reason("ota/99999999999999999999/status", b"{}") == "bad_dev_id"

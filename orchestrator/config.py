@@ -46,9 +46,9 @@ class MqttUrl:
         return f"MqttUrl('{self.scheme}://{user}{self.host}:{self.port}')"
 
 
-def default_client_id() -> str:
-    """Unique and stable per replica without configuration: the host name, which a
-    StatefulSet (or any one-replica-per-host deployment) keeps across restarts."""
+def client_id_base() -> str:
+    """What a replica's client id starts with when none is configured: the host name. The
+    service appends a slot that no other replica of the host holds (store/slots.py)."""
     host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "host"
     return f"orchestrator-{host}"
 
@@ -62,7 +62,7 @@ class Settings:
     mqtt_topic_prefix: str = "ota"
     mqtt_protocol: str = "5"
     mqtt_shared_group: str | None = "orchestrators"
-    mqtt_client_id: str = dataclasses.field(default_factory=default_client_id)
+    mqtt_client_id: str | None = None   # None: orchestrator-<host>-<slot>, see Service
     mqtt_session_expiry: int = 60
     mqtt_max_payload: int = 16384
     onenet_url: str = "http://ota.heclouds.com"

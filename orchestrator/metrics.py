@@ -18,6 +18,10 @@ class Metrics:
         self.ingest_batch_seconds = Histogram(
             "orch_ingest_batch_seconds", "Time to write one ingest batch", registry=r)
         self.mqtt_reconnects = Counter("orch_mqtt_reconnects", "MQTT reconnects", registry=r)
+        self.mqtt_subscribe_refused = Counter(
+            "orch_mqtt_subscribe_refused", "Ingest subscriptions the broker refused (its ACL "
+            "does not let our account read the topic): nothing arrives", ["topic"],
+            registry=r)
         self.checks = Counter("orch_checks", "OneNET check calls, by errno (-1 transport)",
                               ["errno"], registry=r)
         self.dispatches = Counter("orch_dispatches", "Upgrade commands published", registry=r)

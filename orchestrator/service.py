@@ -5,6 +5,7 @@ ports; ``stop`` drains them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 
@@ -12,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from orchestrator.api.app import ApiState, build_app
-from orchestrator.config import Settings
+from orchestrator.config import Settings, client_id_base
 from orchestrator.metrics import Metrics
 from orchestrator.mqtt.ingest import Ingest
 from orchestrator.mqtt.publisher import Publisher
@@ -21,6 +22,7 @@ from orchestrator.runtime import stop_on_signals
 from orchestrator.store.database import PgDatabase
 from orchestrator.store.db import Pool, create_pool
 from orchestrator.store.migrate import pending
+from orchestrator.store.slots import Slot
 from orchestrator.workers.controller import Controller
 from orchestrator.workers.progress import ProgressSink
 from orchestrator.workers.relay import Relayer
@@ -50,8 +52,22 @@ class Service:
         self.relayer: Relayer | None = None
 
     async def run(self) -> None:
+        dsn = self.settings.require_database()
+        slot: Slot | None = None
+        if self.settings.mqtt_client_id is None:
+            slot = Slot(dsn, client_id_base())
+            client_id = await slot.acquire()
+            self.settings = dataclasses.replace(self.settings, mqtt_client_id=client_id)
+            log.info("mqtt client id from this host's free slot", client_id=client_id)
+        try:
+            await self._run(dsn, slot)
+        finally:
+            if slot is not None:
+                await slot.release()
+
+    async def _run(self, dsn: str, slot: Slot | None) -> None:
         s = self.settings
-        dsn = s.require_database()
+        assert s.mqtt_client_id is not None
         self.pool = pool = await create_pool(dsn, max_size=10)
         self.db = db = PgDatabase(pool)
         runner: web.AppRunner | None = None
@@ -89,6 +105,8 @@ class Service:
                 asyncio.create_task(self.controller.run(self.stop), name="controller"),
                 asyncio.create_task(self.relayer.run(self.stop), name="relay"),
             ]
+            if slot is not None:
+                tasks.append(asyncio.create_task(slot.hold(self.stop), name="client-id-slot"))
             if not (s.onenet_authorization or (s.onenet_product_id and s.onenet_access_key)):
                 log.warning("no OneNET credentials: set ORCH_ONENET_PRODUCT_ID and "
                             "ORCH_ONENET_ACCESS_KEY (or ORCH_ONENET_AUTHORIZATION); the "

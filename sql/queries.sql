@@ -619,3 +619,81 @@ ON CONFLICT (campaign_id, minute, to_state, cause) DO UPDATE SET n = k.n + EXCLU
 
 -- name: db_now
 SELECT now();
+
+-- name: accounts_active
+-- Those of these devices ($1 bigint[]) that have an account not revoked.
+SELECT dev_id FROM ota.mqtt_accounts
+WHERE dev_id = ANY($1::bigint[]) AND revoked_at IS NULL;
+
+-- name: accounts_stage
+-- A temporary table the new secrets' stored forms are copied into (COPY, not parameters:
+-- a million rows in seconds), then moved into the accounts in one statement.
+CREATE TEMPORARY TABLE account_stage (
+    username text, dev_id bigint, role text, salt text, hash bytea
+) ON COMMIT DROP;
+
+-- name: accounts_from_stage
+-- New accounts, or new secrets for existing ones ($1: iterations). Returns how many rows
+-- were created and how many rotated.
+WITH up AS (
+    INSERT INTO ota.mqtt_accounts AS a (username, dev_id, role, salt, hash, iterations)
+    SELECT username, dev_id, role, salt, hash, $1 FROM account_stage ORDER BY username
+    ON CONFLICT (username) DO UPDATE SET
+        salt = EXCLUDED.salt, hash = EXCLUDED.hash, iterations = EXCLUDED.iterations,
+        rotated_at = now(), revoked_at = NULL,
+        change = nextval('ota.mqtt_account_change')
+    RETURNING (xmax = 0) AS created
+)
+SELECT count(*) FILTER (WHERE created) AS created,
+       count(*) FILTER (WHERE NOT created) AS rotated
+FROM up;
+
+-- name: accounts_revoke
+-- Revoke these devices' accounts ($1 bigint[]); returns the ids revoked now.
+UPDATE ota.mqtt_accounts SET revoked_at = now(), change = nextval('ota.mqtt_account_change')
+WHERE dev_id = ANY($1::bigint[]) AND revoked_at IS NULL
+RETURNING dev_id;
+
+-- name: accounts_registered
+-- A page of registered devices (ids after $1, at most $2), optionally by manufacturer and
+-- model ($3, $4), and only those without an active account unless $5.
+SELECT d.dev_id FROM ota.devices d
+WHERE d.dev_id > $1
+  AND ($3::text IS NULL OR d.manuf = $3) AND ($4::text IS NULL OR d.model = $4)
+  AND ($5 OR NOT EXISTS (SELECT 1 FROM ota.mqtt_accounts a
+                         WHERE a.dev_id = d.dev_id AND a.revoked_at IS NULL))
+ORDER BY d.dev_id
+LIMIT $2;
+
+-- name: accounts_changed
+-- Accounts changed after change number $1, for a broker file watcher: one row each, the
+-- latest state (a revoked account comes with revoked = true and is removed from the file).
+SELECT a.username, a.role, a.change, a.revoked_at IS NOT NULL AS revoked,
+       ota.mosquitto_line(a) AS line
+FROM ota.mqtt_accounts a
+WHERE a.change > $1
+ORDER BY change;
+
+-- name: accounts_lines
+-- Every active account of role $1 as a password-file line, in user-name order (read with
+-- COPY: a million lines in about a second).
+SELECT ota.mosquitto_line(a) FROM ota.mqtt_accounts a
+WHERE a.role = $1 AND a.revoked_at IS NULL
+ORDER BY a.username;
+
+-- name: accounts_last_change
+SELECT coalesce(max(change), 0) FROM ota.mqtt_accounts;
+
+-- name: accounts_count
+SELECT count(*) FILTER (WHERE role = 'device' AND revoked_at IS NULL) AS devices,
+       count(*) FILTER (WHERE role = 'orchestrator' AND revoked_at IS NULL) AS orchestrators,
+       count(*) FILTER (WHERE revoked_at IS NOT NULL) AS revoked
+FROM ota.mqtt_accounts;
+
+-- name: accounts_service_exists
+SELECT EXISTS (SELECT 1 FROM ota.mqtt_accounts
+               WHERE username = $1 AND role = 'orchestrator' AND revoked_at IS NULL);
+
+-- name: slot_try
+-- A replica's slot ($1: its host's key, $2: the slot), held by its session until it ends.
+SELECT pg_try_advisory_lock($1::int, $2::int);

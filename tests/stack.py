@@ -103,9 +103,11 @@ async def until(predicate: Any, timeout: float = 30.0, what: str = "") -> None:
         await asyncio.sleep(0.1)
 
 
-async def start_run(env: dict[str, str], name: str) -> subprocess.Popen[str]:
+async def start_run(env: dict[str, str], name: str | None) -> subprocess.Popen[str]:
+    """``orchestrator run`` once its ingest subscribed; ``name``: its client id (None: the
+    default, a free slot of this host)."""
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "run"],
-                            env={**env, "ORCH_MQTT_CLIENT_ID": name},
+                            env={**env, "ORCH_MQTT_CLIENT_ID": name} if name else env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     while True:

@@ -9,15 +9,16 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NoReturn
 
 import asyncpg
 
 from orchestrator import __version__
-from orchestrator.cli import campaign, device, service, simulate
+from orchestrator.cli import broker, campaign, device, service, simulate
 from orchestrator.cli.common import UsageError
 from orchestrator.config import ConfigError, load_settings
+from orchestrator.domain.accounts import AccountsInputError
 from orchestrator.domain.campaign import CampaignError, CampaignInputError
 from orchestrator.logs import configure
 
@@ -50,23 +51,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
     parser.add_argument("--config", help="TOML file with the same keys as the ORCH_* variables")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (service, device, campaign, simulate):
+    for group in (service, device, campaign, broker, simulate):
         group.register(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """The command line; ``environ`` instead of the process's environment (tests run the
+    CLI in-process with settings of their own)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        settings = load_settings(config_file=args.config)
+        args = parser.parse_args(argv)
+    except SystemExit as exc:          # --help, --version, a usage error: argparse's exit
+        return exc.code if isinstance(exc.code, int) else 0
+    try:
+        settings = load_settings(environ, config_file=args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure(settings.log_format, settings.log_level)
     try:
         return int(args.handler(args, settings))
-    except (ConfigError, UsageError, CampaignInputError) as exc:
+    except (ConfigError, UsageError, CampaignInputError, AccountsInputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except CampaignError as exc:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
 from orchestrator import runtime
@@ -14,7 +11,6 @@ from orchestrator.cli.common import LiveView, UsageError, print_json, table
 from orchestrator.config import Settings
 from orchestrator.domain.onenet import ERRNO_ACTION, ERRNO_TEXT
 from orchestrator.logs import configure
-from orchestrator.mqtt import dynsec
 from orchestrator.service import run_service
 from orchestrator.store.migrate import migrate
 from orchestrator.tools.bench import BENCHES, run_bench
@@ -71,22 +67,6 @@ def cmd_errno(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_broker_init(args: argparse.Namespace, settings: Settings) -> int:
-    """Write the dynamic security plugin's file: the orchestrator's account and role."""
-    path = Path(args.file)
-    if path.exists() and not args.force:
-        raise UsageError(f"{path}: exists (--force replaces it, and every account in it)")
-    password = dynsec.new_secret()
-    path.write_text(json.dumps(dynsec.config(settings.mqtt_topic_prefix, args.user, password),
-                               indent=2))
-    path.chmod(0o600)
-    u = settings.mqtt_url
-    print(f"wrote {path}: account {args.user!r} (ingest, commands, device accounts); "
-          "the password is shown once:", file=sys.stderr)
-    print(f"ORCH_MQTT_URL={u.scheme}://{args.user}:{password}@{u.host}:{u.port}")
-    return 0
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser("migrate", help="apply the SQL migrations")
     p.set_defaults(handler=cmd_migrate)
@@ -105,11 +85,3 @@ def register(sub: Any) -> None:
     p = sub.add_parser("errno", help="OneNET's errno codes and what the orchestrator does")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_errno)
-    broker = sub.add_parser("broker", help="the broker's security set-up").add_subparsers(
-        dest="broker_command", required=True, metavar="ACTION")
-    p = broker.add_parser("init", help="write Mosquitto's dynamic-security file with the "
-                          "orchestrator's account (devices: 'device credentials ID')")
-    p.add_argument("file")
-    p.add_argument("--user", default="orchestrator")
-    p.add_argument("--force", action="store_true")
-    p.set_defaults(handler=cmd_broker_init)

@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
 
 from orchestrator import runtime
 from orchestrator.cli.common import UsageError
 from orchestrator.config import Settings
+from orchestrator.domain.accounts import parse_credentials
 from orchestrator.sim import fast
 from orchestrator.sim.fleet import Fleet, FleetConfig, make_devices
 from orchestrator.sim.onenet import Simulator, serve
@@ -118,6 +120,21 @@ def register(sub: Any) -> None:
     register_fleet(sim)
 
 
+def _accounts(path: str) -> dict[int, str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--credentials {path}: cannot read ({exc})") from None
+    accounts, errors = parse_credentials(text)
+    for line, message in errors[:20]:
+        print(f"{path}:{line}: {message}", file=sys.stderr)
+    if errors:
+        raise UsageError(f"--credentials {path}: {len(errors)} bad line(s)")
+    if not accounts:
+        raise UsageError(f"--credentials {path}: no device in it")
+    return accounts
+
+
 def cmd_simulate_fleet(args: argparse.Namespace, settings: Settings) -> int:
     if args.devices <= 0:
         raise UsageError("--devices: at least 1")
@@ -126,8 +143,10 @@ def cmd_simulate_fleet(args: argparse.Namespace, settings: Settings) -> int:
         install_time=args.install_time, download_failure_rate=args.download_failure_rate,
         install_failure_rate=args.install_failure_rate, offline_rate=args.offline_rate,
         offline_seconds=args.offline_seconds, seed=args.seed)
+    accounts = _accounts(args.credentials) if args.credentials else None
     devices = make_devices(args.devices, first_id=args.first_id, seed=args.seed,
-                           manuf=args.manuf, model=args.model, fota_version=args.version)
+                           manuf=args.manuf, model=args.model, fota_version=args.version,
+                           ids=sorted(accounts) if accounts else None)
     if args.scenario:
         try:
             listed = {d.dev_id: d for d in load_scenario(args.scenario).devices}
@@ -141,7 +160,7 @@ def cmd_simulate_fleet(args: argparse.Namespace, settings: Settings) -> int:
                 dev.fota_version = known.fota_version or dev.fota_version
                 dev.sota_version = known.sota_version or dev.sota_version
     fleet = Fleet(settings.mqtt_url, settings.mqtt_topic_prefix, devices, config,
-                  client_id=None, v5=settings.mqtt_v5)
+                  client_id=None, v5=settings.mqtt_v5, accounts=accounts)
 
     async def main() -> int:
         stop = asyncio.Event()
@@ -163,7 +182,12 @@ def cmd_simulate_fleet(args: argparse.Namespace, settings: Settings) -> int:
                   file=sys.stderr)
             return 1
         print(f"{len(devices)} simulated devices ({devices[0].dev_id}..{devices[-1].dev_id}) "
-              f"on {settings.mqtt_url!r}, prefix {settings.mqtt_topic_prefix!r}", flush=True)
+              f"on {settings.mqtt_url!r}, prefix {settings.mqtt_topic_prefix!r}"
+              + (", a connection and an account each" if accounts else ""), flush=True)
+        if fleet.stats["refused"]:
+            print(f"fleet: the broker refused {fleet.stats['refused']} device(s) (a wrong or "
+                  "revoked secret, or accounts not yet synced); they keep trying",
+                  file=sys.stderr, flush=True)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 10)
@@ -195,4 +219,7 @@ def register_fleet(sim: Any) -> None:
                    help="chance per status tick that a device goes offline")
     p.add_argument("--offline-seconds", type=_positive, default=30.0)
     p.add_argument("--seed", type=int, help="for reproducible runs")
+    p.add_argument("--credentials", metavar="FILE", help="the CSV 'device credentials' wrote: "
+                   "its devices (instead of --devices/--first-id), each on a connection of "
+                   "its own with its own account, to the devices' listener in ORCH_MQTT_URL")
     p.set_defaults(handler=cmd_simulate_fleet)

@@ -46,6 +46,11 @@ from orchestrator.ports import DatabaseUnavailable, DataRejected, IngestSink
 log = structlog.get_logger(__name__)
 
 
+class SubscriptionRefused(aiomqtt.MqttError):
+    """The broker answered a subscription with a failure code: ingest is not ready, and
+    tries again with backoff (rights may be fixed while it waits)."""
+
+
 class Ingest:
     def __init__(self, settings: Settings, sink: IngestSink, metrics: Metrics) -> None:
         self.settings = settings
@@ -77,6 +82,7 @@ class Ingest:
 
     async def _session(self, stop: asyncio.Event) -> None:
         s = self.settings
+        assert s.mqtt_client_id, "a persistent session needs a client id (Service sets one)"
         client = make_client(s.mqtt_url, s.mqtt_client_id, persistent=True, v5=s.mqtt_v5,
                              session_expiry=s.mqtt_session_expiry,
                              receive_maximum=min(65535, 2 * s.ingest_batch_size),
@@ -105,7 +111,14 @@ class Ingest:
         reads = _paho.fast_receive(client, receive, keep_debug_log=s.log_level == "debug")
         async with client:
             for topic in self.subscriptions():
-                await client.subscribe(topic, qos=1)
+                reason = topics.refusal(await client.subscribe(topic, qos=1))
+                if reason is not None:
+                    self.metrics.mqtt_subscribe_refused.labels(topic).inc()
+                    log.error("mqtt subscription refused: no device message can arrive",
+                              topic=topic, reason=reason, client_id=s.mqtt_client_id,
+                              hint="the broker's ACL must let this account read the topic "
+                                   "('orchestrator broker init' writes one that does)")
+                    raise SubscriptionRefused(f"subscription to {topic} refused ({reason})")
             self.connected.set()
             log.info("mqtt ingest subscribed", topics=self.subscriptions(),
                      client_id=s.mqtt_client_id)

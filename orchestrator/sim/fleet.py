@@ -1,4 +1,6 @@
-"""A simulated fleet: thousands of devices in one process, one MQTT connection.
+"""A simulated fleet: thousands of devices in one process, on one MQTT connection, or (with
+``accounts``) one connection per device with its own broker account, as a secured fleet
+connects.
 
 Each device reports its status periodically (signal and power drift), answers
 ``{"op": "report"}`` at once, and on ``{"op": "upgrade"}`` downloads the package from the
@@ -16,7 +18,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +31,7 @@ from orchestrator.domain.payloads import parse_dev_id
 from orchestrator.domain.resilience import backoff
 from orchestrator.mqtt import topics
 from orchestrator.mqtt.connection import make_client
+from orchestrator.sim import mqttlite
 
 log = structlog.get_logger(__name__)
 
@@ -72,8 +75,19 @@ class FleetConfig:
 class Fleet:
     def __init__(self, url: MqttUrl, prefix: str, devices: list[SimDevice],
                  config: FleetConfig | None = None, client_id: str | None = None,
-                 v5: bool = True) -> None:
+                 v5: bool = True, accounts: Mapping[int, str] | None = None) -> None:
+        """``accounts``: each device's broker password (its user name is its id); every
+        device then holds a connection of its own (MQTT 3.1.1, persistent session)."""
         self.url = url
+        self.accounts = accounts
+        if accounts is not None:
+            missing = [d.dev_id for d in devices if d.dev_id not in accounts]
+            if missing:
+                raise ValueError(f"no broker account for device(s) {missing[:10]}")
+        self._links: dict[int, mqttlite.Connection] = {}
+        self._reporting: set[int] = set()
+        self._sending = asyncio.Semaphore(256)
+        self._link_up: dict[int, asyncio.Event] = {}
         self.prefix = prefix
         self.devices = {d.dev_id: d for d in devices}
         self.config = config or FleetConfig()
@@ -93,6 +107,10 @@ class Fleet:
         """QoS 1, like a device with a persistent outgoing queue: while the broker is away
         the message waits for the reconnection instead of being lost."""
         text = json.dumps(payload)
+        if self.accounts is not None:
+            parts = topic.split("/")
+            await self._publish_own(int(parts[1]), topic, text.encode())
+            return
         while True:
             await self.connected.wait()
             client, superseded = self.client, self._superseded
@@ -104,6 +122,19 @@ class Fleet:
                 # the connection loop notices the loss and reconnects; wait for a new one
                 await superseded.wait()
 
+    async def _publish_own(self, dev_id: int, topic: str, payload: bytes) -> None:
+        """On the device's own connection, waiting for it (as the shared one does)."""
+        while True:
+            await self._link_up[dev_id].wait()
+            link = self._links.get(dev_id)
+            try:
+                assert link is not None
+                async with self._sending:
+                    await link.publish(topic, payload)
+                return
+            except (mqttlite.MqttLiteError, OSError, AssertionError, TimeoutError):
+                await asyncio.sleep(0.2)      # the device's loop reconnects
+
     async def report_status(self, dev: SimDevice) -> None:
         if time.monotonic() < dev.offline_until:
             return
@@ -112,8 +143,22 @@ class Fleet:
 
     async def report_all(self, batch: int = 64) -> None:
         devs = list(self.devices.values())
+        if self.accounts is not None:
+            # each device on its own connection: one that cannot connect (refused, say)
+            # must not hold the others' reports back; one report waiting per device
+            waiting = [d for d in devs if d.dev_id not in self._reporting]
+            self._reporting.update(d.dev_id for d in waiting)
+            for d in waiting:
+                self._spawn(self._report_own(d))
+            return
         for i in range(0, len(devs), batch):
             await asyncio.gather(*(self.report_status(d) for d in devs[i:i + batch]))
+
+    async def _report_own(self, dev: SimDevice) -> None:
+        try:
+            await self.report_status(dev)
+        finally:
+            self._reporting.discard(dev.dev_id)
 
     async def progress(self, dev: SimDevice, campaign: int, step: int,
                        version: str | None = None) -> None:
@@ -128,8 +173,12 @@ class Fleet:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect (again after a broker restart, with backoff) until ``stop``."""
         timeout = aiohttp.ClientTimeout(total=600, sock_connect=10)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        connector = aiohttp.TCPConnector(limit=1000)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
             self.http = http
+            if self.accounts is not None:
+                await self._run_devices(stop)
+                return
             attempt = 0
             while not stop.is_set():
                 try:
@@ -175,6 +224,73 @@ class Fleet:
                 raise aiomqtt.MqttError("command stream ended")
             self.connected.clear()
 
+    async def _run_devices(self, stop: asyncio.Event) -> None:
+        """One connection per device, each with its own account; ``connected`` once every
+        device tried once (``stats["refused"]`` counts those the broker turned away: they
+        keep trying, as devices do)."""
+        self._link_up = {d: asyncio.Event() for d in self.devices}
+        first = [asyncio.Event() for _ in self.devices]
+        gate = asyncio.Semaphore(200)       # connections being opened at once
+        loops = [asyncio.create_task(self._device_loop(dev, stop, gate, up))
+                 for dev, up in zip(self.devices.values(), first, strict=True)]
+        try:
+            await asyncio.gather(*(e.wait() for e in first))
+            self.connected.set()
+            self._spawn(self.report_all())
+            self._tick_task = asyncio.create_task(self._ticker(stop))
+            await stop.wait()
+        finally:
+            for t in [*loops, *([self._tick_task] if self._tick_task else []), *self._tasks]:
+                t.cancel()
+            await asyncio.gather(*loops, *self._tasks, return_exceptions=True)
+            await asyncio.gather(*(link.close() for link in self._links.values()),
+                                 return_exceptions=True)
+            self.connected.clear()
+
+    async def _device_loop(self, dev: SimDevice, stop: asyncio.Event,
+                           gate: asyncio.Semaphore, first: asyncio.Event) -> None:
+        assert self.accounts is not None
+        attempt = 0
+        up = self._link_up[dev.dev_id]
+        command_topic = topics.command(self.prefix, dev.dev_id)
+
+        def on_message(topic: str, payload: bytes) -> None:
+            if topic == command_topic:
+                self._command(dev, payload)
+
+        while not stop.is_set():
+            try:
+                async with gate:
+                    link = await mqttlite.connect(
+                        self.url.host, self.url.port, str(dev.dev_id), on_message,
+                        username=str(dev.dev_id), password=self.accounts[dev.dev_id])
+                    granted = await link.subscribe(command_topic)
+                if granted >= 0x80:
+                    await link.close()
+                    raise mqttlite.MqttLiteError(f"subscription refused ({granted})")
+                self._links[dev.dev_id] = link
+                self.stats["connects"] += 1
+                up.set()
+                first.set()
+                attempt = 0
+                closed = asyncio.ensure_future(link.closed.wait())
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({closed, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                closed.cancel()
+                stopper.cancel()
+                up.clear()
+                if not stop.is_set():
+                    self.stats["reconnects"] += 1
+            except (mqttlite.MqttLiteError, OSError, TimeoutError) as exc:
+                self.stats["connect_errors"] += 1
+                if isinstance(exc, mqttlite.Refused) and not first.is_set():
+                    self.stats["refused"] += 1
+                first.set()
+                log.debug("device connection failed", dev_id=dev.dev_id, error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff(attempt, 0.5, 30.0))
+                attempt += 1
+
     async def _ticker(self, stop: asyncio.Event) -> None:
         cfg = self.config
         while not stop.is_set():
@@ -196,15 +312,19 @@ class Fleet:
             parts = message.topic.value.split("/")
             dev_id = parse_dev_id(parts[1]) if len(parts) == 3 else None
             dev = self.devices.get(dev_id) if dev_id else None
-            try:
-                payload = json.loads(message.payload)
-            except (ValueError, TypeError):
-                continue
-            if dev is None or not isinstance(payload, dict):
-                continue
-            self.commands.append((dev.dev_id, payload))
-            self.stats[f"cmd_{payload.get('op')}"] += 1
-            self._spawn(self._handle(dev, payload))
+            if dev is not None and isinstance(message.payload, bytes | str):
+                self._command(dev, message.payload)
+
+    def _command(self, dev: SimDevice, raw: bytes | str) -> None:
+        try:
+            payload = json.loads(raw)
+        except (ValueError, TypeError):
+            return
+        if not isinstance(payload, dict):
+            return
+        self.commands.append((dev.dev_id, payload))
+        self.stats[f"cmd_{payload.get('op')}"] += 1
+        self._spawn(self._handle(dev, payload))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -226,7 +346,7 @@ class Fleet:
                     await self._upgrade(dev, cmd)
                 finally:
                     dev.busy = False
-        except aiomqtt.MqttError as exc:
+        except (aiomqtt.MqttError, mqttlite.MqttLiteError) as exc:
             log.warning("fleet publish failed", dev_id=dev.dev_id, error=str(exc))
 
     async def _upgrade(self, dev: SimDevice, cmd: dict[str, Any]) -> None:
@@ -306,8 +426,9 @@ class Fleet:
 
 def make_devices(n: int, *, first_id: int = 1, seed: int | None = None,
                  manuf: str = "China Mobile", model: str = "M5310",
-                 fota_version: str = "1.2") -> list[SimDevice]:
+                 fota_version: str = "1.2", ids: list[int] | None = None) -> list[SimDevice]:
+    """``n`` devices from ``first_id`` (or exactly ``ids``)."""
     rng = random.Random(seed)
-    return [SimDevice(first_id + i, manuf, model, fota_version, "app-1",
+    return [SimDevice(dev_id, manuf, model, fota_version, "app-1",
                       signal=rng.randint(12, 31), power=rng.randint(40, 100))
-            for i in range(n)]
+            for dev_id in (ids if ids is not None else range(first_id, first_id + n))]

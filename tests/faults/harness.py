@@ -311,7 +311,7 @@ class World:
                 "seconds": round(time.monotonic() - self.started, 1),
                 "peak_rss_mb": round(max(r.peak_rss_kb for r in self.replicas) / 1024, 1)}
         out = json.dumps(line)
-        with open(Path(os.environ.get("ORCH_FAULT_RESULTS", "/tmp/orch-faults.jsonl")),
+        with open(Path(os.environ.get("ORCH_TEST_FAULT_RESULTS", "/tmp/orch-faults.jsonl")),
                   "a") as f:
             f.write(out + "\n")
         return out

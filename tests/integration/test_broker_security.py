@@ -1,81 +1,264 @@
-"""Per-device broker accounts through the real CLI, against a Mosquitto running the
-dynamic security plugin with no anonymous access: a device speaks only for itself."""
+"""The shipped secure broker, as an operator sets it up: ``broker init`` (the orchestrator's
+account in PostgreSQL, a Mosquitto configuration with a listener for devices and one for
+the orchestrator), ``device credentials`` for many devices, ``broker sync``, then Mosquitto
+started on that configuration as Debian's package starts it (as root it drops to the
+``mosquitto`` user, who reads the files through their group). Every probe of a hostile
+device, and the orchestrator on its defaults, against that broker."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiomqtt
+import asyncpg
 import pytest
 
 from conftest import free_port, run_cli, start_mosquitto
+from orchestrator.config import parse_mqtt_url
+from orchestrator.domain.accounts import mosquitto_conf
+from orchestrator.sim import mqttlite
+from stack import start_run, stop_runs
 
-PLUGINS = ["/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
-           "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
-           "/usr/lib/mosquitto_dynamic_security.so"]
+REPO = Path(__file__).resolve().parents[2]
+A, B, C = 6523, 6524, 6525
+
+
+@dataclass
+class Secure:
+    dir: Path
+    devices_port: int
+    orch_port: int
+    orch_url: str
+    env: dict[str, str]
+    secrets: dict[int, str]
+    proc: subprocess.Popen[bytes] | None = None
+    seen: list[tuple[str, bytes]] = field(default_factory=list)
+
+    @property
+    def orch(self) -> tuple[str, str]:
+        u = parse_mqtt_url(self.orch_url)
+        assert u.username and u.password
+        return u.username, u.password
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, env=self.env, input=stdin)
+
+    def sync(self) -> None:
+        assert self.proc is not None
+        out = self.cli("broker", "sync", "--dir", str(self.dir), "--pid", str(self.proc.pid))
+        assert out.returncode == 0, out.stderr
+        time.sleep(0.3)     # Mosquitto reads the files again on SIGHUP
+
+    async def device(self, dev_id: int, *, client_id: str | None = None,
+                     secret: str | None = None, clean: bool = True,
+                     got: list[tuple[str, bytes]] | None = None,
+                     will: tuple[str, bytes] | None = None,
+                     port: int | None = None) -> mqttlite.Connection:
+        sink = got if got is not None else []
+        return await mqttlite.connect(
+            "127.0.0.1", port or self.devices_port, client_id or str(dev_id),
+            lambda t, p: sink.append((t, p)), username=str(dev_id),
+            password=secret or self.secrets[dev_id], clean=clean, will=will)
+
+
+def _mosquitto() -> str:
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(binary).exists():
+        pytest.skip("mosquitto is not installed")
+    return binary
 
 
 @pytest.fixture
-def secure_broker(tmp_path: Path) -> Iterator[tuple[int, str]]:
-    plugin = next((p for p in PLUGINS if Path(p).exists()), None)
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if plugin is None or not Path(binary).exists():
-        pytest.skip("mosquitto with its dynamic security plugin is not installed")
-    port = free_port()
-    dynsec = tmp_path / "dynamic-security.json"
-    env = {**os.environ, "ORCH_MQTT_URL": f"mqtt://127.0.0.1:{port}", "ORCH_LOG_FORMAT": "json"}
-    out = run_cli("broker", "init", str(dynsec), env=env)
+async def secure(database: str, prefix: str) -> AsyncIterator[Secure]:
+    _mosquitto()
+    conn = await asyncpg.connect(database)
+    await conn.execute("INSERT INTO ota.devices (dev_id, manuf, model, fota_version) "
+                       "SELECT g, 'China Mobile', 'M5310', '1.2' FROM unnest($1::bigint[]) g",
+                       [A, B, C])
+    await conn.close()
+    # a directory the broker's own user can enter (pytest's are private to root)
+    directory = Path(tempfile.mkdtemp(prefix="orch-broker-", dir="/tmp"))
+    directory.chmod(0o755)
+    env = {**os.environ, "ORCH_DATABASE_URL": database, "ORCH_MQTT_TOPIC_PREFIX": prefix,
+           "ORCH_LOG_FORMAT": "json"}
+    dport, oport = free_port(), free_port()
+    init = run_cli("broker", "init", "--dir", str(directory), "--port", str(dport),
+                   "--orchestrator-port", str(oport), "--bind", "127.0.0.1", env=env)
+    assert init.returncode == 0, init.stderr
+    url = init.stdout.strip().split("=", 1)[1]
+    issued = run_cli("device", "credentials", str(A), str(B), str(C), "--json", env=env)
+    assert issued.returncode == 0, issued.stderr
+    secrets = {int(r["dev_id"]): r["password"] for r in json.loads(issued.stdout)}
+    s = Secure(directory, dport, oport, url, env, secrets)
+    synced = run_cli("broker", "sync", "--dir", str(directory), env=env)
+    assert synced.returncode == 0, synced.stderr
+    s.proc = start_mosquitto(directory / "mosquitto.conf", dport)
+    try:
+        yield s
+    finally:
+        s.proc.terminate()
+        s.proc.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def observer(s: Secure, prefix: str) -> AsyncIterator[aiomqtt.Client]:
+    user, password = s.orch
+    async with aiomqtt.Client("127.0.0.1", s.orch_port, username=user, password=password,
+                              identifier=f"observer-{prefix}",
+                              protocol=aiomqtt.ProtocolVersion.V5) as o:
+        # through a shared subscription, as ingest subscribes by default
+        await o.subscribe(f"$share/orchestrators/{prefix}/+/status", qos=1)
+        await o.subscribe(f"{prefix}/+/progress", qos=1)
+
+        async def collect() -> None:
+            async for m in o.messages:
+                s.seen.append((m.topic.value, bytes(m.payload)))  # type: ignore[arg-type]
+
+        task = asyncio.create_task(collect())
+        try:
+            yield o
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def test_the_shipped_configuration_is_what_broker_init_writes() -> None:
+    """deploy/mosquitto.conf (compose) is the same template, so what the tests start is
+    what ships."""
+    shipped = (REPO / "deploy" / "mosquitto.conf").read_text()
+    assert shipped == mosquitto_conf("/mosquitto/config", data_dir="/mosquitto/data",
+                                     log_stdout=True)
+
+
+async def test_a_device_speaks_only_for_itself(secure: Secure, prefix: str) -> None:
+    s = secure
+    status_b, command_b = f"{prefix}/{B}/status", f"{prefix}/{B}/command"
+    got_a: list[tuple[str, bytes]] = []
+    got_b: list[tuple[str, bytes]] = []
+    async with observer(s, prefix) as orch:
+        # B subscribes to its commands on a persistent session, then goes offline, and the
+        # orchestrator queues an upgrade command for it
+        b = await s.device(B, clean=False, got=got_b)
+        assert await b.subscribe(command_b) == 1
+        await b.close()
+        await orch.publish(command_b, b'{"op":"upgrade"}', qos=1)
+
+        # A, with its own valid secret, claims B's client id and leaves a will on B's topic
+        a = await s.device(A, client_id=str(B), got=got_a, will=(status_b, b"forged will"))
+        await a.publish(status_b, b"forged")                                 # 1 speak for B
+        await a.publish(f"{prefix}/{B}/progress", b'{"campaign":1,"step":201}')
+        for pattern in (f"{prefix}/+/command", "#"):                         # 2 wildcards
+            await a.subscribe(pattern)
+        await a.publish("$CONTROL/dynamic-security/v1", json.dumps(         # 3 $CONTROL
+            {"commands": [{"command": "createClient", "username": "intruder",
+                           "password": "intruder"}]}).encode())
+        await a.publish(f"{prefix}/{A}/status", b"mine")
+        a.abort()                                  # 4 the will fires: on B's topic, denied
+        await asyncio.sleep(0.5)
+
+        # 5-7: B's session and queued command survived A's claim, and B stays connected
+        # while A connects again with B's client id
+        b = await s.device(B, clean=False, got=got_b)
+        for _ in range(50):
+            if got_b:
+                break
+            await asyncio.sleep(0.05)
+        assert got_b == [(command_b, b'{"op":"upgrade"}')]
+        a = await s.device(A, client_id=str(B), got=got_a)
+        await asyncio.sleep(0.5)
+        assert not b.closed.is_set(), "A's connection took B's session over"
+        await orch.publish(command_b, b'{"op":"report"}', qos=1)
+        await asyncio.sleep(0.5)
+        assert got_b[-1] == (command_b, b'{"op":"report"}')
+        assert got_a == [], "A read B's commands"
+        await a.close()
+        await b.close()
+    assert s.seen == [(f"{prefix}/{A}/status", b"mine")]
+    # nobody acted on $CONTROL: the account A asked for does not exist
+    with pytest.raises(mqttlite.Refused):
+        await mqttlite.connect("127.0.0.1", s.devices_port, "intruder", lambda *_: None,
+                               username="intruder", password="intruder")
+
+
+async def test_who_is_refused(secure: Secure) -> None:
+    s = secure
+    with pytest.raises(mqttlite.Refused):                   # a wrong secret
+        await s.device(A, secret="guess")
+    with pytest.raises(mqttlite.Refused):                   # a device on the orchestrator's
+        await s.device(A, port=s.orch_port)
+    with pytest.raises(mqttlite.Refused):                   # anonymous
+        await mqttlite.connect("127.0.0.1", s.devices_port, "x", lambda *_: None)
+    user, password = s.orch                                 # the orchestrator as a device
+    with pytest.raises(mqttlite.Refused):
+        await mqttlite.connect("127.0.0.1", s.devices_port, user, lambda *_: None,
+                               username=user, password=password)
+
+
+async def test_revoked_rotated_and_removed_devices_are_refused_after_a_sync(
+        secure: Secure, database: str) -> None:
+    s = secure
+    old_b = s.secrets[B]
+    out = s.cli("device", "revoke", str(A))
+    assert out.returncode == 0 and "1 account(s) revoked" in out.stdout, out.stderr
+    out = s.cli("device", "credentials", str(B), "--rotate")
     assert out.returncode == 0, out.stderr
-    url = out.stdout.strip().split("=", 1)[1]
-    user = "user root\n" if os.geteuid() == 0 else ""
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"{user}listener {port} 127.0.0.1\nallow_anonymous false\n"
-                    f"plugin {plugin}\nplugin_opt_config_file {dynsec}\n"
-                    f"log_dest file {tmp_path}/mosquitto.log\n")
-    proc = start_mosquitto(conf, port)
-    yield port, url
-    proc.terminate()
-    proc.wait(10)
+    new_b = out.stdout.splitlines()[1].split(",")[2]
+    conn = await asyncpg.connect(database)
+    await conn.execute("DELETE FROM ota.devices WHERE dev_id = $1", C)
+    assert await conn.fetchval("SELECT count(*) FROM ota.mqtt_accounts WHERE dev_id = $1",
+                               C) == 0
+    await conn.close()
+    # until the sync the broker still knows them; after it, it does not
+    (await s.device(A)).abort()
+    s.sync()
+    for dev_id, secret in ((A, None), (B, old_b), (C, None)):
+        with pytest.raises(mqttlite.Refused):
+            await s.device(dev_id, secret=secret)
+    await (await s.device(B, secret=new_b)).close()
 
 
-def credentials(url: str, dev_id: int) -> str:
-    out = run_cli("device", "credentials", str(dev_id), "--json",
-                  env={**os.environ, "ORCH_MQTT_URL": url, "ORCH_LOG_FORMAT": "json"})
-    assert out.returncode == 0, out.stderr
-    return str(json.loads(out.stdout)["password"])
-
-
-async def test_a_device_speaks_only_for_itself(secure_broker: tuple[int, str]) -> None:
-    port, url = secure_broker
-    orch_user, orch_pw = url.removeprefix("mqtt://").split("@")[0].split(":")
-    first = credentials(url, 6523)
-    other = credentials(url, 6524)
-    rotated = credentials(url, 6523)
-    assert rotated != first
-    got: list[tuple[str, bytes]] = []
-    async with aiomqtt.Client("127.0.0.1", port, username=orch_user, password=orch_pw) as orch:
-        await orch.subscribe("ota/+/status", qos=1)
-        await orch.subscribe("ota/+/progress", qos=1)
-        async with aiomqtt.Client("127.0.0.1", port, username="6523", password=rotated,
-                                  protocol=aiomqtt.ProtocolVersion.V5) as dev:
-            await dev.publish("ota/6523/status", b"mine", qos=1)
-            await dev.publish("ota/6524/progress", b"forged", qos=1)
-            await dev.publish("ota/6524/status", b"forged", qos=1)
-            granted = await dev.subscribe("ota/6524/command", qos=1)
-            assert "Not authorized" in str(granted)
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(1.5):
-                async for m in orch.messages:
-                    got.append((m.topic.value, bytes(m.payload)))  # type: ignore[arg-type]
-    assert got == [("ota/6523/status", b"mine")]
-    for user, password in ((None, None), ("6523", first), ("6524", "guess")):
-        with pytest.raises(aiomqtt.MqttError, match=r"Not authorized|135|5"):
-            async with aiomqtt.Client("127.0.0.1", port, username=user, password=password):
-                pass
-    async with aiomqtt.Client("127.0.0.1", port, username="6524", password=other):
-        pass
+async def test_the_orchestrator_on_its_defaults_ingests_through_the_secure_broker(
+        secure: Secure, prefix: str, database: str) -> None:
+    """``orchestrator run`` with nothing but the database and the URL broker init printed:
+    default shared group, a client id of its own per replica (two on this host)."""
+    s = secure
+    env = {**s.env, "ORCH_MQTT_URL": s.orch_url, "ORCH_API_LISTEN": "127.0.0.1:0"}
+    env.pop("ORCH_MQTT_CLIENT_ID", None)
+    procs = [await start_run(env, None), await start_run(env, None)]
+    try:
+        dev = await s.device(A)
+        await dev.publish(f"{prefix}/{A}/status", json.dumps(
+            {"manuf": "China Mobile", "model": "M5310", "fota_version": "1.2.7",
+             "signal": 21, "power": 77}).encode())
+        await dev.close()
+        conn = await asyncpg.connect(database)
+        try:
+            for _ in range(100):
+                row = await conn.fetchrow("SELECT fota_version, signal FROM ota.devices "
+                                          "WHERE dev_id = $1", A)
+                if row and row["fota_version"] == "1.2.7":
+                    break
+                await asyncio.sleep(0.1)
+            assert row is not None and tuple(row) == ("1.2.7", 21)
+            for _ in range(100):
+                owners = {r[0] for r in await conn.fetch("SELECT owner FROM ota.replicas")}
+                if len(owners) == 2:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+        assert len(owners) == 2 and all(o.startswith("orchestrator-") for o in owners), owners
+        assert {o.rsplit("-", 1)[1] for o in owners} == {"0", "1"}
+    finally:
+        await stop_runs(procs)

@@ -46,10 +46,11 @@ END $$;
 CREATE TRIGGER mqtt_accounts_changed AFTER INSERT OR UPDATE OR DELETE ON ota.mqtt_accounts
     FOR EACH STATEMENT EXECUTE FUNCTION ota.mqtt_accounts_notify();
 
--- EMQX's PostgreSQL authenticator (deploy/emqx/): the columns its documented query reads.
--- A device may connect only with its own id as client id: the query passes ${clientid}
--- (see deploy/emqx/emqx.conf), so no device can take over another's session.
+-- EMQX's PostgreSQL authenticator (deploy/emqx/): the columns its documented query reads
+-- (password_hash, salt, is_superuser), plus the role its query uses to bind client ids.
+-- Orchestrator accounts are superusers: authorization rules are for devices.
 CREATE VIEW ota.mqtt_auth AS
-SELECT username, encode(hash, 'hex') AS password_hash, salt, false AS is_superuser, role
+SELECT username, encode(hash, 'hex') AS password_hash, salt, role = 'orchestrator' AS is_superuser,
+       role
 FROM ota.mqtt_accounts
 WHERE revoked_at IS NULL;

@@ -53,7 +53,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     _quiet(settings)
     view = LiveView(every=2.0)
     return int(runtime.run(run_demo(args.devices, settings, seed=args.seed,
-                                    timeout=args.timeout, show=view.show)))
+                                    timeout=args.timeout, show=view.show,
+                                    secure=args.secure)))
 
 
 def cmd_errno(args: argparse.Namespace, settings: Settings) -> int:
@@ -81,6 +82,9 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--timeout", type=float, default=600.0,
                    help="give up (exit 1) if the campaign has not finished by then")
+    p.add_argument("--secure", action="store_true",
+                   help="a private Mosquitto set up as 'broker init' does, every device on a "
+                        "connection and an account of its own (needs mosquitto installed)")
     p.set_defaults(handler=cmd_demo)
     p = sub.add_parser("errno", help="OneNET's errno codes and what the orchestrator does")
     p.add_argument("--json", action="store_true")

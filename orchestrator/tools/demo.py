@@ -19,13 +19,16 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from orchestrator.config import Settings, parse_mqtt_url
+from orchestrator.domain.accounts import Issued, mosquitto_conf
 from orchestrator.domain.campaign import DONE, Campaign, CampaignSpec, Selector
+from orchestrator.domain.payloads import StatusReport
 from orchestrator.runtime import stop_on_signals
 from orchestrator.service import Service
 from orchestrator.sim import DEMO_ACCESS_KEY, DEMO_PRODUCT_ID
@@ -36,6 +39,7 @@ from orchestrator.store import campaigns as store
 from orchestrator.store import devices as registry
 from orchestrator.store.db import Connection, connect
 from orchestrator.store.migrate import migrate
+from orchestrator.usecases import broker, credentials
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +92,53 @@ async def embedded_broker() -> AsyncIterator[str]:
         await broker.shutdown()
 
 
+@contextlib.asynccontextmanager
+async def secured_broker(dsn: str, workdir: str, prefix: str, devices: list[SimDevice]
+                         ) -> AsyncIterator[tuple[str, str, dict[int, str]]]:
+    """A private Mosquitto set up as ``broker init`` sets one up, every demo device with an
+    account of its own: (the orchestrator's URL, the devices' URL, each device's secret)."""
+    mosquitto = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
+    if mosquitto is None:
+        raise RuntimeError("demo --secure needs Mosquitto (apt install mosquitto)")
+    directory = Path(workdir) / "broker"
+    dport, oport = free_port(), free_port()
+    conn = await connect(dsn)
+    secrets: dict[int, str] = {}
+
+    def keep(issued: Sequence[Issued]) -> None:
+        secrets.update((i.dev_id, i.secret) for i in issued if i.dev_id is not None)
+
+    try:
+        await registry.import_devices(conn, [StatusReport(d.dev_id, d.manuf, d.model,
+                                                          d.fota_version, d.sota_version)
+                                             for d in devices])
+        await credentials.provision(conn, credentials.Selection(tuple(d.dev_id
+                                                                      for d in devices)),
+                                    rotate=True, sink=keep)
+        orch = await broker.service_account(conn, f"orchestrator-{prefix}", rotate=True)
+        await broker.write_files(conn, directory, prefix)
+    finally:
+        await conn.close()
+    conf = directory / "mosquitto.conf"
+    conf.write_text(mosquitto_conf(str(directory), devices_port=dport, orchestrator_port=oport,
+                                   bind="127.0.0.1"))
+    proc = await asyncio.create_subprocess_exec(mosquitto, "-c", str(conf),
+                                                stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                _, w = await asyncio.open_connection("127.0.0.1", dport)
+                w.close()
+                break
+            await asyncio.sleep(0.05)
+        yield (f"mqtt://{orch.username}:{orch.secret}@127.0.0.1:{oport}",
+               f"mqtt://127.0.0.1:{dport}", secrets)
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
 def demo_scenario(n: int, rng: random.Random) -> tuple[dict[str, Any], list[SimDevice],
                                                        dict[str, set[int]]]:
     """Most devices have a task; some have poor signal at first, some fail their first
@@ -121,8 +172,11 @@ def demo_scenario(n: int, rng: random.Random) -> tuple[dict[str, Any], list[SimD
 
 
 async def run_demo(n: int, base: Settings, *, out: Any = None, seed: int = 7,
-                   timeout: float = 600.0, show: Show | None = None) -> int:
-    """``show(campaign, final)`` draws progress (the CLI passes its live view)."""
+                   timeout: float = 600.0, show: Show | None = None,
+                   secure: bool = False) -> int:
+    """``show(campaign, final)`` draws progress (the CLI passes its live view). ``secure``:
+    a private Mosquitto as ``broker init`` configures one, every device on a connection and
+    an account of its own."""
     out = out or sys.stdout
     started = time.monotonic()
     rng = random.Random(seed)
@@ -142,20 +196,28 @@ async def run_demo(n: int, base: Settings, *, out: Any = None, seed: int = 7,
             else:
                 say("database: starting an embedded PostgreSQL ...")
                 dsn = await stack.enter_async_context(embedded_postgres(workdir))
-            if os.environ.get("ORCH_MQTT_URL"):
+            await migrate(dsn)
+            scenario, devices, groups = demo_scenario(n, rng)
+            prefix = f"demo{os.getpid()}"
+            accounts: dict[int, str] | None = None
+            if secure:
+                say(f"broker: a private Mosquitto, {n} device accounts ...")
+                orch_url, devices_url, accounts = await stack.enter_async_context(
+                    secured_broker(dsn, workdir, prefix, devices))
+                mqtt_url, fleet_url, protocol = (parse_mqtt_url(orch_url),
+                                                 parse_mqtt_url(devices_url), "5")
+            elif os.environ.get("ORCH_MQTT_URL"):
                 mqtt_url, protocol = base.mqtt_url, base.mqtt_protocol
+                fleet_url = mqtt_url
                 say(f"broker: {mqtt_url.host}:{mqtt_url.port} (ORCH_MQTT_URL)")
             else:
                 say("broker: starting an embedded MQTT broker (amqtt) ...")
                 mqtt_url = parse_mqtt_url(await stack.enter_async_context(embedded_broker()))
-                protocol = "3.1.1"
-            await migrate(dsn)
-            scenario, devices, groups = demo_scenario(n, rng)
+                fleet_url, protocol = mqtt_url, "3.1.1"
             sim = Simulator(parse_scenario(scenario))
             runner = await serve(sim, "127.0.0.1", 0)
             stack.push_async_callback(runner.cleanup)
             sim_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-            prefix = f"demo{os.getpid()}"
             settings = dataclasses.replace(
                 base, database_url=dsn, mqtt_url=mqtt_url, mqtt_protocol=protocol,
                 mqtt_topic_prefix=prefix, mqtt_client_id=f"orchestrator-{prefix}",
@@ -163,10 +225,10 @@ async def run_demo(n: int, base: Settings, *, out: Any = None, seed: int = 7,
                 onenet_access_key=DEMO_ACCESS_KEY, onenet_authorization=None,
                 api_listen="127.0.0.1:0", scheduler_poll_interval=0.2)
             say(f"OneNET simulator: {sim_url}; {n} simulated devices; orchestrator starting")
-            fleet = Fleet(mqtt_url, prefix, devices,
+            fleet = Fleet(fleet_url, prefix, devices,
                           FleetConfig(status_interval=20, bandwidth=256 * 1024,
                                       install_time=0.3, seed=seed),
-                          client_id=f"fleet-{prefix}", v5=protocol == "5")
+                          client_id=f"fleet-{prefix}", v5=protocol == "5", accounts=accounts)
             service = Service(settings)
             service_task = asyncio.create_task(service.run())
             fleet_stop = asyncio.Event()

@@ -186,8 +186,10 @@ class World:
                "ORCH_DISPATCH_TIMEOUT": "15", "ORCH_CLAIM_LEASE": "10",
                "ORCH_STATUS_MAX_AGE": "600", "ORCH_SCHEDULER_POLL_INTERVAL": "0.2",
                "ORCH_ONENET_TIMEOUT": "3"}
+        # no client id: each replica takes a free slot of this host (orchestrator-<host>-N),
+        # as replicas left on defaults do, and a restarted one takes its own back
         for i in range(self.replica_count):
-            r = Replica(f"r{i + 1}", {**env, "ORCH_MQTT_CLIENT_ID": f"orch-{self.prefix}-r{i + 1}"})
+            r = Replica(f"r{i + 1}", dict(env))
             r.start(self.workdir)
             self.replicas.append(r)
         await self.wait_replicas()
@@ -295,6 +297,12 @@ class World:
         self.broker.stop()
         await asyncio.to_thread(self.pg.stop, "immediate")
         self.pg.remove()
+
+    def client_ids(self, replica: Replica) -> list[str]:
+        """The MQTT client ids the replica took, one per start, from its log."""
+        text = (self.workdir / f"{replica.name}.log").read_text(errors="replace")
+        return [json.loads(line)["client_id"] for line in text.splitlines()
+                if "mqtt client id from this host's free slot" in line]
 
     def felt(self, *needles: str) -> int:
         """How many replica log lines show the fault (so a scenario cannot pass by missing

@@ -79,6 +79,9 @@ async def test_replica_killed_repeatedly_then_one_stopped_for_good(tmp_path: Pat
         assert second.stop() == 0          # removed for good: a clean exit
         await check(w, cid, "replica SIGKILLed 3x, the other stopped for good")
         assert first.alive()
+        # no MQTT settings: a client id each, and the killed one took its own back each time
+        mine, other = w.client_ids(first), w.client_ids(second)
+        assert len(mine) == 4 and len(set(mine)) == 1 and other and mine[0] != other[0]
 
 
 async def test_onenet_away_for_a_minute(tmp_path: Path) -> None:

@@ -8,7 +8,11 @@ device, and the orchestrator on its defaults, against that broker."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import dataclasses
+import glob
+import hashlib
 import json
 import os
 import shutil
@@ -18,15 +22,21 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import asyncpg
 import pytest
 
 from conftest import free_port, run_cli, start_mosquitto
-from orchestrator.config import parse_mqtt_url
+from orchestrator.config import Settings, parse_mqtt_url
 from orchestrator.domain.accounts import mosquitto_conf
+from orchestrator.domain.device import Policy
+from orchestrator.metrics import Metrics
+from orchestrator.mqtt.ingest import Ingest
 from orchestrator.sim import mqttlite
+from orchestrator.store.database import PgDatabase
+from orchestrator.workers.progress import ProgressSink
 from stack import start_run, stop_runs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -262,3 +272,48 @@ async def test_the_orchestrator_on_its_defaults_ingests_through_the_secure_broke
         assert {o.rsplit("-", 1)[1] for o in owners} == {"0", "1"}
     finally:
         await stop_runs(procs)
+
+
+async def test_a_refused_subscription_is_an_error_not_a_silent_loss(
+        settings: Settings, pool: Any, tmp_path: Path) -> None:
+    """What the dynamic security plugin did to the default shared subscription: the broker
+    answers the SUBACK with 'Not authorized'. Ingest logs it, counts it, stays not ready
+    (so /readyz says so) and tries again."""
+    plugin = next(iter(glob.glob("/usr/lib/*/mosquitto_dynamic_security.so")
+                       + glob.glob("/usr/lib/mosquitto_dynamic_security.so")), None)
+    if plugin is None:
+        pytest.skip("Mosquitto's dynamic security plugin is not installed")
+    salt = os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", b"pw", salt, 101, 64)
+    (tmp_path / "dynsec.json").write_text(json.dumps({
+        "clients": [{"username": "orch", "password": base64.b64encode(digest).decode(),
+                     "salt": base64.b64encode(salt).decode(), "iterations": 101}],
+        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False,
+                             "subscribe": False, "unsubscribe": True}}))
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(("user root\n" if os.geteuid() == 0 else "")
+                    + f"listener {port} 127.0.0.1\nallow_anonymous false\nplugin {plugin}\n"
+                    f"plugin_opt_config_file {tmp_path}/dynsec.json\n")
+    proc = start_mosquitto(conf, port)
+    metrics = Metrics()
+    s = dataclasses.replace(settings, mqtt_url=parse_mqtt_url(f"mqtt://orch:pw@127.0.0.1:{port}"))
+    ingest = Ingest(s, ProgressSink(PgDatabase(pool), Policy()), metrics)
+    stop = asyncio.Event()
+    task = asyncio.create_task(ingest.run(stop))
+    try:
+        for _ in range(100):
+            if metrics.registry.get_sample_value("orch_mqtt_subscribe_refused_total",
+                                                 {"topic": ingest.subscriptions()[0]}):
+                break
+            await asyncio.sleep(0.05)
+        assert metrics.registry.get_sample_value(
+            "orch_mqtt_subscribe_refused_total", {"topic": ingest.subscriptions()[0]}) == 1
+        assert ingest.subscriptions()[0].startswith("$share/orchestrators/")
+        await asyncio.sleep(0.5)
+        assert not ingest.connected.is_set()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        proc.terminate()
+        proc.wait(10)

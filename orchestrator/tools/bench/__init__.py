@@ -8,11 +8,12 @@ from orchestrator import runtime
 from orchestrator.config import Settings
 from orchestrator.tools.bench.campaign import bench_campaign
 from orchestrator.tools.bench.checks import bench_checks
+from orchestrator.tools.bench.credentials import bench_credentials
 from orchestrator.tools.bench.enroll import bench_enroll
 from orchestrator.tools.bench.ingest import bench_ingest
 
 BENCHES = {"ingest": bench_ingest, "checks": bench_checks, "enroll": bench_enroll,
-           "campaign": bench_campaign}
+           "campaign": bench_campaign, "credentials": bench_credentials}
 
 
 def run_bench(name: str, settings: Settings, size: int | None) -> int:

@@ -35,16 +35,34 @@ LANGUAGE sql IMMUTABLE AS $$
            || translate(encode(a.hash, 'base64'), E'\n', '')
 $$;
 
--- a broker-file watcher LISTENs here: 'delta' (rows added or changed: read them by change
--- number) or 'full' (rows deleted: write everything again)
-CREATE FUNCTION ota.mqtt_accounts_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+-- A broker-file watcher LISTENs here. Notifications arrive at commit, in commit order: each
+-- names the change numbers its statement gave ('LO:HI'), so the watcher reads exactly those
+-- rows, whatever other transactions took numbers in between; a deletion says 'full' (the
+-- rows are gone: the watcher writes everything again).
+CREATE FUNCTION ota.mqtt_accounts_notify_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    lo bigint;
+    hi bigint;
 BEGIN
-    PERFORM pg_notify('ota_mqtt_accounts', CASE TG_OP WHEN 'DELETE' THEN 'full'
-                                                      ELSE 'delta' END);
+    SELECT min(change), max(change) INTO lo, hi FROM changed_rows;
+    IF lo IS NOT NULL THEN
+        PERFORM pg_notify('ota_mqtt_accounts', lo || ':' || hi);
+    END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER mqtt_accounts_changed AFTER INSERT OR UPDATE OR DELETE ON ota.mqtt_accounts
-    FOR EACH STATEMENT EXECUTE FUNCTION ota.mqtt_accounts_notify();
+CREATE FUNCTION ota.mqtt_accounts_notify_full() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('ota_mqtt_accounts', 'full');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER mqtt_accounts_inserted AFTER INSERT ON ota.mqtt_accounts
+    REFERENCING NEW TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION ota.mqtt_accounts_notify_rows();
+CREATE TRIGGER mqtt_accounts_updated AFTER UPDATE ON ota.mqtt_accounts
+    REFERENCING NEW TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION ota.mqtt_accounts_notify_rows();
+CREATE TRIGGER mqtt_accounts_deleted AFTER DELETE ON ota.mqtt_accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION ota.mqtt_accounts_notify_full();
 
 -- EMQX's PostgreSQL authenticator (deploy/emqx/): the columns its documented query reads
 -- (password_hash, salt, is_superuser), plus the role its query uses to bind client ids.

@@ -666,23 +666,18 @@ ORDER BY d.dev_id
 LIMIT $2;
 
 -- name: accounts_changed
--- Accounts changed after change number $1, for a broker file watcher: one row each, the
--- latest state (a revoked account comes with revoked = true and is removed from the file).
-SELECT a.username, a.role, a.change, a.revoked_at IS NOT NULL AS revoked,
+-- The accounts a notification named (change numbers $1..$2), as they are now: a revoked one
+-- comes with revoked = true and leaves the file.
+SELECT a.username, a.role, a.revoked_at IS NOT NULL AS revoked,
        ota.mosquitto_line(a) AS line
 FROM ota.mqtt_accounts a
-WHERE a.change > $1
-ORDER BY change;
+WHERE a.change BETWEEN $1 AND $2;
 
 -- name: accounts_lines
--- Every active account of role $1 as a password-file line, in user-name order (read with
--- COPY: a million lines in about a second).
+-- Every active account of role $1 as a password-file line (read with COPY; no order: a
+-- broker reads the file into a hash table).
 SELECT ota.mosquitto_line(a) FROM ota.mqtt_accounts a
-WHERE a.role = $1 AND a.revoked_at IS NULL
-ORDER BY a.username;
-
--- name: accounts_last_change
-SELECT coalesce(max(change), 0) FROM ota.mqtt_accounts;
+WHERE a.role = $1 AND a.revoked_at IS NULL;
 
 -- name: accounts_count
 SELECT count(*) FILTER (WHERE role = 'device' AND revoked_at IS NULL) AS devices,

@@ -64,6 +64,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         args = parser.parse_args(argv)
     except SystemExit as exc:          # --help, --version, a usage error: argparse's exit
         return exc.code if isinstance(exc.code, int) else 0
+    args.environ = os.environ if environ is None else environ
     try:
         settings = load_settings(environ, config_file=args.config)
     except ConfigError as exc:

@@ -33,20 +33,31 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     if args.devices_port == args.orchestrator_port:
         raise UsageError("--port and --orchestrator-port: two listeners, two ports")
 
+    secret = None
+    if args.secret_env:
+        secret = args.environ.get(args.secret_env, "")
+        if len(secret) < 16 or not secret.isascii() or any(c in secret for c in ":@/ "):
+            raise UsageError(f"--secret-env {args.secret_env}: that variable must hold the "
+                             "account's secret, 16 or more ASCII characters without : @ / "
+                             "or space")
+
     async def go(conn: Any) -> tuple[Any, broker.Synced]:
-        issued = await broker.service_account(conn, args.user, rotate=args.force)
+        issued = await broker.service_account(conn, args.user, rotate=args.force,
+                                              secret=secret)
         return issued, await broker.write_files(conn, directory, settings.mqtt_topic_prefix)
 
     issued, synced = asyncio.run(with_conn(settings, go))
     conf.write_text(mosquitto_conf(str(directory), devices_port=args.devices_port,
                                    orchestrator_port=args.orchestrator_port, bind=args.bind,
-                                   data_dir=args.data_dir, run_as=args.broker_user))
+                                   data_dir=args.data_dir, run_as=args.broker_user,
+                                   log_stdout=args.log_stdout, pid_file=args.broker_pid_file))
     conf.chmod(0o644)
     host = args.bind or settings.mqtt_url.host
     print(f"wrote {conf} and its files ({synced.devices} device account(s)); devices connect "
           f"on port {args.devices_port}, the orchestrator on {args.orchestrator_port}. Its "
           "account's secret is shown once:", file=sys.stderr)
-    print(f"ORCH_MQTT_URL=mqtt://{args.user}:{issued.secret}@{host}:{args.orchestrator_port}")
+    shown = f"${{{args.secret_env}}}" if args.secret_env else issued.secret
+    print(f"ORCH_MQTT_URL=mqtt://{args.user}:{shown}@{host}:{args.orchestrator_port}")
     return 0
 
 
@@ -107,6 +118,12 @@ def register(sub: Any) -> None:
                    "(default: its own, mosquitto, which can read the files: they belong to "
                    "its group)")
     p.add_argument("--user", default="orchestrator", help="the orchestrator's account name")
+    p.add_argument("--secret-env", metavar="VAR", help="take the account's secret from this "
+                   "environment variable instead of making one (compose, Kubernetes)")
+    p.add_argument("--log-stdout", action="store_true", help="Mosquitto logs to stdout "
+                   "(containers)")
+    p.add_argument("--broker-pid-file", metavar="PATH", help="Mosquitto writes its pid here, "
+                   "for a 'broker sync' beside it (containers)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(handler=cmd_init)
     p = group.add_parser("sync", help="write the broker's password and ACL files from "

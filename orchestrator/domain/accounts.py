@@ -68,8 +68,8 @@ class Issued:
     digest: bytes
 
 
-def issue(username: str, dev_id: int | None = None) -> Issued:
-    secret, salt = new_secret(), new_salt()
+def issue(username: str, dev_id: int | None = None, secret: str | None = None) -> Issued:
+    secret, salt = secret or new_secret(), new_salt()
     return Issued(username, dev_id, secret, salt, hash_secret(secret, salt))
 
 
@@ -110,14 +110,16 @@ FILES = ("devices.passwd", "devices.acl", "orchestrators.passwd", "orchestrators
 def mosquitto_conf(directory: str, *, devices_port: int = 1883,
                    orchestrator_port: int = 1884, bind: str | None = None,
                    data_dir: str | None = None, run_as: str | None = None,
-                   log_stdout: bool = False) -> str:
+                   log_stdout: bool = False, pid_file: str | None = None) -> str:
     """A Mosquitto configuration for a fleet: devices and orchestrator replicas on listeners
     of their own, each with the password and ACL files ``broker sync`` writes."""
     host = f" {bind}" if bind else ""
     persistence = (f"persistence true\npersistence_location {data_dir.rstrip('/')}/\n"
                    "autosave_interval 60\n") if data_dir else ""
     user = f"# started as root, Mosquitto runs as this user\nuser {run_as}\n" if run_as else ""
-    logs = "log_dest stdout\n" if log_stdout else ""
+    logs = ("log_dest stdout\n" if log_stdout else "") + (
+        f"# 'orchestrator broker sync --pid-file' signals the pid written here\n"
+        f"pid_file {pid_file}\n" if pid_file else "")
     d = directory.rstrip("/")
     return f"""\
 # Mosquitto for a fleet, written by 'orchestrator broker init'. Accounts live in PostgreSQL;

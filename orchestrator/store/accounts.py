@@ -61,12 +61,9 @@ async def lines(conn: Connection, role: str) -> bytes:
     return b"".join(chunks)
 
 
-async def changed(conn: Connection, since: int) -> list[dict[str, Any]]:
-    return [dict(r.items()) for r in await conn.fetch(q("accounts_changed"), since)]
-
-
-async def last_change(conn: Connection) -> int:
-    return int(await conn.fetchval(q("accounts_last_change")))
+async def changed(conn: Connection, lo: int, hi: int) -> list[dict[str, Any]]:
+    """The accounts of change numbers ``lo``..``hi`` as they are now."""
+    return [dict(r.items()) for r in await conn.fetch(q("accounts_changed"), lo, hi)]
 
 
 async def counts(conn: Connection) -> dict[str, int]:

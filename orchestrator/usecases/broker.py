@@ -15,7 +15,7 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,12 +37,13 @@ log = structlog.get_logger(__name__)
 CHANNEL = "ota_mqtt_accounts"
 
 
-async def service_account(conn: Connection, username: str, *, rotate: bool) -> Issued:
-    """Create (or with ``rotate`` renew) an orchestrator account; its secret is returned
-    once."""
+async def service_account(conn: Connection, username: str, *, rotate: bool,
+                          secret: str | None = None) -> Issued:
+    """Create (or with ``rotate`` renew) an orchestrator account; its secret (made here
+    unless given) is returned once."""
     if username.isdigit():
         raise AccountsInputError(f"--user {username!r}: an all-digit name is a device's")
-    issued = issue(username)
+    issued = issue(username, secret=secret)
     async with conn.transaction():
         if await accounts.service_exists(conn, username) and not rotate:
             raise AccountsInputError(f"account {username!r} exists (--force gives it a new "
@@ -60,20 +61,18 @@ def _group() -> int | None:
         return None
 
 
-def _replace(path: Path, data: bytes | None, write: Callable[[int], None] | None = None
-             ) -> None:
-    """Write ``path`` atomically (a temporary file beside it, then rename), 0640."""
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``path`` atomically (a temporary file beside it, then rename), 0640. Not
+    fsynced: the files are derived from PostgreSQL and written again at the next sync."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        if data is not None:
-            os.write(fd, data)
-        if write is not None:
-            write(fd)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         os.fchmod(fd, 0o640)
         gid = _group()
         if gid is not None and os.geteuid() == 0:
             os.fchown(fd, -1, gid)
-        os.fsync(fd)
         os.close(fd)
         fd = -1
         os.replace(tmp, path)
@@ -89,25 +88,72 @@ class Synced:
     devices: int
     orchestrators: int
     seconds: float
-    change: int
+    changed: int = 0          # accounts read for this write (every one after a full read)
+
+
+def _by_user(data: bytes) -> dict[bytes, bytes]:
+    return {line.partition(b":")[0]: line for line in data.splitlines()}
+
+
+class BrokerFiles:
+    """The four files of ``directory``, kept in memory between writes so that a change of a
+    few accounts among a million is read (by change number) and written without reading
+    every account again."""
+
+    def __init__(self, directory: Path, prefix: str) -> None:
+        self.directory = directory
+        self.prefix = prefix
+        self.devices: dict[bytes, bytes] = {}
+        self.orchestrators: dict[bytes, bytes] = {}
+
+    async def full(self, conn: Connection) -> Synced:
+        """Every account read again, every file written."""
+        started = time.perf_counter()
+        await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
+        self.devices = _by_user(await accounts.lines(conn, DEVICE))
+        self.orchestrators = _by_user(await accounts.lines(conn, ORCHESTRATOR))
+        await self._write(devices=True, orchestrators=True)
+        return Synced(len(self.devices), len(self.orchestrators),
+                      time.perf_counter() - started, len(self.devices) + len(self.orchestrators))
+
+    async def apply(self, conn: Connection, lo: int, hi: int) -> Synced:
+        """The accounts of change numbers ``lo``..``hi`` (one notification's), as they are
+        now; only the files they touch are written."""
+        started = time.perf_counter()
+        rows = await accounts.changed(conn, lo, hi)
+        touched = set()
+        for r in rows:
+            table = self.devices if r["role"] == DEVICE else self.orchestrators
+            user = r["username"].encode()
+            if r["revoked"]:
+                table.pop(user, None)
+            else:
+                table[user] = r["line"].encode()
+            touched.add(r["role"])
+        await self._write(devices=DEVICE in touched, orchestrators=ORCHESTRATOR in touched)
+        return Synced(len(self.devices), len(self.orchestrators),
+                      time.perf_counter() - started, len(rows))
+
+    async def _write(self, *, devices: bool, orchestrators: bool) -> None:
+        d = self.directory
+        if devices:
+            await asyncio.to_thread(_replace, d / "devices.passwd", _lines(self.devices))
+            await asyncio.to_thread(_replace, d / "devices.acl", device_acl(self.prefix).encode())
+        if orchestrators:
+            users = sorted(u.decode() for u in self.orchestrators)
+            await asyncio.to_thread(_replace, d / "orchestrators.passwd",
+                                    _lines(self.orchestrators))
+            await asyncio.to_thread(_replace, d / "orchestrators.acl",
+                                    orchestrator_acl(self.prefix, users).encode())
+
+
+def _lines(table: dict[bytes, bytes]) -> bytes:
+    return b"\n".join(table.values()) + b"\n" if table else b""
 
 
 async def write_files(conn: Connection, directory: Path, prefix: str) -> Synced:
     """The four files from the accounts table, each replaced atomically."""
-    started = time.perf_counter()
-    await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
-    change = await accounts.last_change(conn)
-    counts: dict[str, int] = {}
-    users: list[str] = []
-    for role, name in ((DEVICE, "devices.passwd"), (ORCHESTRATOR, "orchestrators.passwd")):
-        data = await accounts.lines(conn, role)
-        counts[role] = data.count(b"\n")
-        if role == ORCHESTRATOR:
-            users = [line.split(b":", 1)[0].decode() for line in data.splitlines()]
-        await asyncio.to_thread(_replace, directory / name, data)
-    _replace(directory / "devices.acl", device_acl(prefix).encode())
-    _replace(directory / "orchestrators.acl", orchestrator_acl(prefix, users).encode())
-    return Synced(counts[DEVICE], counts[ORCHESTRATOR], time.perf_counter() - started, change)
+    return await BrokerFiles(directory, prefix).full(conn)
 
 
 class ReloadError(RuntimeError):
@@ -133,35 +179,64 @@ def reload(pid_file: Path | None = None, pid: int | None = None) -> int | None:
     return pid
 
 
-async def watch(connect: Callable[[], object], directory: Path, prefix: str,
+async def watch(connect: Callable[[], Awaitable[Connection]], directory: Path, prefix: str,
                 on_change: Callable[[Synced], None], stop: asyncio.Event, *,
-                min_gap: float = 1.0, poll: float = 60.0) -> None:
-    """Write the files whenever the accounts change (LISTEN/NOTIFY, and every ``poll``
-    seconds in case a notification was missed), at most once every ``min_gap`` seconds."""
-    conn: Connection = await connect()  # type: ignore[misc]
-    changed = asyncio.Event()
+                full_every: float = 600.0, retry: float = 5.0) -> None:
+    """Write the files at start and whenever accounts change: each notification's accounts
+    alone (LISTEN/NOTIFY), everything again after a deletion, a lost connection, or
+    ``full_every`` seconds. ``on_change`` reloads the broker."""
+    files = BrokerFiles(directory, prefix)
+    queue: asyncio.Queue[str] = asyncio.Queue()
 
-    def notified(*_: object) -> None:
-        changed.set()
+    def notified(_c: object, _pid: int, _channel: str, payload: str) -> None:
+        queue.put_nowait(payload)
 
-    try:
-        await conn.add_listener(CHANNEL, notified)
-        last = -1
-        while not stop.is_set():
-            current = await accounts.last_change(conn)
-            due = changed.is_set() or current != last
-            changed.clear()
-            if due:
-                synced = await write_files(conn, directory, prefix)
-                last = synced.change
-                on_change(synced)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), min_gap)
-            waiter = asyncio.ensure_future(changed.wait())
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({waiter, stopper}, timeout=poll,
-                               return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
-    finally:
-        await conn.close()
+    while not stop.is_set():
+        conn: Connection | None = None
+        try:
+            conn = await connect()
+            while not queue.empty():      # a new connection reads everything anyway
+                queue.get_nowait()
+            await conn.add_listener(CHANNEL, notified)
+            on_change(await files.full(conn))
+            last_full = time.monotonic()
+            while not stop.is_set():
+                payloads = await _next(queue, stop, full_every - (time.monotonic() - last_full))
+                if stop.is_set():
+                    break
+                ranges = [p.split(":") for p in payloads if p != "full"]
+                if "full" in payloads or not payloads:
+                    on_change(await files.full(conn))
+                    last_full = time.monotonic()
+                    continue
+                lo = min(int(r[0]) for r in ranges)
+                hi = max(int(r[1]) for r in ranges)
+                on_change(await files.apply(conn, lo, hi))
+        except (OSError, TimeoutError) as exc:
+            log.warning("broker sync: database unavailable", error=str(exc)[:200])
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] != "asyncpg":
+                raise
+            log.warning("broker sync: database error", error=str(exc)[:200])
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close(timeout=2)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), retry)
+
+
+async def _next(queue: asyncio.Queue[str], stop: asyncio.Event, timeout: float) -> list[str]:
+    """The next notifications (all that are waiting); none when ``timeout`` passed."""
+    getter = asyncio.ensure_future(queue.get())
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({getter, stopper}, timeout=max(timeout, 0.0),
+                       return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if not getter.done():
+        getter.cancel()
+        return []
+    out = [getter.result()]
+    while not queue.empty():
+        out.append(queue.get_nowait())
+    return out

@@ -16,7 +16,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -27,10 +29,11 @@ from typing import Any
 import aiomqtt
 import asyncpg
 import pytest
+import yaml
 
 from conftest import free_port, run_cli, start_mosquitto
 from orchestrator.config import Settings, parse_mqtt_url
-from orchestrator.domain.accounts import mosquitto_conf
+from orchestrator.domain.accounts import FILES, mosquitto_conf
 from orchestrator.domain.device import Policy
 from orchestrator.metrics import Metrics
 from orchestrator.mqtt.ingest import Ingest
@@ -143,12 +146,24 @@ async def observer(s: Secure, prefix: str) -> AsyncIterator[aiomqtt.Client]:
             await asyncio.gather(task, return_exceptions=True)
 
 
-def test_the_shipped_configuration_is_what_broker_init_writes() -> None:
-    """deploy/mosquitto.conf (compose) is the same template, so what the tests start is
-    what ships."""
+def test_the_shipped_configuration_is_what_broker_init_writes_in_compose() -> None:
+    """deploy/mosquitto.conf is what compose's broker-init writes (the same template the
+    tests start Mosquitto on), and every file it names is one broker sync writes."""
+    compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
+    cmd = compose["services"]["broker-init"]["command"]
+
+    def flag(name: str) -> str:
+        return str(cmd[cmd.index(name) + 1])
+
+    assert cmd[:2] == ["broker", "init"] and "--log-stdout" in cmd
     shipped = (REPO / "deploy" / "mosquitto.conf").read_text()
-    assert shipped == mosquitto_conf("/mosquitto/config", data_dir="/mosquitto/data",
-                                     log_stdout=True)
+    assert shipped == mosquitto_conf(flag("--dir"), data_dir=flag("--data-dir"),
+                                     log_stdout=True, pid_file=flag("--broker-pid-file"))
+    sync = compose["services"]["broker-sync"]["command"]
+    assert sync[sync.index("--pid-file") + 1] == flag("--broker-pid-file")
+    named = {ln.split()[1].rsplit("/", 1)[1] for ln in shipped.splitlines()
+             if ln.startswith(("password_file", "acl_file"))}
+    assert named == set(FILES)
 
 
 async def test_a_device_speaks_only_for_itself(secure: Secure, prefix: str) -> None:
@@ -317,3 +332,55 @@ async def test_a_refused_subscription_is_an_error_not_a_silent_loss(
         await asyncio.wait_for(task, 10)
         proc.terminate()
         proc.wait(10)
+
+
+async def test_broker_sync_watch_follows_every_change(secure: Secure, database: str) -> None:
+    """``broker sync --watch`` beside the broker: a new account connects within seconds, a
+    revoked or deleted one is refused, with no command run by hand."""
+    s = secure
+    assert s.proc is not None
+    watch = subprocess.Popen([sys.executable, "-m", "orchestrator", "broker", "sync", "--dir",
+                              str(s.dir), "--watch", "--pid", str(s.proc.pid)], env=s.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    conn = await asyncpg.connect(database)
+
+    async def connects(dev_id: int, secret: str | None = None, within: float = 10.0) -> bool:
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                await (await s.device(dev_id, secret=secret)).close()
+                return True
+            except mqttlite.Refused:
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.1)
+
+    async def refused(dev_id: int, within: float = 10.0) -> bool:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            try:
+                await (await s.device(dev_id)).close()
+                await asyncio.sleep(0.1)
+            except mqttlite.Refused:
+                return True
+        return False
+
+    try:
+        await conn.execute("INSERT INTO ota.devices (dev_id) VALUES (7001)")
+        out = await asyncio.to_thread(s.cli, "device", "credentials", "7001")
+        assert out.returncode == 0, out.stderr
+        started = time.monotonic()
+        assert await connects(7001, out.stdout.splitlines()[1].split(",")[2])
+        assert time.monotonic() - started < 5
+        assert (await asyncio.to_thread(s.cli, "device", "revoke", str(A))).returncode == 0
+        assert await refused(A)
+        await conn.execute("DELETE FROM ota.devices WHERE dev_id = $1", B)
+        assert await refused(B)
+        assert await connects(C)
+    finally:
+        await conn.close()
+        watch.send_signal(signal.SIGTERM)
+        text, _ = await asyncio.to_thread(watch.communicate, timeout=20)
+    assert watch.returncode == 0, text
+    writes = [ln for ln in text.splitlines() if "account(s) in" in ln]
+    assert len(writes) >= 3 and writes[-1].startswith("wrote 2 device and 1 orchestrator"), text

@@ -157,7 +157,7 @@ async def bench_credentials(settings: Settings, say: Say, n: int = 1_000_000
                         broker.reload(pid=proc.pid)
 
                     watcher = asyncio.create_task(broker.watch(
-                        lambda: connect(dsn), directory, "ota", reload, stop, min_gap=0.0))
+                        lambda: connect(dsn), directory, "ota", reload, stop))
                     await asyncio.sleep(1.0 + reload_s)      # its first full write
                     await conn.execute("INSERT INTO ota.devices (dev_id) VALUES ($1)", n + 1)
                     one: dict[int, str] = {}

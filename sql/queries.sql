@@ -74,11 +74,15 @@ WHERE ($1::bigint IS NULL OR c.campaign_id = $1) AND ($2::text IS NULL OR c.stat
 ORDER BY c.campaign_id DESC LIMIT $3;
 
 -- name: campaign_insert
+-- $1: the new row as a JSON object keyed by column name.
 INSERT INTO ota.campaigns (name, type, target_version, selector, waves, wave_success_pct,
                            max_per_minute, abort_failure_pct, abort_min_finished, continuous,
                            rate_tokens, abort_action, dispatch_timeout, canary,
                            unreachable_after, max_in_flight, windows, timezone)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+SELECT name, type, target_version, selector, waves, wave_success_pct, max_per_minute,
+       abort_failure_pct, abort_min_finished, continuous, rate_tokens, abort_action,
+       dispatch_timeout, canary, unreachable_after, max_in_flight, windows, timezone
+FROM jsonb_populate_record(NULL::ota.campaigns, $1::jsonb)
 RETURNING campaign_id;
 
 -- name: campaign_lock_status

@@ -16,7 +16,7 @@ from orchestrator.config import Settings
 from orchestrator.domain.campaign import CampaignSpec
 from orchestrator.service import Service
 from orchestrator.sim.fleet import Fleet, FleetConfig, SimDevice
-from orchestrator.store.campaigns import create_campaign
+from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.store.db import connect
 
 

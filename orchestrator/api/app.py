@@ -1,4 +1,10 @@
-"""Ops HTTP API under ``/api/v1`` (contract section 5), with health, readiness, metrics.
+"""Ops HTTP API under ``/api/v1`` (contract section 5), with health, readiness, metrics and
+the status page.
+
+One table of routes: each names its body, query and response types (``schema``), from
+which requests are decoded (a bad field named in a 400) and the OpenAPI document is
+generated (``openapi``). Handlers call the operator's use cases (``orchestrator.usecases``),
+the same the CLI calls; none runs SQL.
 
 Who may do what: with ``ORCH_API_TOKEN`` set, every ``/api/v1`` route needs a bearer token
 (``ORCH_API_READ_TOKEN``, if set, is enough for reads); without it reads are open and
@@ -12,35 +18,41 @@ from __future__ import annotations
 import base64
 import hmac
 import ipaddress
-import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+import msgspec
 from aiohttp import web
 
-from orchestrator.api.specs import FIELDS, spec_from_body
+from orchestrator import __version__
+from orchestrator.api import schema as s
+from orchestrator.api.openapi import document
 from orchestrator.api.status_page import render as render_status
 from orchestrator.config import Settings
+from orchestrator.domain.accounts import AccountsInputError, Issued
 from orchestrator.domain.campaign import (
-    NAME_RE,
-    REASON_RE,
-    STATUSES,
-    TEXT_RE,
     CampaignConflict,
     CampaignError,
     CampaignNotFound,
 )
-from orchestrator.domain.device import RETRYABLE_STATES, STATES
 from orchestrator.metrics import Metrics
-from orchestrator.ports import DataRejected
-from orchestrator.store import campaigns as store
-from orchestrator.store import devices as device_store
-from orchestrator.store import members
-from orchestrator.store import status as status_store
-from orchestrator.store.database import is_transient, translate
-from orchestrator.store.db import Pool
+from orchestrator.usecases import campaigns, credentials, devices, status
+from orchestrator.usecases.common import (
+    Connection,
+    DatabaseUnavailable,
+    DataRejected,
+    Pool,
+    acquire,
+    database_error,
+    ping,
+)
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"})
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_BODY = 1024 * 1024
+MAX_API_CREDENTIALS = 100_000
 
 
 @dataclass
@@ -55,13 +67,61 @@ STATE: web.AppKey[ApiState] = web.AppKey("state", ApiState)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+@dataclass(frozen=True)
+class Call:
+    """What a handler gets: the decoded path id, body and query, and a connection."""
+
+    request: web.Request
+    conn: Connection
+    id: int
+    body: Any
+    query: Any
+
+    @property
+    def settings(self) -> Settings:
+        return self.request.app[STATE].settings
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Callable[[Call], Awaitable[Any]]
+    summary: str
+    body: Any = None
+    query: Any = None
+    response: Any = None
+    status: int = 200
+    conflict: bool = False
+    secured: bool = True
+    content_type: str = "application/json"
+    raw: Handler | None = None       # answers by itself (health, metrics, the page)
+    also: tuple[int, Any, str] | None = None   # another success: (status, type, what)
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data, default=str), status=status,
+    return web.Response(body=msgspec.json.encode(data), status=status,
                         content_type="application/json")
 
 
 def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status)
+
+
+_PATH = re.compile(r"^\$\.?")
+
+
+def _field_error(exc: msgspec.ValidationError, where: str) -> str:
+    """msgspec's ``Expected ... - at `$.a[0]``` as ``a[0]: expected ...``."""
+    text = str(exc)
+    message, _, path = text.rpartition(" - at ")
+    if not message:
+        message, path = text, "`$`"
+    field = _PATH.sub("", path.strip("`"))
+    named = re.search(r"(?:unknown|required) field `([^`]+)`", message)
+    if named:
+        field = f"{field}.{named[1]}" if field else named[1]
+    return f"{field or where}: {message[:1].lower()}{message[1:]}"
 
 
 def _loopback(host: str) -> bool:
@@ -71,6 +131,10 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class BadRequest(Exception):
+    pass
 
 
 @web.middleware
@@ -87,25 +151,27 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                 response.headers["Allow"] = exc.headers["Allow"]
             return response
         raise
+    except BadRequest as exc:
+        return _error(400, str(exc))
     except CampaignNotFound as exc:
         return _error(404, str(exc))
     except CampaignConflict as exc:
         return _error(409, str(exc))
-    except CampaignError as exc:
+    except (CampaignError, AccountsInputError) as exc:
         return _error(400, str(exc))
+    except DatabaseUnavailable as exc:
+        return _error(503, f"database unavailable: {str(exc).split(':')[0]}")
+    except DataRejected:
+        # a value our checks let through and PostgreSQL does not (a bug to report, but
+        # the caller's input all the same): a 400, never a 500
+        return _error(400, "input: refused by the database")
     except Exception as exc:
-        if is_transient(exc):
+        ported = database_error(exc)
+        if isinstance(ported, DatabaseUnavailable):
             return _error(503, f"database unavailable: {type(exc).__name__}")
-        if isinstance(translate(exc), DataRejected):
-            # a value our checks let through and PostgreSQL does not (a bug to report, but
-            # the caller's input all the same): a 400, never a 500
+        if isinstance(ported, DataRejected):
             return _error(400, f"input: refused by the database ({type(exc).__name__})")
         raise
-
-
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"})
-MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-MAX_BODY = 1024 * 1024
 
 
 def _bearer(request: web.Request) -> bytes | None:
@@ -158,35 +224,140 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
-def _int(request: web.Request, name: str, default: int | None = None, *, lo: int = 0,
-         hi: int = 2**63 - 1) -> int:
-    raw = request.match_info.get(name) or request.query.get(name)
-    if raw is None:
-        if default is None:
-            raise CampaignError(f"{name}: required")
-        return default
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not lo <= int(raw) <= hi:
-        raise CampaignError(f"{name}: expected an integer in [{lo}, {hi}], got {raw[:30]!r}")
-    return int(raw)
+def _decode(route: Route, request: web.Request, raw: bytes) -> tuple[int, Any, Any]:
+    path_id = 0
+    if "id" in request.match_info:
+        try:
+            path_id = msgspec.convert(request.match_info["id"], s.Id, strict=False)
+        except msgspec.ValidationError as exc:
+            raise BadRequest(_field_error(exc, "id").replace("id: ", "id: ", 1)) from None
+    query = None
+    if route.query is not None:
+        try:
+            query = msgspec.convert(dict(request.query), route.query, strict=False)
+        except msgspec.ValidationError as exc:
+            raise BadRequest(_field_error(exc, "query")) from None
+    body = None
+    if route.body is not None:
+        try:
+            body = msgspec.json.decode(raw if raw.strip() or route.body is not s.NoBody
+                                       else b"{}", type=route.body)
+        except msgspec.ValidationError as exc:
+            raise BadRequest(_field_error(exc, "body")) from None
+        except msgspec.DecodeError:
+            raise BadRequest("body: not valid JSON") from None
+    return path_id, body, query
 
 
-def _signed(request: web.Request, name: str) -> int | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    body = raw[1:] if raw[:1] == "-" else raw
-    if not body.isascii() or not body.isdigit() or len(body) > 10 \
-            or not -(2**31) <= int(raw) < 2**31:
-        raise CampaignError(f"{name}: expected a 32-bit integer, got {raw[:30]!r}")
-    return int(raw)
+def _handle(route: Route) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        raw = await request.read() if route.body is not None else b""
+        path_id, body, query = _decode(route, request, raw)
+        async with acquire(request.app[STATE].pool) as conn:
+            result = await route.handler(Call(request, conn, path_id, body, query))
+        if isinstance(result, web.StreamResponse):
+            return result
+        return _json(result, route.status)
+
+    return handle
 
 
-def _text(request: web.Request, name: str) -> str | None:
-    raw = request.query.get(name)
-    if raw is not None and not TEXT_RE.fullmatch(raw):
-        raise CampaignError(f"{name}: 1-64 characters, no control characters")
-    return raw
+# --- handlers ----------------------------------------------------------------------------
 
+def _campaign(c: Any) -> Any:
+    return msgspec.convert(c.to_json(), s.CampaignOut)
+
+
+async def list_campaigns(call: Call) -> Any:
+    q: s.CampaignListQuery = call.query
+    return [_campaign(c) for c in await campaigns.listing(
+        call.conn, None if q.status is None else str(q.status), q.limit)]
+
+
+async def create_campaign(call: Call) -> Any:
+    q: s.CreateQuery = call.query
+    spec = call.body.spec()
+    if q.dry_run:
+        settings = call.settings
+        return _json(await campaigns.plan(call.conn, spec, settings.status_max_age,
+                                          assume_signal=q.assume_signal,
+                                          assume_power=q.assume_power,
+                                          fleet_cap=settings.max_in_flight), 200)
+    if q.assume_signal is not None or q.assume_power is not None:
+        raise BadRequest("assume_signal, assume_power: only with dry_run=true")
+    cid = await campaigns.create(call.conn, spec, start=bool(call.body.start), actor="api")
+    return _campaign(await campaigns.get(call.conn, cid))
+
+
+async def show_campaign(call: Call) -> Any:
+    return _campaign(await campaigns.get(call.conn, call.id))
+
+
+async def update_campaign(call: Call) -> Any:
+    return _campaign(await campaigns.update(call.conn, call.id, call.body.changes(),
+                                            actor="api"))
+
+
+async def campaign_devices(call: Call) -> Any:
+    q: s.CampaignDevicesQuery = call.query
+    return await campaigns.member_progress(call.conn, call.id,
+                                           None if q.state is None else str(q.state), q.limit)
+
+
+def _action(action: str) -> Callable[[Call], Awaitable[Any]]:
+    async def handle(call: Call) -> Any:
+        return _campaign(await campaigns.act(call.conn, call.id, action, actor="api"))
+
+    return handle
+
+
+async def retry_devices(call: Call) -> Any:
+    body: s.RetryRequest = call.body
+    n = await campaigns.retry(call.conn, call.id, [str(body.state)], body.errno, body.reason,
+                              actor="api")
+    return s.RetryOut(n, _campaign(await campaigns.get(call.conn, call.id)))
+
+
+async def list_devices(call: Call) -> Any:
+    q: s.DeviceListQuery = call.query
+    return [d.to_json() for d in await devices.listing(call.conn, manuf=q.manuf, model=q.model,
+                                                       after=q.after, limit=q.limit)]
+
+
+async def show_device(call: Call) -> Any:
+    device, _ = await devices.show(call.conn, call.id)
+    if device is None:
+        return _error(404, f"device {call.id} not found")
+    return device.to_json()
+
+
+async def device_credentials(call: Call) -> Any:
+    """Broker accounts; the secrets are in this answer only (stored hashed)."""
+    body: s.CredentialsRequest = call.body
+    issued: list[Issued] = []
+
+    def keep(chunk: Any) -> None:
+        issued.extend(chunk)
+        if len(issued) > MAX_API_CREDENTIALS:
+            raise AccountsInputError(
+                f"devices: more than {MAX_API_CREDENTIALS:,} in one call: use the CLI "
+                "('orchestrator device credentials --all-registered --out FILE')")
+
+    outcome = await credentials.provision(
+        call.conn, credentials.Selection(None if body.dev_ids is None else tuple(body.dev_ids),
+                                         body.all_registered, body.manuf, body.model),
+        rotate=body.rotate, sink=keep)
+    return s.CredentialsOut(outcome.created, outcome.rotated,
+                            [s.Credential(i.dev_id or 0, i.username, i.secret)
+                             for i in issued])
+
+
+async def revoke_devices(call: Call) -> Any:
+    done = await credentials.revoke(call.conn, call.body.dev_ids)
+    return s.RevokeOut(done.revoked, done.without_account)
+
+
+# --- open routes ------------------------------------------------------------------------
 
 async def healthz(request: web.Request) -> web.Response:
     return _json({"ok": True})
@@ -194,14 +365,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     checks = dict(request.app[STATE].ready())
-    try:
-        async with request.app[STATE].pool.acquire() as conn:
-            await conn.fetchval("SELECT 1")
-        checks["database"] = True
-    except Exception as exc:
-        if not is_transient(exc):
-            raise
-        checks["database"] = False
+    checks["database"] = await ping(request.app[STATE].pool)
     ok = all(checks.values())
     return _json({"ready": ok, "checks": checks}, 200 if ok else 503)
 
@@ -211,127 +375,10 @@ async def metrics(request: web.Request) -> web.Response:
                         content_type="text/plain", charset="utf-8")
 
 
-async def list_campaigns(request: web.Request) -> web.Response:
-    status = request.query.get("status")
-    if status is not None and status not in STATUSES:
-        raise CampaignError(f"status: unknown status {status[:30]!r}")
-    limit = _int(request, "limit", 100, lo=1, hi=10000)
-    async with request.app[STATE].pool.acquire() as conn:
-        rows = await store.list_campaigns(conn, status, limit)
-    return _json([c.to_json() for c in rows])
-
-
-async def _body(request: web.Request, empty: Any = None) -> Any:
-    """The request's JSON (strict UTF-8, nesting at most 1024); ``empty`` for no body."""
-    raw = await request.read()
-    if not raw.strip() and empty is not None:
-        return empty
-    try:
-        return orjson.loads(raw)
-    except (ValueError, RecursionError):
-        raise CampaignError("body: not valid JSON") from None
-
-
-async def create_campaign(request: web.Request) -> web.Response:
-    body = await _body(request)
-    spec, start = spec_from_body(body)
-    dry = request.query.get("dry_run", "false")
-    if dry not in ("true", "false"):
-        raise CampaignError("dry_run: true or false")
-    if dry == "true":
-        settings = request.app[STATE].settings
-        assumed = {k: _signed(request, k) for k in ("assume_signal", "assume_power")}
-        async with request.app[STATE].pool.acquire() as conn:
-            plan = await store.plan_campaign(conn, spec, settings.status_max_age, **assumed,
-                                             fleet_cap=settings.max_in_flight)
-        return _json(plan)
-    if "assume_signal" in request.query or "assume_power" in request.query:
-        raise CampaignError("assume_signal, assume_power: only with dry_run=true")
-    async with request.app[STATE].pool.acquire() as conn:
-        cid = await store.create_campaign(conn, spec, start=start, actor="api")
-        campaign = await store.get_campaign(conn, cid)
-    assert campaign is not None
-    return _json(campaign.to_json(), 201)
-
-
-async def show_campaign(request: web.Request) -> web.Response:
-    cid = _int(request, "id", lo=1)
-    async with request.app[STATE].pool.acquire() as conn:
-        campaign = await store.get_campaign(conn, cid)
-    if campaign is None:
-        raise CampaignNotFound(f"campaign {cid} not found")
-    return _json(campaign.to_json())
-
-
-async def campaign_devices(request: web.Request) -> web.Response:
-    cid = _int(request, "id", lo=1)
-    state = _text(request, "state")
-    if state is not None and state not in STATES:
-        raise CampaignError(f"state: one of {', '.join(STATES)}")
-    limit = _int(request, "limit", 100, lo=1, hi=10000)
-    async with request.app[STATE].pool.acquire() as conn:
-        if await store.get_campaign(conn, cid) is None:
-            raise CampaignNotFound(f"campaign {cid} not found")
-        rows = await members.progress(conn, cid, state, limit)
-    return _json(rows)
-
-
-def _action(action: str) -> Handler:
-    async def handle(request: web.Request) -> web.Response:
-        cid = _int(request, "id", lo=1)
-        if await _body(request, empty={}) != {}:
-            raise CampaignError("body: expected {} (or none)")
-        async with request.app[STATE].pool.acquire() as conn:
-            campaign = await store.set_status(conn, cid, action, actor="api")
-        return _json(campaign.to_json())
-
-    return handle
-
-
-async def update_campaign(request: web.Request) -> web.Response:
-    cid = _int(request, "id", lo=1)
-    body = await _body(request)
-    if not isinstance(body, dict):
-        raise CampaignError("body: expected a JSON object")
-    async with request.app[STATE].pool.acquire() as conn:
-        campaign = await store.update_rules(conn, cid, body, actor="api")
-    return _json(campaign.to_json())
-
-
-async def retry_devices(request: web.Request) -> web.Response:
-    cid = _int(request, "id", lo=1)
-    body = await _body(request, empty={})
-    if not isinstance(body, dict) or set(body) - {"state", "errno", "reason"}:
-        raise CampaignError("body: an object with state, errno, reason")
-    async with request.app[STATE].pool.acquire() as conn:
-        n = await store.retry(conn, cid, [body.get("state", "failed")], body.get("errno"),
-                              body.get("reason", "by the operator"), actor="api")
-        campaign = await store.get_campaign(conn, cid)
-    assert campaign is not None
-    return _json({"retried": n, "campaign": campaign.to_json()})
-
-
-async def list_devices(request: web.Request) -> web.Response:
-    async with request.app[STATE].pool.acquire() as conn:
-        rows = await device_store.list_devices(
-            conn, manuf=_text(request, "manuf"), model=_text(request, "model"),
-            after=_int(request, "after", 0), limit=_int(request, "limit", 100, lo=1, hi=10000))
-    return _json([d.to_json() for d in rows])
-
-
-async def show_device(request: web.Request) -> web.Response:
-    dev_id = _int(request, "id", lo=1)
-    async with request.app[STATE].pool.acquire() as conn:
-        device = await device_store.get_device(conn, dev_id)
-    if device is None:
-        return _error(404, f"device {dev_id} not found")
-    return _json(device.to_json())
-
-
 async def status_page(request: web.Request) -> web.Response:
     """A page for people: campaigns, progress, waves, rate, ETA, failures, last events."""
-    async with request.app[STATE].pool.acquire() as conn:
-        data = await status_store.page_data(conn)
+    async with acquire(request.app[STATE].pool) as conn:
+        data = await status.page_data(conn)
     return web.Response(text=render_status(data), content_type="text/html", charset="utf-8",
                         headers={"Cache-Control": "no-store",
                                  "Content-Security-Policy": "default-src 'none'; "
@@ -342,191 +389,54 @@ async def openapi(request: web.Request) -> web.Response:
     return _json(OPENAPI)
 
 
+async def _none(call: Call) -> Any:
+    return None
+
+
+V1 = "/api/v1"
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", _none, "alive", secured=False, raw=healthz),
+    Route("GET", "/readyz", _none, "ready: MQTT subscribed, breaker closed, database up",
+          secured=False, raw=readyz),
+    Route("GET", "/metrics", _none, "Prometheus metrics", secured=False, raw=metrics,
+          response=str, content_type="text/plain"),
+    Route("GET", f"{V1}/openapi.json", _none, "this document", secured=False, raw=openapi),
+    Route("GET", f"{V1}/campaigns", list_campaigns, "list campaigns",
+          query=s.CampaignListQuery, response=list[s.CampaignOut]),  # type: ignore[valid-type]
+    Route("POST", f"{V1}/campaigns", create_campaign,
+          "create a campaign (201); dry_run=true: its plan (200), nothing written",
+          body=s.CampaignCreate, query=s.CreateQuery, response=s.CampaignOut, status=201,
+          also=(200, s.Plan, "the plan of a dry run")),
+    Route("GET", f"{V1}/campaigns/{{id}}", show_campaign, "one campaign",
+          response=s.CampaignOut),
+    Route("PATCH", f"{V1}/campaigns/{{id}}", update_campaign, "change a live campaign's rules",
+          body=s.CampaignUpdate, response=s.CampaignOut, conflict=True),
+    Route("GET", f"{V1}/campaigns/{{id}}/devices", campaign_devices,
+          "the campaign's devices as ota.device_progress shows them",
+          query=s.CampaignDevicesQuery, response=list[s.DeviceProgress]),
+    *(Route("POST", f"{V1}/campaigns/{{id}}/{a}", _action(a), f"{a} the campaign",
+            body=s.NoBody, response=s.CampaignOut, conflict=True)
+      for a in ("start", "pause", "resume", "cancel")),
+    Route("POST", f"{V1}/campaigns/{{id}}/retry", retry_devices,
+          "give the campaign's failed (or unreachable) devices a fresh budget",
+          body=s.RetryRequest, response=s.RetryOut, conflict=True),
+    Route("GET", f"{V1}/devices", list_devices, "list registered devices",
+          query=s.DeviceListQuery, response=list[s.DeviceOut]),  # type: ignore[valid-type]
+    Route("GET", f"{V1}/devices/{{id}}", show_device, "one device", response=s.DeviceOut),
+    Route("POST", f"{V1}/credentials", device_credentials,
+          "broker accounts for devices (the secrets are shown in this answer only)",
+          body=s.CredentialsRequest, response=s.CredentialsOut),
+    Route("POST", f"{V1}/credentials/revoke", revoke_devices,
+          "revoke devices' broker accounts",
+          body=s.RevokeRequest, response=s.RevokeOut),
+)
+OPENAPI: dict[str, Any] = document(ROUTES, "orchestrator ops API", __version__)
+
+
 def build_app(state: ApiState) -> web.Application:
     app = web.Application(middlewares=[errors, auth], client_max_size=MAX_BODY)
     app[STATE] = state
-    app.add_routes([
-        web.get("/", status_page),
-        web.get("/healthz", healthz),
-        web.get("/readyz", readyz),
-        web.get("/metrics", metrics),
-        web.get("/api/v1/openapi.json", openapi),
-        web.get("/api/v1/campaigns", list_campaigns),
-        web.post("/api/v1/campaigns", create_campaign),
-        web.get("/api/v1/campaigns/{id}", show_campaign),
-        web.patch("/api/v1/campaigns/{id}", update_campaign),
-        web.get("/api/v1/campaigns/{id}/devices", campaign_devices),
-        *[web.post(f"/api/v1/campaigns/{{id}}/{a}", _action(a))
-          for a in ("start", "pause", "resume", "cancel")],
-        web.post("/api/v1/campaigns/{id}/retry", retry_devices),
-        web.get("/api/v1/devices", list_devices),
-        web.get("/api/v1/devices/{id}", show_device),
-    ])
+    app.add_routes([web.get("/", status_page)])
+    for r in ROUTES:
+        app.router.add_route(r.method, r.path, r.raw or _handle(r))
     return app
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-_ERR = {"description": "error", "content": {"application/json": {"schema": _ref("Error")}}}
-
-
-def _ok(schema: dict[str, Any], code: str = "200") -> dict[str, Any]:
-    return {code: {"description": "ok", "content": {"application/json": {"schema": schema}}},
-            "400": _ERR, "401": _ERR, "403": _ERR, "404": _ERR, "413": _ERR, "415": _ERR,
-            "503": _ERR}
-
-
-_INT64 = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
-_INT32 = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
-_TEXT = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": TEXT_RE.pattern}
-_NO_BODY = {"required": True, "content": {"application/json": {
-    "schema": {"type": "object", "maxProperties": 0}}}}
-_PCT = {"type": "number", "minimum": 0, "maximum": 100}
-_SECONDS = {"type": "number", "minimum": 1, "maximum": 7 * 24 * 3600}
-_WINDOWS = {"type": "array", "maxItems": 32, "items": {
-    "type": "string", "maxLength": 100, "pattern": r"^\s*[A-Za-z*,\- ]+?\s+\d{1,2}:\d{2}"
-                                                  r"\s*-\s*\d{1,2}:\d{2}\s*$"},
-    "description": "maintenance windows, e.g. 'Mon-Fri 01:00-05:00'"}
-_TZ = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_+/-]+$",
-       "description": "IANA time zone of the windows, e.g. Asia/Shanghai"}
-_ID = {"name": "id", "in": "path", "required": True, "schema": _INT64}
-_LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
-                                                      "maximum": 10000}}
-_SECURE: list[dict[str, list[str]]] = [{"bearer": []}]
-
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.0.3",
-    "info": {"title": "orchestrator ops API", "version": "1"},
-    "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {
-            "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
-            "CampaignCreate": {
-                "type": "object", "required": ["name", "type", "target"],
-                "additionalProperties": False,
-                "properties": {
-                    "name": {"type": "string", "minLength": 1, "maxLength": 200,
-                             "pattern": NAME_RE.pattern},
-                    "type": {"type": "string", "enum": ["fota", "sota"]},
-                    "target": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,20}$"},
-                    "manuf": {**_TEXT}, "model": {**_TEXT},
-                    "from_versions": {"type": "array", "items": {
-                        "type": "string", "pattern": "^[A-Za-z0-9_.-]{1,20}$"}},
-                    "devices": {"type": "array", "minItems": 1, "items": _INT64},
-                    "waves": {"type": "array", "items": {"type": "integer", "minimum": 1,
-                                                        "maximum": 100},
-                              "description": "cumulative percentages ending at 100"},
-                    "wave_success_pct": {**_PCT},
-                    "max_per_minute": {**_INT32},
-                    "abort_failure_pct": {**_PCT},
-                    "abort_min_finished": {**_INT32},
-                    "continuous": {"type": "boolean"},
-                    "abort_action": {"type": "string", "enum": ["pause", "abort"]},
-                    "dispatch_timeout": {"type": "number", "minimum": 1,
-                                         "maximum": 7 * 24 * 3600},
-                    "canary": {"type": "integer", "minimum": 1, "maximum": 1_000_000,
-                               "description": "the first wave holds this many devices of "
-                                              "every (manuf, model, from-version) group"},
-                    "unreachable_after": {**_SECONDS},
-                    "max_in_flight": {**_INT32},
-                    "windows": {**_WINDOWS},
-                    "timezone": {**_TZ},
-                    "all_devices": {"type": "boolean",
-                                    "description": "required when no selector is given"},
-                    "start": {"type": "boolean"},
-                },
-            },
-            "Campaign": {"type": "object", "properties": {
-                k: {} for k in ("campaign_id", "name", "status", "type", "target_version",
-                                "selector", "waves", "current_wave", "status_reason", "total",
-                                "pending", "in_progress", "succeeded", "failed", "no_task",
-                                "cancelled", "started_at", "finished_at", "unreachable",
-                                "remaining", "rate_per_min", "eta_at", "canary",
-                                "unreachable_after", "max_in_flight", "windows", "timezone")}},
-            "Device": {"type": "object", "properties": {
-                k: {} for k in ("dev_id", "manuf", "model", "fota_version", "sota_version",
-                                "signal", "power", "status_at", "last_seen")}},
-        },
-    },
-    "paths": {
-        "/healthz": {"get": {"responses": {"200": {"description": "alive"}}}},
-        "/readyz": {"get": {"responses": {"200": {"description": "ready"},
-                                          "503": {"description": "not ready"}}}},
-        "/metrics": {"get": {"responses": {"200": {"description": "Prometheus metrics"}}}},
-        "/api/v1/campaigns": {
-            "get": {"security": _SECURE, "parameters": [
-                {"name": "status", "in": "query",
-                 "schema": {"type": "string", "enum": list(STATUSES)}}, _LIMIT],
-                "responses": _ok({"type": "array", "items": _ref("Campaign")})},
-            "post": {"security": _SECURE,
-                     "parameters": [{"name": "dry_run", "in": "query", "schema": {
-                         "type": "string", "enum": ["true", "false"]},
-                         "description": "true: the plan (200), nothing written"},
-                         *({"name": k, "in": "query", "description": "dry run: count the "
-                            "devices whose fresh status would pass this threshold",
-                            "schema": {"type": "integer", "minimum": -(2**31),
-                                       "maximum": 2**31 - 1}}
-                           for k in ("assume_signal", "assume_power"))],
-                     "requestBody": {"required": True, "content": {
-                         "application/json": {"schema": _ref("CampaignCreate")}}},
-                     "responses": {**_ok(_ref("Campaign"), "201"),
-                                   "200": {"description": "the plan of a dry run",
-                                           "content": {"application/json": {
-                                               "schema": {"type": "object"}}}}}},
-        },
-        "/api/v1/campaigns/{id}": {
-            "get": {"security": _SECURE, "parameters": [_ID],
-                    "responses": _ok(_ref("Campaign"))},
-            "patch": {"security": _SECURE, "parameters": [_ID],
-                      "requestBody": {"required": True, "content": {"application/json": {
-                          "schema": {"type": "object", "additionalProperties": False,
-                                     "minProperties": 1, "properties": {
-                                         "max_per_minute": {**_INT32, "nullable": True},
-                                         "wave_success_pct": _PCT,
-                                         "abort_failure_pct": {**_PCT, "nullable": True},
-                                         "abort_min_finished": _INT32,
-                                         "abort_action": {"type": "string",
-                                                          "enum": ["pause", "abort"]},
-                                         "dispatch_timeout": {
-                                             "type": "number", "minimum": 1,
-                                             "maximum": 7 * 24 * 3600,
-                                             "nullable": True},
-                                         "unreachable_after": _SECONDS,
-                                         "max_in_flight": {**_INT32, "nullable": True},
-                                         "windows": _WINDOWS,
-                                         "timezone": _TZ}}}}},
-                      "responses": {**_ok(_ref("Campaign")), "409": _ERR}}},
-        "/api/v1/campaigns/{id}/devices": {"get": {"security": _SECURE, "parameters": [
-            _ID, {"name": "state", "in": "query",
-                  "schema": {"type": "string", "enum": list(STATES)}}, _LIMIT],
-            "responses": _ok({"type": "array", "items": {"type": "object"}})}},
-        **{f"/api/v1/campaigns/{{id}}/{a}": {"post": {
-            "security": _SECURE, "parameters": [_ID], "requestBody": _NO_BODY,
-            "responses": {**_ok(_ref("Campaign")), "409": _ERR}}}
-           for a in ("start", "pause", "resume", "cancel")},
-        "/api/v1/campaigns/{id}/retry": {"post": {
-            "security": _SECURE, "parameters": [_ID],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "additionalProperties": False, "properties": {
-                    "state": {"type": "string", "enum": sorted(RETRYABLE_STATES)},
-                    "errno": {"type": "integer", "minimum": -1, "maximum": 2**31 - 1,
-                              "nullable": True},
-                    "reason": {"type": "string", "minLength": 1, "maxLength": 200,
-                               "pattern": REASON_RE.pattern}}}}}},
-            "responses": {**_ok({"type": "object"}), "409": _ERR}}},
-        "/api/v1/devices": {"get": {"security": _SECURE, "parameters": [
-            {"name": "manuf", "in": "query", "schema": _TEXT},
-            {"name": "model", "in": "query", "schema": _TEXT},
-            {"name": "after", "in": "query",
-             "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}}, _LIMIT],
-            "responses": _ok({"type": "array", "items": _ref("Device")})}},
-        "/api/v1/devices/{id}": {"get": {"security": _SECURE, "parameters": [_ID],
-                                         "responses": _ok(_ref("Device"))}},
-    },
-}
-assert set(OPENAPI["components"]["schemas"]["CampaignCreate"]["properties"]) == FIELDS
-for _key, _prop in OPENAPI["components"]["schemas"]["CampaignCreate"]["properties"].items():
-    if _key not in ("name", "type", "target"):
-        _prop.update(nullable=True)     # null means "not given"

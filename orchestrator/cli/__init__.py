@@ -12,8 +12,6 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NoReturn
 
-import asyncpg
-
 from orchestrator import __version__
 from orchestrator.cli import broker, campaign, device, service, simulate
 from orchestrator.cli.common import UsageError
@@ -21,6 +19,7 @@ from orchestrator.config import ConfigError, load_settings
 from orchestrator.domain.accounts import AccountsInputError
 from orchestrator.domain.campaign import CampaignError, CampaignInputError
 from orchestrator.logs import configure
+from orchestrator.ports import DatabaseUnavailable, DataRejected
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -79,21 +78,19 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except CampaignError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        print(f"error: database: {exc}", file=sys.stderr)
+    except DatabaseUnavailable as exc:
+        print(f"error: ORCH_DATABASE_URL: the database is unavailable ({exc})",
+              file=sys.stderr)
+        return 1
+    except DataRejected as exc:
+        print(f"error: the database refused it ({exc})", file=sys.stderr)
         return 1
     except BrokenPipeError:
         # the reader went away (`... | head`): not an error; keep Python quiet at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (ConnectionError, TimeoutError) as exc:
-        print(f"error: ORCH_DATABASE_URL: cannot connect ({exc})", file=sys.stderr)
-        return 1
     except OSError as exc:
-        if "Connect call failed" in str(exc):
-            print(f"error: ORCH_DATABASE_URL: cannot connect ({exc})", file=sys.stderr)
-        else:
-            print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -12,7 +12,6 @@ from orchestrator import runtime
 from orchestrator.cli.common import UsageError, with_conn
 from orchestrator.config import Settings
 from orchestrator.domain.accounts import mosquitto_conf
-from orchestrator.store.db import connect
 from orchestrator.usecases import broker
 
 
@@ -92,7 +91,7 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     async def watch() -> None:
         stop = asyncio.Event()
         runtime.stop_on_signals(stop, "signal received, stopping")
-        await broker.watch(lambda: connect(dsn), directory, settings.mqtt_topic_prefix,
+        await broker.watch(dsn, directory, settings.mqtt_topic_prefix,
                            reloaded, stop)
 
     runtime.run(watch())

@@ -22,19 +22,8 @@ from orchestrator.domain.campaign import (
 from orchestrator.domain.device import STATES
 from orchestrator.domain.payloads import parse_dev_id
 from orchestrator.domain.rollout import BadRollout, parse_waves
-from orchestrator.store import members
-from orchestrator.store.campaigns import (
-    busy,
-    create_campaign,
-    events,
-    get_campaign,
-    list_campaigns,
-    plan_campaign,
-    retry,
-    set_status,
-    update_rules,
-)
-from orchestrator.store.db import Connection, connect
+from orchestrator.usecases import campaigns
+from orchestrator.usecases.common import Connection
 
 
 def read_device_file(path: str) -> tuple[int, ...]:
@@ -81,7 +70,7 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.dry_run:
         spec.validate()
-        plan = asyncio.run(with_conn(settings, lambda c: plan_campaign(
+        plan = asyncio.run(with_conn(settings, lambda c: campaigns.plan(
             c, spec, settings.status_max_age, assume_signal=args.assume_signal,
             assume_power=args.assume_power, fleet_cap=settings.max_in_flight)))
         if args.json:
@@ -93,8 +82,8 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("--assume-signal/--assume-power: only with --dry-run")
 
     async def go(conn: Connection) -> tuple[Campaign | None, int]:
-        cid = await create_campaign(conn, spec, start=args.start)
-        return await get_campaign(conn, cid), await busy(conn, cid, spec)
+        cid = await campaigns.create(conn, spec, start=args.start)
+        return await campaigns.get(conn, cid), await campaigns.left_out_busy(conn, cid, spec)
 
     campaign, skipped = asyncio.run(with_conn(settings, go))
     assert campaign is not None
@@ -140,8 +129,8 @@ def _num(value: float | None) -> str:
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    rows = asyncio.run(with_conn(settings, lambda c: list_campaigns(c, args.status,
-                                                                    args.limit)))
+    rows = asyncio.run(with_conn(settings, lambda c: campaigns.listing(c, args.status,
+                                                                       args.limit)))
     data = [c.to_json() for c in rows]
     if args.json:
         print_json(data)
@@ -157,8 +146,8 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         args.devices = 100        # --state alone means: list them
 
     async def go(conn: Connection) -> tuple[Campaign | None, list[dict[str, Any]]]:
-        campaign = await get_campaign(conn, args.id)
-        devices = await members.progress(conn, args.id, args.state, args.devices) \
+        campaign = await campaigns.find(conn, args.id)
+        devices = await campaigns.member_progress(conn, args.id, args.state, args.devices) \
             if campaign and args.devices else []
         return campaign, devices
 
@@ -183,7 +172,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 
 def _action(action: str) -> Any:
     def handler(args: argparse.Namespace, settings: Settings) -> int:
-        campaign = asyncio.run(with_conn(settings, lambda c: set_status(
+        campaign = asyncio.run(with_conn(settings, lambda c: campaigns.act(
             c, args.id, action, reason=getattr(args, "reason", None))))
         print(f"campaign {campaign.campaign_id}: {campaign.status}")
         return 0
@@ -206,14 +195,14 @@ def cmd_update(args: argparse.Namespace, settings: Settings) -> int:
         changes["windows"] = list(args.window or [])
     if not changes:
         raise UsageError("campaign update: give at least one change (see --help)")
-    campaign = asyncio.run(with_conn(settings, lambda c: update_rules(c, args.id, changes)))
+    campaign = asyncio.run(with_conn(settings, lambda c: campaigns.update(c, args.id, changes)))
     print(f"campaign {campaign.campaign_id}: " + ", ".join(
         f"{k}={getattr(campaign, k)}" for k in changes))
     return 0
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    n = asyncio.run(with_conn(settings, lambda c: retry(
+    n = asyncio.run(with_conn(settings, lambda c: campaigns.retry(
         c, args.id, args.state or ["failed"], args.errno, args.reason or "by the operator")))
     print(f"campaign {args.id}: {n} device(s) retried with a fresh budget")
     return 0
@@ -229,48 +218,35 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
         return (f"{e['at'][:23]}  #{e['event_id']:<8} {who:16} {e['kind']:18} {move:24} "
                 f"{e['actor'] or '':10} {e['reason'] or ''}").rstrip()
 
-    async def go() -> int:
-        conn = await connect(settings.require_database())
-        try:
-            if await get_campaign(conn, args.id) is None:
-                print(f"campaign {args.id} not found", file=sys.stderr)
-                return 1
-            after = 0
-            while True:
-                batch = await events(conn, args.id, args.device, after, 1000)
-                for e in batch:
-                    print(json.dumps(e, default=str) if args.json else line(e), flush=True)
-                    after = e["event_id"]
-                if not args.follow and len(batch) < 1000:
-                    return 0
-                if not batch:
-                    await asyncio.sleep(1.0)
-        finally:
-            await conn.close()
+    async def go(conn: Connection) -> int:
+        await campaigns.get(conn, args.id)
+        after = 0
+        while True:
+            batch = await campaigns.events(conn, args.id, args.device, after, 1000)
+            for e in batch:
+                print(json.dumps(e, default=str) if args.json else line(e), flush=True)
+                after = e["event_id"]
+            if not args.follow and len(batch) < 1000:
+                return 0
+            if not batch:
+                await asyncio.sleep(1.0)
 
-    return asyncio.run(go())
+    return asyncio.run(with_conn(settings, go))
 
 
 def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     view = LiveView(every=args.every)
 
-    async def go() -> int:
-        conn = await connect(settings.require_database())
-        try:
-            while True:
-                campaign = await get_campaign(conn, args.id)
-                if campaign is None:
-                    print(f"campaign {args.id} not found", file=sys.stderr)
-                    return 1
-                finished = campaign.status in DONE
-                view.show(campaign, final=finished)
-                if finished:
-                    return 0
-                await asyncio.sleep(args.interval)
-        finally:
-            await conn.close()
+    async def go(conn: Connection) -> int:
+        while True:
+            campaign = await campaigns.get(conn, args.id)
+            finished = campaign.status in DONE
+            view.show(campaign, final=finished)
+            if finished:
+                return 0
+            await asyncio.sleep(args.interval)
 
-    return asyncio.run(go())
+    return asyncio.run(with_conn(settings, go))
 
 
 def register(sub: Any) -> None:

@@ -12,11 +12,11 @@ from typing import Any, TextIO, TypeVar
 
 from orchestrator.config import Settings
 from orchestrator.domain.campaign import Campaign
-from orchestrator.store.db import Connection, connect
+from orchestrator.domain.rollout import COUNT_STATES
+from orchestrator.usecases.common import Connection, connection
 
 T = TypeVar("T")
-BAR_STATES = ("pending", "in_progress", "succeeded", "failed", "no_task", "cancelled",
-              "unreachable")
+BAR_STATES = COUNT_STATES
 
 
 class UsageError(Exception):
@@ -24,11 +24,9 @@ class UsageError(Exception):
 
 
 async def with_conn(settings: Settings, fn: Callable[[Connection], Awaitable[T]]) -> T:
-    conn = await connect(settings.require_database())
-    try:
+    """``fn`` with a connection of its own (database errors leave as the port's)."""
+    async with connection(settings.require_database()) as conn:
         return await fn(conn)
-    finally:
-        await conn.close()
 
 
 def print_json(value: Any) -> None:

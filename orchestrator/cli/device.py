@@ -20,10 +20,7 @@ from orchestrator.config import Settings
 from orchestrator.domain.accounts import Issued, parse_ids
 from orchestrator.domain.payloads import parse_dev_id
 from orchestrator.domain.registry import parse_csv
-from orchestrator.store.campaigns import of_device
-from orchestrator.store.db import Connection
-from orchestrator.store.devices import Device, get_device, import_devices, list_devices
-from orchestrator.usecases import credentials
+from orchestrator.usecases import credentials, devices
 
 DEVICE_COLUMNS = ("dev_id", "manuf", "model", "fota_version", "sota_version", "signal", "power",
                   "last_seen")
@@ -43,20 +40,16 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
               "good rows)", file=sys.stderr)
         return 1
 
-    async def go(conn: Connection) -> int:
-        async with conn.transaction():
-            return await import_devices(conn, plan.rows)
-
-    count = asyncio.run(with_conn(settings, go))
+    count = asyncio.run(with_conn(settings, lambda c: devices.import_rows(c, plan.rows)))
     print(f"imported {count} device(s)" + (f", skipped {len(plan.errors)} bad row(s)"
                                             if plan.errors else ""))
     return 0
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    devices = asyncio.run(with_conn(settings, lambda c: list_devices(
+    found = asyncio.run(with_conn(settings, lambda c: devices.listing(
         c, manuf=args.manuf, model=args.model, after=args.after, limit=args.limit)))
-    rows = [d.to_json() for d in devices]
+    rows = [d.to_json() for d in found]
     if args.json:
         print_json(rows)
     else:
@@ -65,10 +58,8 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
-    async def go(conn: Connection) -> tuple[Device | None, list[dict[str, Any]]]:
-        return await get_device(conn, args.dev_id), await of_device(conn, args.dev_id)
-
-    device, memberships = asyncio.run(with_conn(settings, go))
+    device, memberships = asyncio.run(with_conn(settings, lambda c: devices.show(
+        c, args.dev_id)))
     if device is None:
         print(f"device {args.dev_id} not found", file=sys.stderr)
         return 1

@@ -12,9 +12,9 @@ from orchestrator.config import Settings
 from orchestrator.domain.onenet import ERRNO_ACTION, ERRNO_TEXT
 from orchestrator.logs import configure
 from orchestrator.service import run_service
-from orchestrator.store.migrate import migrate
 from orchestrator.tools.bench import BENCHES, run_bench
 from orchestrator.tools.demo import run_demo
+from orchestrator.usecases.common import migrate
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:

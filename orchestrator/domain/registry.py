@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from orchestrator.domain.catalogue import UnknownModule, resolve
 from orchestrator.domain.payloads import TEXT_MAX, StatusReport, parse_dev_id
@@ -77,3 +79,22 @@ def parse_csv(text: str) -> ImportPlan:
         plan.rows.append(StatusReport(dev_id, manuf, model, values.get("fota_version") or None,
                                       values.get("sota_version") or None))
     return plan
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    dev_id: int
+    manuf: str | None
+    model: str | None
+    fota_version: str | None
+    sota_version: str | None
+    signal: int | None
+    power: int | None
+    status_at: dt.datetime | None
+    last_seen: dt.datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("status_at", "last_seen"):
+            out[key] = out[key].isoformat() if out[key] else None
+        return out

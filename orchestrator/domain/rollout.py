@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import math
@@ -99,10 +100,6 @@ def slots(want: int, cap: int | None, busy: int) -> int:
     return max(0, min(want, cap - busy))
 
 
-COUNT_STATES = ("pending", "in_progress", "succeeded", "failed", "no_task", "cancelled",
-                "unreachable")
-
-
 @dataclass(frozen=True, slots=True)
 class Counts:
     pending: int = 0
@@ -115,8 +112,7 @@ class Counts:
 
     @property
     def total(self) -> int:
-        return (self.pending + self.in_progress + self.succeeded + self.failed + self.no_task
-                + self.cancelled + self.unreachable)
+        return sum(getattr(self, s) for s in COUNT_STATES)
 
     @property
     def finished(self) -> int:
@@ -141,6 +137,11 @@ class Counts:
                       self.succeeded + other.succeeded, self.failed + other.failed,
                       self.no_task + other.no_task, self.cancelled + other.cancelled,
                       self.unreachable + other.unreachable)
+
+
+# the states campaigns are counted by (ota.campaign_progress, the CLI's bars, the API): one
+# source, the fields of Counts
+COUNT_STATES = tuple(f.name for f in dataclasses.fields(Counts))
 
 
 @dataclass(frozen=True, slots=True)

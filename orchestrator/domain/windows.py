@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_WINDOW_RE = re.compile(r"^\s*(?P<days>[A-Za-z*,\- ]+?)\s+(?P<start>\d{1,2}:\d{2})\s*-\s*"
+WINDOW_RE = re.compile(r"^\s*(?P<days>[A-Za-z*,\- ]+?)\s+(?P<start>\d{1,2}:\d{2})\s*-\s*"
                         r"(?P<end>\d{1,2}:\d{2})\s*$")
 MAX_WINDOWS = 32
 UTC = dt.UTC
@@ -70,7 +70,7 @@ def _days(text: str) -> frozenset[int]:
 
 def parse_window(text: str) -> Window:
     """``"Mon-Fri 01:00-05:00"``, ``"Sat,Sun 00:00-24:00"``, ``"daily 22:00-02:00"``."""
-    m = _WINDOW_RE.match(text) if isinstance(text, str) and len(text) <= 100 else None
+    m = WINDOW_RE.match(text) if isinstance(text, str) and len(text) <= 100 else None
     if m is None:
         raise BadWindow(f"window: {str(text)[:60]!r} is not like 'Mon-Fri 01:00-05:00'")
     start = _minutes(m["start"], "start", allow_24=False)

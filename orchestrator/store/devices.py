@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator.domain.payloads import StatusReport
+from orchestrator.domain.registry import Device
 from orchestrator.store.db import Connection, Record
 from orchestrator.store.queries import q
-
-
-@dataclass(frozen=True, slots=True)
-class Device:
-    dev_id: int
-    manuf: str | None
-    model: str | None
-    fota_version: str | None
-    sota_version: str | None
-    signal: int | None
-    power: int | None
-    status_at: dt.datetime | None
-    last_seen: dt.datetime | None
-
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        for key in ("status_at", "last_seen"):
-            out[key] = out[key].isoformat() if out[key] else None
-        return out
 
 
 def merge_reports(reports: Iterable[StatusReport]) -> list[StatusReport]:

@@ -112,6 +112,13 @@ async def reaching_target(conn: Connection, statuses: Sequence[StatusReport]) ->
     return [(r[0], r[1]) for r in rows]
 
 
+async def to_retry(conn: Connection, campaign_id: int, states: Sequence[str],
+                   errno: int | None) -> list[Key]:
+    """The campaign's devices in these states (and with this last errno, if given)."""
+    rows = await conn.fetch(q("members_to_retry"), campaign_id, list(states), errno)
+    return [(r["campaign_id"], r["dev_id"]) for r in rows]
+
+
 async def count_checks(conn: Connection, counts: Counter[Key]) -> None:
     if not counts:
         return

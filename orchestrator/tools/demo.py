@@ -39,7 +39,7 @@ from orchestrator.store import campaigns as store
 from orchestrator.store import devices as registry
 from orchestrator.store.db import Connection, connect
 from orchestrator.store.migrate import migrate
-from orchestrator.usecases import broker, credentials
+from orchestrator.usecases import broker, campaigns, credentials
 
 log = structlog.get_logger(__name__)
 
@@ -249,7 +249,7 @@ async def run_demo(n: int, base: Settings, *, out: Any = None, seed: int = 7,
             await _wait_registered(conn, devices, stop)
             if stop.is_set():
                 return 130
-            cid = await store.create_campaign(conn, CampaignSpec(
+            cid = await campaigns.create(conn, CampaignSpec(
                 name=f"demo: M5310 1.2 -> 1.3 ({n} devices)", type="fota", target="1.3",
                 selector=Selector(model="M5310", devices=tuple(d.dev_id for d in devices)),
                 waves=(10, 50, 100), wave_success_pct=80), start=True, actor="demo")

@@ -15,7 +15,7 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from orchestrator.domain.accounts import (
     orchestrator_acl,
 )
 from orchestrator.store import accounts
-from orchestrator.store.db import Connection
+from orchestrator.store.db import Connection, connect
 
 log = structlog.get_logger(__name__)
 CHANNEL = "ota_mqtt_accounts"
@@ -105,6 +105,7 @@ class BrokerFiles:
         self.prefix = prefix
         self.devices: dict[bytes, bytes] = {}
         self.orchestrators: dict[bytes, bytes] = {}
+        self._blob = b""          # devices.passwd as last written
 
     async def full(self, conn: Connection) -> Synced:
         """Every account read again, every file written."""
@@ -112,7 +113,7 @@ class BrokerFiles:
         await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
         self.devices = _by_user(await accounts.lines(conn, DEVICE))
         self.orchestrators = _by_user(await accounts.lines(conn, ORCHESTRATOR))
-        await self._write(devices=True, orchestrators=True)
+        await self._write(devices=True, orchestrators=True, rebuild=True)
         return Synced(len(self.devices), len(self.orchestrators),
                       time.perf_counter() - started, len(self.devices) + len(self.orchestrators))
 
@@ -122,22 +123,35 @@ class BrokerFiles:
         started = time.perf_counter()
         rows = await accounts.changed(conn, lo, hi)
         touched = set()
+        added: list[bytes] = []        # new device accounts: appended, the rest kept as is
+        rebuild = False
         for r in rows:
             table = self.devices if r["role"] == DEVICE else self.orchestrators
             user = r["username"].encode()
             if r["revoked"]:
-                table.pop(user, None)
+                rebuild |= table.pop(user, None) is not None and table is self.devices
             else:
-                table[user] = r["line"].encode()
+                line = r["line"].encode()
+                if table is self.devices:
+                    if user in table:
+                        rebuild = True
+                    else:
+                        added.append(line)
+                table[user] = line
             touched.add(r["role"])
-        await self._write(devices=DEVICE in touched, orchestrators=ORCHESTRATOR in touched)
+        if DEVICE in touched and not rebuild:
+            self._blob += b"".join(x + b"\n" for x in added)
+        await self._write(devices=DEVICE in touched, orchestrators=ORCHESTRATOR in touched,
+                          rebuild=rebuild)
         return Synced(len(self.devices), len(self.orchestrators),
                       time.perf_counter() - started, len(rows))
 
-    async def _write(self, *, devices: bool, orchestrators: bool) -> None:
+    async def _write(self, *, devices: bool, orchestrators: bool, rebuild: bool) -> None:
         d = self.directory
         if devices:
-            await asyncio.to_thread(_replace, d / "devices.passwd", _lines(self.devices))
+            if rebuild:
+                self._blob = _lines(self.devices)
+            await asyncio.to_thread(_replace, d / "devices.passwd", self._blob)
             await asyncio.to_thread(_replace, d / "devices.acl", device_acl(self.prefix).encode())
         if orchestrators:
             users = sorted(u.decode() for u in self.orchestrators)
@@ -179,7 +193,7 @@ def reload(pid_file: Path | None = None, pid: int | None = None) -> int | None:
     return pid
 
 
-async def watch(connect: Callable[[], Awaitable[Connection]], directory: Path, prefix: str,
+async def watch(dsn: str, directory: Path, prefix: str,
                 on_change: Callable[[Synced], None], stop: asyncio.Event, *,
                 full_every: float = 600.0, retry: float = 5.0) -> None:
     """Write the files at start and whenever accounts change: each notification's accounts
@@ -194,7 +208,7 @@ async def watch(connect: Callable[[], Awaitable[Connection]], directory: Path, p
     while not stop.is_set():
         conn: Connection | None = None
         try:
-            conn = await connect()
+            conn = await connect(dsn)
             while not queue.empty():      # a new connection reads everything anyway
                 queue.get_nowait()
             await conn.add_listener(CHANNEL, notified)

@@ -18,7 +18,7 @@ from grafana import grafana_sql, panels
 from orchestrator.config import Settings
 from orchestrator.domain.campaign import CampaignSpec
 from orchestrator.sim.fleet import FleetConfig, SimDevice
-from orchestrator.store.campaigns import create_campaign
+from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.store.db import connect
 from stack import Stack, until
 

@@ -12,7 +12,8 @@ from orchestrator.domain.campaign import CampaignSpec, Selector
 from orchestrator.sim.auth import verify_authorization
 from orchestrator.sim.fleet import FleetConfig, SimDevice
 from orchestrator.sim.scenario import Faults
-from orchestrator.store.campaigns import create_campaign, set_status
+from orchestrator.store.campaigns import set_status
+from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.store.db import connect
 from stack import Stack, until
 

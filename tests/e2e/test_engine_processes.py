@@ -10,7 +10,7 @@ from typing import Any
 from orchestrator.config import Settings
 from orchestrator.domain.campaign import CampaignSpec
 from orchestrator.sim.fleet import Fleet, FleetConfig, SimDevice
-from orchestrator.store.campaigns import create_campaign
+from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.store.db import connect
 from stack import env_for, start_run, stop_runs, until, wait_registered
 

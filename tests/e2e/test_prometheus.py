@@ -20,7 +20,7 @@ import yaml
 from conftest import free_port
 from orchestrator.config import Settings
 from orchestrator.domain.campaign import CampaignSpec
-from orchestrator.store.campaigns import create_campaign
+from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.store.db import connect
 from stack import env_for, start_run, until
 

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from orchestrator.api.app import ApiState, build_app
 from orchestrator.config import ConfigError, Settings, load_settings
+from orchestrator.domain.accounts import verify
 from orchestrator.domain.payloads import StatusReport
 from orchestrator.metrics import Metrics
 from orchestrator.store.devices import upsert_status
@@ -287,3 +288,32 @@ async def test_the_status_page_is_a_read_route_a_browser_can_log_into(api: Any) 
             assert r.status == 401
         async with s.get(f"{url}/", headers={"Authorization": "Bearer s3cret"}) as r:
             assert r.status == 200
+
+
+async def test_credentials_in_bulk_through_the_api(api: Any, pool: Any) -> None:
+    """The same use case as the CLI: secrets in the answer only, stored hashed; unknown
+    ids, duplicates of an account without rotate, and reads with the read token refused."""
+    url = await api(token="admin")
+    admin = {"Authorization": "Bearer admin"}
+    status, out = await call("POST", f"{url}/api/v1/credentials", {"dev_ids": [1, 2, 3]},
+                             admin)
+    assert status == 200 and (out["created"], out["rotated"]) == (3, 0), out
+    assert [c["dev_id"] for c in out["credentials"]] == [1, 2, 3]
+    async with pool.acquire() as conn:
+        stored = await conn.fetch("SELECT salt, hash FROM ota.mqtt_accounts WHERE dev_id = 1")
+    assert verify(out["credentials"][0]["password"], stored[0]["salt"], stored[0]["hash"])
+    for body, field in [({"dev_ids": [1]}, "devices: 1 already have an account"),
+                        ({"dev_ids": [999]}, "devices: 1 not in the registry"),
+                        ({"dev_ids": [0]}, "dev_ids[0]"),
+                        ({"dev_ids": [4], "all_registered": True}, "devices: give ids"),
+                        ({"manuf": "China Mobile"}, "devices: give ids")]:
+        status, err = await call("POST", f"{url}/api/v1/credentials", body, admin)
+        assert status == 400 and err["error"].startswith(field), (body, err)
+    status, out = await call("POST", f"{url}/api/v1/credentials",
+                             {"all_registered": True, "rotate": True}, admin)
+    assert status == 200 and (out["created"], out["rotated"]) == (7, 3)
+    status, out = await call("POST", f"{url}/api/v1/credentials/revoke",
+                             {"dev_ids": [1, 2]}, admin)
+    assert status == 200 and out == {"revoked": [1, 2], "without_account": 0}
+    status, _ = await call("POST", f"{url}/api/v1/credentials", {"dev_ids": [1]})
+    assert status == 401

@@ -9,7 +9,7 @@ from typing import Any
 
 from grafana import grafana_sql, panels
 from orchestrator.domain.campaign import CampaignSpec
-from orchestrator.store.campaigns import create_campaign
+from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.store.queries import q
 
 N = 1_000_000

@@ -14,7 +14,7 @@ from orchestrator.domain.device import DeviceRow, Status
 from orchestrator.domain.onenet import Task
 from orchestrator.domain.payloads import StatusReport
 from orchestrator.store import devices, members, outbox
-from orchestrator.store.campaigns import create_campaign
+from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.workers.scheduler import IN_FLIGHT_STATES, WAITING_STATES
 
 TASK = Task("1.3", "tok-é", 2048, 10, 20, 3, 60, "0" * 32, 2, "cdn.example:8080")

@@ -6,7 +6,7 @@ from typing import Any
 
 from orchestrator.domain.campaign import CampaignSpec
 from orchestrator.domain.device import NON_TERMINAL
-from orchestrator.store.campaigns import create_campaign
+from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.store.queries import q
 from orchestrator.workers.scheduler import IN_FLIGHT_STATES, WAITING_STATES
 

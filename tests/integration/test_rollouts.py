@@ -19,7 +19,8 @@ from orchestrator.domain.campaign import CampaignSpec, Selector
 from orchestrator.domain.rollout import assign_waves
 from orchestrator.domain.windows import Schedule
 from orchestrator.metrics import Metrics
-from orchestrator.store.campaigns import create_campaign, running
+from orchestrator.store.campaigns import running
+from orchestrator.usecases.campaigns import create as create_campaign
 
 # (manufacturer, model, from-version, devices): one big group and rare ones
 GROUPS = [("China Mobile", "M5310", "1.2", 2000), ("China Mobile", "M5311", "1.2", 40),

@@ -18,7 +18,7 @@ from orchestrator.domain.onenet import authorization
 from orchestrator.service import Service
 from orchestrator.sim import DEMO_ACCESS_KEY
 from orchestrator.store import devices
-from orchestrator.store.campaigns import create_campaign, get_campaign
+from orchestrator.store.campaigns import get_campaign
 from orchestrator.store.db import connect
 from orchestrator.tools.bench.common import (
     PRODUCT_ID,
@@ -30,6 +30,7 @@ from orchestrator.tools.bench.common import (
     scratch_database,
     simulator_process,
 )
+from orchestrator.usecases.campaigns import create as create_campaign
 
 
 async def bench_campaign(settings: Settings, say: Say, n: int = 2_000) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from orchestrator.mqtt.publisher import Publisher
 from orchestrator.onenet.client import OneNetClient
 from orchestrator.sim import DEMO_ACCESS_KEY, fast
 from orchestrator.store import counts, devices
-from orchestrator.store.campaigns import create_campaign
 from orchestrator.store.database import PgDatabase
 from orchestrator.store.db import create_pool
 from orchestrator.tools.bench.common import (
@@ -33,6 +32,7 @@ from orchestrator.tools.bench.common import (
     scratch_database,
     simulator_process,
 )
+from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.workers.scheduler import Scheduler
 
 

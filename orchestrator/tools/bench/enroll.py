@@ -14,9 +14,10 @@ import asyncpg
 from orchestrator.config import Settings
 from orchestrator.domain.campaign import Campaign, CampaignSpec
 from orchestrator.store import counts, devices
-from orchestrator.store.campaigns import create_campaign, db_now, enroll_late, get_campaign
+from orchestrator.store.campaigns import db_now, enroll_late, get_campaign
 from orchestrator.store.db import Connection, connect
 from orchestrator.tools.bench.common import Say, report, scratch_database
+from orchestrator.usecases.campaigns import create as create_campaign
 
 
 async def _checkpoint(conn: Connection) -> None:

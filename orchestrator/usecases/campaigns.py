@@ -1,0 +1,211 @@
+"""The operator's campaign use cases: create (or plan, writing nothing), read, change the
+rules of a live campaign, take a status action, retry devices, read the audit log. Each
+is one transaction; the decisions are the domain's, the SQL the store's."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from orchestrator.domain.campaign import (
+    DONE,
+    RULE_FIELDS,
+    Campaign,
+    CampaignConflict,
+    CampaignError,
+    CampaignInputError,
+    CampaignNotFound,
+    CampaignSpec,
+    Write,
+    check_retry,
+    check_rule_changes,
+)
+from orchestrator.domain.device import on_retry
+from orchestrator.domain.pace import Pace, wave_etas
+from orchestrator.domain.rollout import canary_size
+from orchestrator.store import campaigns as store
+from orchestrator.store import devices, health, members
+from orchestrator.store.db import Connection
+from orchestrator.usecases.common import iso
+
+
+async def get(conn: Connection, campaign_id: int) -> Campaign:
+    campaign = await store.get_campaign(conn, campaign_id)
+    if campaign is None:
+        raise CampaignNotFound(f"campaign {campaign_id} not found")
+    return campaign
+
+
+async def find(conn: Connection, campaign_id: int) -> Campaign | None:
+    return await store.get_campaign(conn, campaign_id)
+
+
+async def listing(conn: Connection, status: str | None = None,
+                  limit: int = 100) -> list[Campaign]:
+    return await store.list_campaigns(conn, status, limit)
+
+
+async def member_progress(conn: Connection, campaign_id: int, state: str | None,
+                          limit: int) -> list[dict[str, Any]]:
+    """The campaign's devices as ``ota.device_progress`` shows them (CampaignNotFound for no
+    such campaign)."""
+    await get(conn, campaign_id)
+    return await members.progress(conn, campaign_id, state, limit)
+
+
+async def events(conn: Connection, campaign_id: int, dev_id: int | None = None,
+                 after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+    return await store.events(conn, campaign_id, dev_id, after, limit)
+
+
+async def create(conn: Connection, spec: CampaignSpec, *, start: bool = False,
+                 actor: str = "cli", allow_empty: bool = False) -> int:
+    """Create a campaign and enrol its devices (one transaction)."""
+    spec.validate()
+    async with conn.transaction():
+        if spec.selector.devices is not None:
+            absent = await devices.missing(conn, spec.selector.devices)
+            if absent:
+                shown = ", ".join(str(m) for m in absent[:10])
+                raise CampaignError(f"devices: {len(absent)} listed device(s) are not in the "
+                                    f"registry: {shown}{' ...' if len(absent) > 10 else ''}")
+        cid = await store.insert(conn, spec)
+        n = await store.enroll_fresh(conn, cid, spec)
+        skipped = await store.busy(conn, cid, spec)
+        left_out = (f"; {skipped} left out: another running or paused {spec.type} campaign "
+                    "is upgrading them") if skipped else ""
+        if n == 0 and not spec.continuous and not allow_empty:
+            raise CampaignError("selector: matches no device to upgrade (none, or all on the "
+                                f"target already{left_out}; a --continuous campaign may start "
+                                "empty)")
+        await store.event(conn, "campaign_created", f"{n} device(s) enrolled{left_out}",
+                          campaign_id=cid, actor=actor, to_state="draft",
+                          detail={"enrolled": n, "left_out_busy": skipped})
+        if start:
+            await store.set_status(conn, cid, "start", actor=actor)
+    return cid
+
+
+async def left_out_busy(conn: Connection, campaign_id: int, spec: CampaignSpec) -> int:
+    return await store.busy(conn, campaign_id, spec)
+
+
+class _DryRun(Exception):
+    """Leaves the dry run's transaction: everything it wrote is rolled back."""
+
+    def __init__(self, plan: dict[str, Any]) -> None:
+        super().__init__("dry run")
+        self.plan = plan
+
+
+async def plan(conn: Connection, spec: CampaignSpec, status_max_age: float = 900.0, *,
+               assume_signal: int | None = None, assume_power: int | None = None,
+               fleet_cap: int | None = None) -> dict[str, Any]:
+    """What creating this campaign would do, from the real enrolment run in a transaction
+    that is rolled back: nothing is written. ``assume_signal``/``assume_power``: the gate's
+    thresholds to count against (the task's are known only at its check). The ETA per wave
+    uses the fleet's measured check rate, the rate limit, the caps over the measured time
+    one upgrade takes, and the maintenance windows, from now."""
+    for name, value in (("assume_signal", assume_signal), ("assume_power", assume_power)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not -(2**31) <= value < 2**31):
+            raise CampaignInputError(f"{name}: an integer")
+    gate_given = assume_signal is not None or assume_power is not None
+    try:
+        async with conn.transaction():
+            cid = await create(conn, spec, actor="dry-run", allow_empty=True)
+            groups = await store.plan_groups(conn, cid, status_max_age, assume_signal,
+                                             assume_power)
+            caps = [c for c in (fleet_cap, spec.max_in_flight) if c]
+            pace = Pace(await health.check_rate(conn), spec.max_per_minute,
+                        min(caps) if caps else None, await store.upgrade_seconds(conn))
+            waves: dict[int, int] = {}
+            kinds: dict[tuple[str | None, str | None, str | None], int] = {}
+            for g in groups:
+                waves[g["wave"]] = waves.get(g["wave"], 0) + g["devices"]
+                key = (g["manuf"], g["model"], g["from_version"])
+                kinds[key] = kinds.get(key, 0) + g["devices"]
+            sizes = [waves.get(w, 0) for w in range(len(spec.waves))]
+            etas = wave_etas(time.time(), sizes, pace, spec.schedule())
+            result = {
+                "selected": sum(waves.values()),
+                "left_out": {"on_target": await store.on_target(conn, cid, spec),
+                             "in_another_campaign": await store.busy(conn, cid, spec)},
+                "never_reported": sum(g["unreported"] for g in groups),
+                "fresh_status": sum(g["fresh"] for g in groups),
+                "would_pass_gate": sum(g["would_pass"] for g in groups) if gate_given else None,
+                "assumed_gate": {"signal": assume_signal, "power": assume_power}
+                if gate_given else None,
+                "canary": None if spec.canary is None else {
+                    "per_group": spec.canary, "groups": len(kinds),
+                    "devices": canary_size(kinds.values(), spec.canary)},
+                "pace": {"check_rate_per_min": pace.measured_per_min,
+                         "max_per_minute": pace.max_per_minute, "max_in_flight": pace.cap,
+                         "upgrade_seconds": pace.upgrade_seconds,
+                         "per_minute": pace.per_minute()},
+                "windows": list(spec.windows), "timezone": spec.timezone,
+                "waves": [{"wave": w + 1, "percent": spec.waves[w], "devices": n,
+                           "eta": iso(eta)}
+                          for w, (n, eta) in enumerate(zip(sizes, etas, strict=True))],
+                "groups": [{"manuf": k[0], "model": k[1], "from_version": k[2],
+                            "devices": n}
+                           for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])],
+            }
+            raise _DryRun(result)
+    except _DryRun as done:
+        return done.plan
+
+
+async def act(conn: Connection, campaign_id: int, action: str, *, actor: str = "cli",
+              reason: str | None = None) -> Campaign:
+    """A status action (start, pause, resume, cancel): the domain's status machine decides,
+    as it does for the controller."""
+    return await store.set_status(conn, campaign_id, action, actor=actor, reason=reason)
+
+
+async def update(conn: Connection, campaign_id: int, changes: dict[str, Any], *,
+                 actor: str = "cli") -> Campaign:
+    """Change a live campaign's rate, wave gate or abort rule; an event per change."""
+    checked = check_rule_changes(changes)
+    async with conn.transaction():
+        current = await store.lock_status(conn, campaign_id)
+        if current is None:
+            raise CampaignNotFound(f"campaign {campaign_id} not found")
+        if current in DONE:
+            raise CampaignConflict(f"campaign {campaign_id} is {current}: cannot update")
+        before = await get(conn, campaign_id)
+        await store.update_rules(conn, campaign_id, checked)
+        for key in RULE_FIELDS:
+            if key in checked and getattr(before, key) != checked[key]:
+                await store.event(conn, "campaign_update",
+                                  f"{key}: {getattr(before, key)} -> {checked[key]}",
+                                  campaign_id=campaign_id, actor=actor,
+                                  detail={"field": key, "from": getattr(before, key),
+                                          "to": checked[key]})
+    return await get(conn, campaign_id)
+
+
+async def retry(conn: Connection, campaign_id: int, states: Sequence[str],
+                errno: int | None, reason: str, actor: str = "cli") -> int:
+    """Give the chosen devices a fresh budget in the same campaign (an event each); a
+    completed campaign runs again. Returns how many devices were retried."""
+    states, errno, reason = check_retry(list(states), errno, reason)
+    async with conn.transaction():
+        campaign = await get(conn, campaign_id)
+        if campaign.status in ("cancelled", "aborted", "draft"):
+            raise CampaignConflict(f"campaign {campaign_id} is {campaign.status}: cannot retry")
+        keys = await members.to_retry(conn, campaign_id, states, errno)
+        if not keys:
+            return 0
+        locked = await members.lock(conn, keys)
+        now = time.time()
+        writes = []
+        for key, m in locked.items():
+            d = on_retry(m.row, now, reason)
+            if d.row != m.row:
+                writes.append(Write(key[0], key[1], m.rev, m.row.state, d.row, d.reason))
+        if campaign.status == "completed":
+            await store.set_status(conn, campaign_id, "retry", actor=actor,
+                                   reason=f"{len(writes)} device(s) retried: {reason}")
+        return len(await members.write(conn, writes, actor, locked=True))

@@ -16,8 +16,8 @@ from orchestrator.config import Settings
 from orchestrator.domain.campaign import CampaignSpec
 from orchestrator.service import Service
 from orchestrator.sim.fleet import Fleet, FleetConfig, SimDevice
-from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.store.db import connect
+from orchestrator.usecases.campaigns import create as create_campaign
 
 
 class Stack:

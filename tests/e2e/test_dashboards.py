@@ -18,8 +18,8 @@ from grafana import grafana_sql, panels
 from orchestrator.config import Settings
 from orchestrator.domain.campaign import CampaignSpec
 from orchestrator.sim.fleet import FleetConfig, SimDevice
-from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.store.db import connect
+from orchestrator.usecases.campaigns import create as create_campaign
 from stack import Stack, until
 
 M = {"manuf": "China Mobile", "model": "M5310"}

@@ -13,8 +13,8 @@ from orchestrator.sim.auth import verify_authorization
 from orchestrator.sim.fleet import FleetConfig, SimDevice
 from orchestrator.sim.scenario import Faults
 from orchestrator.store.campaigns import set_status
-from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.store.db import connect
+from orchestrator.usecases.campaigns import create as create_campaign
 from stack import Stack, until
 
 M = {"manuf": "China Mobile", "model": "M5310"}

@@ -10,8 +10,8 @@ from typing import Any
 from orchestrator.config import Settings
 from orchestrator.domain.campaign import CampaignSpec
 from orchestrator.sim.fleet import Fleet, FleetConfig, SimDevice
-from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.store.db import connect
+from orchestrator.usecases.campaigns import create as create_campaign
 from stack import env_for, start_run, stop_runs, until, wait_registered
 
 M = {"manuf": "China Mobile", "model": "M5310"}

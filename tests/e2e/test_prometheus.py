@@ -20,8 +20,8 @@ import yaml
 from conftest import free_port
 from orchestrator.config import Settings
 from orchestrator.domain.campaign import CampaignSpec
-from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.store.db import connect
+from orchestrator.usecases.campaigns import create as create_campaign
 from stack import env_for, start_run, until
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"

@@ -13,8 +13,8 @@ from conftest import orchestrator_env, run_cli
 from orchestrator.config import Settings
 from orchestrator.domain.campaign import CampaignSpec, Selector
 from orchestrator.sim.fleet import Fleet, FleetConfig, SimDevice
-from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.store.db import connect
+from orchestrator.usecases.campaigns import create as create_campaign
 from stack import Stack, env_for, start_run, stop_runs, until, wait_registered
 
 M = {"manuf": "China Mobile", "model": "M5310"}

@@ -9,8 +9,8 @@ from typing import Any
 
 from grafana import grafana_sql, panels
 from orchestrator.domain.campaign import CampaignSpec
-from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.store.queries import q
+from orchestrator.usecases.campaigns import create as create_campaign
 
 N = 1_000_000
 SEQ = re.compile(r"Seq Scan on (campaign_devices|events\w*)")

@@ -32,8 +32,8 @@ from orchestrator.sim import fast
 from orchestrator.sim.onenet import Simulator
 from orchestrator.sim.scenario import ScenarioError, load_scenario, parse_scenario
 from orchestrator.store import devices
-from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.store.database import PgDatabase
+from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.workers.scheduler import Scheduler
 
 M5310 = {"manuf": "China Mobile", "model": "M5310"}

@@ -6,8 +6,8 @@ from typing import Any
 
 from orchestrator.domain.campaign import CampaignSpec
 from orchestrator.domain.device import NON_TERMINAL
-from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.store.queries import q
+from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.workers.scheduler import IN_FLIGHT_STATES, WAITING_STATES
 
 

@@ -95,7 +95,7 @@ class Simulator:
         self.check_bodies: deque[dict[str, Any]] = deque(maxlen=10_000)
         self.progress_reports: list[tuple[int, int]] = []
         self._next_task = 1
-        self._verified: dict[str, float] = {}      # token -> its expiry
+        self.verified: dict[str, float] = {}      # token -> its expiry
         self._md5: dict[str, str] = {}
 
     # --- helpers ---------------------------------------------------------------------------
@@ -125,16 +125,16 @@ class Simulator:
         now = self.clock()
         if header is None:
             return False
-        expires = self._verified.get(header)
+        expires = self.verified.get(header)
         if expires is not None:
             return now <= expires
         if not verify_authorization(header, self.product_id,
                                                       self.access_key, now):
             return False
         # a client sends one token for an hour: verify its signature once, its expiry always
-        if len(self._verified) >= 1024:
-            self._verified.clear()
-        self._verified[header] = expiry_of(header)
+        if len(self.verified) >= 1024:
+            self.verified.clear()
+        self.verified[header] = expiry_of(header)
         return True
 
     @staticmethod

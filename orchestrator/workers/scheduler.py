@@ -161,7 +161,7 @@ class Scheduler:
         await tx.put_rate(c.campaign_id, tokens - len(waiting))
         return claimed + waiting
 
-    async def _check_all(self, reqs: Sequence[CheckRequest | Failed]) -> list[CheckOutcome]:
+    async def check_all(self, reqs: Sequence[CheckRequest | Failed]) -> list[CheckOutcome]:
         """Each request's outcome, in order (a local refusal is its own outcome). As many
         lanes as the client may have calls out (``ORCH_ONENET_CONCURRENCY``), each taking
         the next request when its call returns: a task per lane, not per device (a task
@@ -196,7 +196,7 @@ class Scheduler:
             else:
                 writes.append(Write(c.campaign_id, c.dev_id, c.rev, c.row.state, d.row,
                                     d.reason))
-        outcomes = await self._check_all([check_request(c, campaign.type)
+        outcomes = await self.check_all([check_request(c, campaign.type)
                                           for c, _ in to_check])
         now = time.time()
         counts: Counter[tuple[int, int]] = Counter()

@@ -176,7 +176,7 @@ def test_the_simulator_verifies_a_signature_once_and_its_expiry_always() -> None
     for i in range(2000):                                    # the cache stays bounded
         now[0] = 1_900_000_000
         assert asks(authorization("7", KEY, 1_900_000_200 + i, "md5"))
-    assert len(sim._verified) <= 1024
+    assert len(sim.verified) <= 1024
 
 
 def test_an_endpoints_error_text_is_kept_printable_and_short() -> None:

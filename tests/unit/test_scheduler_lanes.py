@@ -44,7 +44,7 @@ async def test_each_request_gets_its_own_answer_within_the_concurrency(
     refusals = {d: Failed(2, f"local {d}", local=True) for d in range(n) if d % 7 == 3}
     reqs = [refusals.get(d) or CheckRequest(d, "China Mobile", "M5310", 1, "1.2")
             for d in range(n)]
-    outcomes = await scheduler._check_all(reqs)
+    outcomes = await scheduler.check_all(reqs)
     expected = [refusals[d] if d in refusals else
                 Retryable("timeout", f"device {d}") if d % 5 == 0 else
                 NoTask() if d % 2 else Failed(1, f"device {d}") for d in range(n)]

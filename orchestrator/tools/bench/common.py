@@ -21,11 +21,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-import asyncpg
 import orjson
 
 from orchestrator.config import MqttUrl, Settings
 from orchestrator.sim import DEMO_ACCESS_KEY
+from orchestrator.store.db import connect
 from orchestrator.store.migrate import migrate
 from orchestrator.tools.demo import free_port
 
@@ -55,7 +55,7 @@ async def scratch_database(settings: Settings) -> AsyncIterator[str]:
     """A fresh, migrated database beside the configured one, dropped afterwards."""
     dsn = settings.require_database()
     name = f"orch_bench_{os.getpid()}_{int(time.time())}"
-    admin = await asyncpg.connect(dsn)
+    admin = await connect(dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
@@ -66,7 +66,7 @@ async def scratch_database(settings: Settings) -> AsyncIterator[str]:
         await migrate(url)
         yield url
     finally:
-        admin = await asyncpg.connect(dsn)
+        admin = await connect(dsn)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:

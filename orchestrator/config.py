@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from orchestrator.domain.device import DEFAULT_DISPATCH_TIMEOUT, DEFAULT_STATUS_MAX_AGE
+
 
 class ConfigError(ValueError):
     """A configuration value is missing or wrong; the message names the variable."""
@@ -83,8 +85,8 @@ class Settings:
     api_read_token: str | None = dataclasses.field(default=None, repr=False)
     log_format: str | None = None
     log_level: str = "info"
-    status_max_age: float = 900.0
-    dispatch_timeout: float = 1800.0
+    status_max_age: float = DEFAULT_STATUS_MAX_AGE
+    dispatch_timeout: float = DEFAULT_DISPATCH_TIMEOUT
     claim_lease: float = 60.0
     ingest_batch_size: int = 2000
     ingest_flush_interval: float = 0.05

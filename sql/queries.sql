@@ -217,7 +217,7 @@ WHERE campaign_id = $1 AND state <> ALL($2);
 -- Claim up to $4 due devices (SKIP LOCKED) and lease them: their due time moves $5 seconds
 -- ahead, so a crashed replica's claims come back by themselves. The columns of
 -- members_lock, then the device's; times as epoch seconds (a datetime object per value
--- cost our side 1.8 us a row), read by position.
+-- cost our side 1.8 us a row), read by name.
 WITH due AS (
     SELECT ctid FROM ota.campaign_devices
     WHERE campaign_id = $1 AND state = ANY($2) AND next_attempt_at <= now() AND wave <= $3
@@ -234,24 +234,30 @@ WITH due AS (
     RETURNING cd.*
 )
 SELECT cd.campaign_id, cd.dev_id, cd.rev, cd.wave, cd.state, cd.attempts,
-       cd.transient_errors, date_part('epoch', cd.next_attempt_at), cd.last_errno,
-       cd.last_step, cd.last_error, cd.task, date_part('epoch', cd.token_expires_at),
-       date_part('epoch', cd.dispatched_at), date_part('epoch', cd.report_asked_at),
-       date_part('epoch', cd.heard_at), cd.attempt, c.type, c.target_version,
+       cd.transient_errors, date_part('epoch', cd.next_attempt_at) AS next_attempt_at,
+       cd.last_errno, cd.last_step, cd.last_error, cd.task,
+       date_part('epoch', cd.token_expires_at) AS token_expires_at,
+       date_part('epoch', cd.dispatched_at) AS dispatched_at,
+       date_part('epoch', cd.report_asked_at) AS report_asked_at,
+       date_part('epoch', cd.heard_at) AS heard_at, cd.attempt, c.type, c.target_version,
        c.dispatch_timeout, c.unreachable_after,
-       d.manuf, d.model, CASE WHEN c.type = 'fota' THEN d.fota_version ELSE d.sota_version END,
-       d.signal, d.power, date_part('epoch', d.status_at), date_part('epoch', d.last_seen)
+       d.manuf, d.model,
+       CASE WHEN c.type = 'fota' THEN d.fota_version ELSE d.sota_version END AS version,
+       d.signal, d.power, date_part('epoch', d.status_at) AS status_at,
+       date_part('epoch', d.last_seen) AS last_seen
 FROM claimed cd JOIN ota.devices d USING (dev_id) JOIN ota.campaigns c USING (campaign_id)
 ORDER BY cd.dev_id;
 
 -- name: members_lock
 -- Lock and read (campaign, device) rows in key order, so concurrent writers never deadlock.
--- Times as epoch seconds, read by position (as members_claim's first 21 columns).
+-- Times as epoch seconds, read by name (the columns of members_claim's membership).
 SELECT cd.campaign_id, cd.dev_id, cd.rev, cd.wave, cd.state, cd.attempts,
-       cd.transient_errors, date_part('epoch', cd.next_attempt_at), cd.last_errno,
-       cd.last_step, cd.last_error, cd.task, date_part('epoch', cd.token_expires_at),
-       date_part('epoch', cd.dispatched_at), date_part('epoch', cd.report_asked_at),
-       date_part('epoch', cd.heard_at), cd.attempt, c.type, c.target_version,
+       cd.transient_errors, date_part('epoch', cd.next_attempt_at) AS next_attempt_at,
+       cd.last_errno, cd.last_step, cd.last_error, cd.task,
+       date_part('epoch', cd.token_expires_at) AS token_expires_at,
+       date_part('epoch', cd.dispatched_at) AS dispatched_at,
+       date_part('epoch', cd.report_asked_at) AS report_asked_at,
+       date_part('epoch', cd.heard_at) AS heard_at, cd.attempt, c.type, c.target_version,
        c.dispatch_timeout, c.unreachable_after
 FROM ota.campaign_devices cd
 JOIN unnest($1::bigint[], $2::bigint[]) AS k(c, d)

@@ -19,7 +19,7 @@ from orchestrator.domain.campaign import (
     CampaignSpec,
     Selector,
 )
-from orchestrator.domain.device import STATES
+from orchestrator.domain.device import DEFAULT_UNREACHABLE_AFTER, STATES
 from orchestrator.domain.payloads import parse_dev_id
 from orchestrator.domain.rollout import BadRollout, parse_waves
 from orchestrator.usecases import campaigns
@@ -281,9 +281,11 @@ def register(sub: Any) -> None:
     p.add_argument("--canary", type=int, metavar="N",
                    help="the first wave holds N devices of every (manufacturer, model, "
                         "from-version) group (all of a smaller group)")
-    p.add_argument("--unreachable-after", type=float, metavar="SECONDS", default=3600.0,
+    p.add_argument("--unreachable-after", type=float, metavar="SECONDS",
+                   default=DEFAULT_UNREACHABLE_AFTER,
                    help="silent this long (no answer to a report request, or nothing heard "
-                        "while dispatched): unreachable, not failed (default 3600)")
+                        "while dispatched): unreachable, not failed (default "
+                        f"{DEFAULT_UNREACHABLE_AFTER:g})")
     p.add_argument("--max-in-flight", type=int, metavar="N",
                    help="this campaign's devices checking or in flight at most (the fleet's "
                         "cap is ORCH_MAX_IN_FLIGHT)")

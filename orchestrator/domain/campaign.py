@@ -14,7 +14,14 @@ from typing import Any
 import msgspec
 
 from orchestrator.domain.catalogue import known_manuf, known_model
-from orchestrator.domain.device import NON_TERMINAL, RETRYABLE_STATES, DeviceRow, Policy, Status
+from orchestrator.domain.device import (
+    DEFAULT_UNREACHABLE_AFTER,
+    NON_TERMINAL,
+    RETRYABLE_STATES,
+    DeviceRow,
+    Policy,
+    Status,
+)
 from orchestrator.domain.rollout import Counts, Rules, check_waves
 from orchestrator.domain.versions import check_version
 from orchestrator.domain.windows import BadWindow, Schedule
@@ -27,7 +34,6 @@ NAME_RE = re.compile(r"^(?=[^\x00-\x1f\x7f-\x9f]{1,200}$)[^\x00-\x1f\x7f-\x9f]*\
 REASON_RE = re.compile(r"^[^\x00-\x1f\x7f-\x9f]{1,200}$")
 INT32_MAX = 2**31 - 1
 MAX_DISPATCH_TIMEOUT = 7 * 24 * 3600
-DEFAULT_UNREACHABLE_AFTER = 3600.0
 MAX_CANARY = 1_000_000
 INT64_MAX = 2**63 - 1
 STATUSES = ("draft", "running", "paused", "completed", "cancelled", "aborted")
@@ -332,7 +338,7 @@ class Member(msgspec.Struct, frozen=True, gc=False):
     type: str
     target_version: str
     dispatch_timeout: float | None = None     # the campaign's own, if it sets one
-    unreachable_after: float = 3600.0
+    unreachable_after: float = DEFAULT_UNREACHABLE_AFTER
 
 
 class Claimed(msgspec.Struct, frozen=True, gc=False):

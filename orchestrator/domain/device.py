@@ -42,19 +42,24 @@ NON_TERMINAL = tuple(s for s in STATES if s not in TERMINAL)
 DUE_STATES = tuple(s for s in NON_TERMINAL if s not in PARKED)
 TOKEN_LIFETIME = 2 * 24 * 3600.0
 TOKEN_MARGIN = 3600.0          # re-check this long before a token expires
+# the defaults of ORCH_STATUS_MAX_AGE, ORCH_DISPATCH_TIMEOUT and a campaign's
+# --unreachable-after: configuration, the CLI and the API take them from here
+DEFAULT_STATUS_MAX_AGE = 900.0
+DEFAULT_DISPATCH_TIMEOUT = 1800.0
+DEFAULT_UNREACHABLE_AFTER = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
     """Knobs of the decisions (from configuration)."""
 
-    status_max_age: float = 900.0
-    dispatch_timeout: float = 1800.0
+    status_max_age: float = DEFAULT_STATUS_MAX_AGE
+    dispatch_timeout: float = DEFAULT_DISPATCH_TIMEOUT
     report_wait: float = 30.0            # after asking for a fresh report
     transient_budget: int = 30           # errno 7 / transport retries before giving up
     backoff_base: float = 2.0
     backoff_cap: float = 300.0
-    unreachable_after: float = 3600.0    # silent this long: unreachable, not failed
+    unreachable_after: float = DEFAULT_UNREACHABLE_AFTER   # silent this long: unreachable
 
 
 class DeviceRow(msgspec.Struct, frozen=True, gc=False):
@@ -122,7 +127,8 @@ def gate(task: Task, status: Status, now: float, max_age: float) -> GateResult:
 # --- transitions ----------------------------------------------------------------------------
 
 def on_claim(row: DeviceRow, now: float, healthy_since: float | None = None, *,
-             last_seen: float | None = None, unreachable_after: float = 3600.0) -> Decision:
+             last_seen: float | None = None,
+             unreachable_after: float = DEFAULT_UNREACHABLE_AFTER) -> Decision:
     """A due device was claimed. Waiting devices go to check; an in-flight one that is due has
     had no progress within the dispatch timeout (or its token is about to expire).
 
@@ -354,11 +360,3 @@ def on_retry(row: DeviceRow, now: float, reason: str) -> Decision:
                                 next_attempt_at=now, dispatched_at=None, attempt=None,
                                 report_asked_at=None, last_error=f"retried: {reason}"),
                     f"retried by the operator: {reason}")
-
-
-def on_cancel(row: DeviceRow) -> Decision:
-    if row.state in TERMINAL:
-        return Decision(row, "terminal")
-    command = Command("cancel") if row.state in IN_FLIGHT else None
-    return Decision(row.replace(state="cancelled", next_attempt_at=None),
-                    "campaign cancelled", command)

@@ -178,6 +178,7 @@ class Action:
     kind: Literal["none", "open_wave", "pause", "abort", "complete"]
     reason: str = ""
     wave: int | None = None
+    rule: Literal["abort", "wave_gate"] | None = None   # which rule paused or aborted
 
 
 def decide(rules: Rules, current_wave: int, by_wave: Mapping[int, Counts]) -> Action:
@@ -192,7 +193,7 @@ def decide(rules: Rules, current_wave: int, by_wave: Mapping[int, Counts]) -> Ac
             since = " since the last resume" if rules.finished_base else ""
             return Action(rules.abort_action,
                           f"abort rule: {pct:.1f}% failed of {finished} finished{since} > "
-                          f"{rules.abort_failure_pct:g}%")
+                          f"{rules.abort_failure_pct:g}%", rule="abort")
     opened = sum((c for w, c in by_wave.items() if w <= current_wave), Counts())
     if opened.open > 0:
         return Action("none")
@@ -203,7 +204,8 @@ def decide(rules: Rules, current_wave: int, by_wave: Mapping[int, Counts]) -> Ac
             pct = 100.0 * opened.succeeded / judged
             if pct < rules.wave_success_pct:
                 return Action("pause", f"wave {current_wave + 1}: {pct:.1f}% succeeded < "
-                                       f"{rules.wave_success_pct:g}% needed for the next wave")
+                                       f"{rules.wave_success_pct:g}% needed for the next wave",
+                              rule="wave_gate")
         return Action("open_wave", f"wave {current_wave + 1} done; opening wave "
                                    f"{current_wave + 2}", current_wave + 1)
     if every.open == 0 and not rules.continuous:

@@ -105,6 +105,9 @@ class PgTx:
     async def cap_busy(self, campaign_id: int) -> tuple[int, int]:
         return await members.cap_busy(self.conn, campaign_id)
 
+    async def fleet_busy(self) -> int:
+        return await members.fleet_busy(self.conn)
+
     async def members_unreachable(self, dev_ids: Sequence[int]) -> list[Key]:
         return await members.unreachable_of(self.conn, dev_ids)
 

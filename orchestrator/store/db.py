@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -43,6 +44,21 @@ class Connection(Protocol):
 class Pool(Protocol):
     def acquire(self) -> AbstractAsyncContextManager[Connection]: ...
     async def close(self) -> None: ...
+
+
+def picker(record: Record, names: Sequence[str]) -> Callable[[Record], tuple[Any, ...]]:
+    """Read these columns by name at the cost of reading them by position: their positions
+    are looked up once, in the first row of a result, and every row is read through one
+    ``itemgetter`` (a statement's columns may move without a reader noticing wrong data)."""
+    keys = list(record.keys())
+    missing = [n for n in names if n not in keys]
+    if missing:
+        raise KeyError(f"columns not in the result: {missing}")
+    positions = [keys.index(n) for n in names]
+    first = positions[0]
+    if positions == list(range(first, first + len(positions))):
+        return operator.itemgetter(slice(first, first + len(positions)))  # one slice: faster
+    return operator.itemgetter(*positions)
 
 
 async def _init(conn: Connection) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from orchestrator.domain.campaign import Claimed, Member, Write
@@ -13,18 +13,26 @@ from orchestrator.domain.device import DUE_STATES, NON_TERMINAL, DeviceRow, Stat
 from orchestrator.domain.onenet import Task
 from orchestrator.domain.payloads import StatusReport
 from orchestrator.domain.progress import Key
-from orchestrator.store.db import Connection, Record
+from orchestrator.store.db import Connection, Record, picker
 from orchestrator.store.queries import q
 
 CAP_LOCK = int.from_bytes(b"ota-caps", "big", signed=True)   # pg_advisory_xact_lock key
 
 
-def _member(r: Record, rows: dict[tuple[Any, ...], DeviceRow]) -> Member:
-    """A membership from the first 21 columns of members_lock or members_claim. Rows without
-    a task are shared between members whose rows are equal (they are immutable): a batch
-    of fresh claims then builds one."""
+MEMBER = ("campaign_id", "dev_id", "rev", "wave", "state", "attempts", "transient_errors",
+          "next_attempt_at", "last_errno", "last_step", "last_error", "task",
+          "token_expires_at", "dispatched_at", "report_asked_at", "heard_at", "attempt", "type",
+          "target_version", "dispatch_timeout", "unreachable_after")
+DEVICE = ("manuf", "model", "version", "signal", "power", "status_at", "last_seen")
+
+
+def _member(r: Record, rows: dict[tuple[Any, ...], DeviceRow],
+            get: Callable[[Record], tuple[Any, ...]]) -> Member:
+    """A membership from the columns of members_lock or members_claim, by name (``get``:
+    from :func:`picker`). Rows without a task are shared between members whose rows are
+    equal (they are immutable): a batch of fresh claims then builds one."""
     (cid, did, rev, wave, state, attempts, te, next_at, errno, step, err, task, tok, disp,
-     asked, heard, attempt, kind, target, dispatch_timeout, unreachable_after) = r[:21]
+     asked, heard, attempt, kind, target, dispatch_timeout, unreachable_after) = get(r)
     if task is None:
         key = (state, attempts, te, next_at, errno, step, err, tok, disp, asked, heard,
                attempt)
@@ -47,11 +55,14 @@ async def claim(conn: Connection, campaign_id: int, current_wave: int, limit: in
         return []
     rows = await conn.fetch(q("members_claim"), campaign_id, list(states),
                             current_wave, limit, lease, owner)
+    if not rows:
+        return []
     shared: dict[tuple[Any, ...], DeviceRow] = {}
+    member, device = picker(rows[0], MEMBER), picker(rows[0], DEVICE)
     out = []
     for r in rows:
-        manuf, model, version, signal, power, status_at, last_seen = r[21:]
-        out.append(Claimed(_member(r, shared), manuf, model, version,
+        manuf, model, version, signal, power, status_at, last_seen = device(r)
+        out.append(Claimed(_member(r, shared, member), manuf, model, version,
                            Status(signal, power, status_at), last_seen))
     return out
 
@@ -68,6 +79,13 @@ async def cap_busy(conn: Connection, campaign_id: int) -> tuple[int, int]:
     return int(row["fleet"]), int(row["campaign"])
 
 
+async def fleet_busy(conn: Connection) -> int:
+    """Devices being checked or in flight over the fleet."""
+    row = await conn.fetchrow(q("cap_busy"), None)
+    assert row is not None
+    return int(row["fleet"])
+
+
 async def unreachable_of(conn: Connection, dev_ids: Sequence[int]) -> list[Key]:
     """These devices' unreachable memberships in running or paused campaigns."""
     rows = await conn.fetch(q("members_unreachable"), sorted(set(dev_ids)))
@@ -79,8 +97,11 @@ async def lock(conn: Connection, keys: Sequence[Key]) -> dict[Key, Member]:
     ordered = sorted(set(keys))
     rows = await conn.fetch(q("members_lock"), [k[0] for k in ordered],
                             [k[1] for k in ordered])
+    if not rows:
+        return {}
     shared: dict[tuple[Any, ...], DeviceRow] = {}
-    return {(r[0], r[1]): _member(r, shared) for r in rows}
+    member = picker(rows[0], MEMBER)
+    return {(r["campaign_id"], r["dev_id"]): _member(r, shared, member) for r in rows}
 
 
 async def write(conn: Connection, writes: Sequence[Write], actor: str, *,

@@ -21,7 +21,7 @@ from orchestrator.domain.campaign import (
     check_retry,
     check_rule_changes,
 )
-from orchestrator.domain.device import on_retry
+from orchestrator.domain.device import DEFAULT_STATUS_MAX_AGE, on_retry
 from orchestrator.domain.pace import Pace, wave_etas
 from orchestrator.domain.rollout import canary_size
 from orchestrator.store import campaigns as store
@@ -99,7 +99,8 @@ class _DryRun(Exception):
         self.plan = plan
 
 
-async def plan(conn: Connection, spec: CampaignSpec, status_max_age: float = 900.0, *,
+async def plan(conn: Connection, spec: CampaignSpec,
+               status_max_age: float = DEFAULT_STATUS_MAX_AGE, *,
                assume_signal: int | None = None, assume_power: int | None = None,
                fleet_cap: int | None = None) -> dict[str, Any]:
     """What creating this campaign would do, from the real enrolment run in a transaction

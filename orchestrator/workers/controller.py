@@ -170,7 +170,7 @@ class Controller:
         check_rate = self._checks.per_minute()
         if check_rate:
             await tx.set_check_rate(check_rate)
-        fleet, _ = await tx.cap_busy(0)
+        fleet = await tx.fleet_busy()
         self.metrics.in_flight.set(fleet)
 
     async def _advance(self, tx: Tx, campaign_id: int,
@@ -199,9 +199,8 @@ class Controller:
             await tx.event("wave_opened", action.reason, campaign_id=campaign_id, actor=ACTOR)
             log.info("wave opened", campaign=campaign_id, wave=action.wave)
         elif action.kind in ("pause", "abort", "complete"):
-            if action.kind != "complete":
-                rule = "abort" if action.reason.startswith("abort rule") else "wave_gate"
-                self.metrics.rule_actions.labels(rule, action.kind).inc()
+            if action.rule is not None:
+                self.metrics.rule_actions.labels(action.rule, action.kind).inc()
             await tx.set_status(campaign_id, action.kind, actor=ACTOR, reason=action.reason)
             log.info(f"campaign {action.kind}", campaign=campaign_id, reason=action.reason)
         return by_wave

@@ -19,7 +19,6 @@ from orchestrator.domain.device import (
     Policy,
     Status,
     gate,
-    on_cancel,
     on_check,
     on_claim,
     on_progress,
@@ -111,13 +110,10 @@ def test_every_state_on_progress(state: str, step: int) -> None:
 
 
 @pytest.mark.parametrize("state", STATES)
-def test_every_state_on_version_and_cancel(state: str) -> None:
+def test_every_state_on_version(state: str) -> None:
     assert on_version(row(state), "1.3", "1.3").row.state == (
         "succeeded" if state in IN_FLIGHT else state)
     assert on_version(row(state), "1.2", "1.3").row.state == state
-    d = on_cancel(row(state))
-    assert d.row.state == (state if state in TERMINAL else "cancelled")
-    assert (d.command is not None) == (state in IN_FLIGHT)
 
 
 # --- specific rules -------------------------------------------------------------------------
@@ -220,7 +216,6 @@ events = st.one_of(
     st.tuples(st.just("progress"), st.sampled_from([*range(0, 102, 25), *range(101, 108),
                                                     *range(201, 209)])),
     st.tuples(st.just("version"), st.sampled_from(["1.2", "1.3"])),
-    st.tuples(st.just("cancel"), st.just(0)),
 )
 statuses = st.builds(Status, st.integers(0, 31), st.integers(0, 100),
                      st.floats(NOW - 2000, NOW))
@@ -242,10 +237,8 @@ def test_any_event_sequence_terminal_stays_and_budget_holds(seq: list) -> None:
             r = on_check(r, OUTCOMES[arg], status, now, POLICY, random.Random(0)).row
         elif kind == "progress":
             r = on_progress(r, arg, now, POLICY).row
-        elif kind == "version":
-            r = on_version(r, arg, "1.3").row
         else:
-            r = on_cancel(r).row
+            r = on_version(r, arg, "1.3").row
         if before.state in TERMINAL:
             assert r == before
         assert r.state in STATES

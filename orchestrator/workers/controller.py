@@ -18,11 +18,11 @@ from orchestrator.domain.rollout import COUNT_STATES, Counts, decide, enrol_sinc
 from orchestrator.metrics import Metrics
 from orchestrator.ports import (
     CommandPublisher,
+    ControllerTx,
     Database,
     DatabaseUnavailable,
     DataRejected,
     PublishFailed,
-    Tx,
 )
 from orchestrator.workers import outbox
 
@@ -89,7 +89,7 @@ class Controller:
             await tx.beat(self.owner, self.ingest_ok(), self.max_in_flight)
         self._last_beat = time.monotonic()
 
-    async def _watch_replicas(self, tx: Tx) -> None:
+    async def _watch_replicas(self, tx: ControllerTx) -> None:
         """While a replica is silent or its ingest disconnected, its share of device
         messages is not being read: our side is not healthy."""
         forgotten = await tx.forget_replicas(self.session_expiry + STALE_AFTER)
@@ -130,7 +130,7 @@ class Controller:
             self.metrics.outbox_backlog.set(await tx.outbox_backlog())
         return True
 
-    async def _measure(self, tx: Tx, running: Sequence[RunningCampaign],
+    async def _measure(self, tx: ControllerTx, running: Sequence[RunningCampaign],
                        counted: Mapping[int, Mapping[int, Counts] | None]) -> None:
         """Each running campaign's rate (devices done per minute, sliding window) and ETA,
         kept in its row for the views; the fleet's check rate, for plans; the in-flight
@@ -173,7 +173,7 @@ class Controller:
         fleet = await tx.fleet_busy()
         self.metrics.in_flight.set(fleet)
 
-    async def _advance(self, tx: Tx, campaign_id: int,
+    async def _advance(self, tx: ControllerTx, campaign_id: int,
                        enroll_now: bool) -> dict[int, Counts] | None:
         """Enrol late devices, then take the rules' decision; returns the counts by wave
         the decision read (None: the campaign is gone)."""

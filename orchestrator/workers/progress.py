@@ -18,7 +18,7 @@ from orchestrator.domain.progress import (
     apply_versions,
     worth_an_event,
 )
-from orchestrator.ports import Database, Tx
+from orchestrator.ports import Database, IngestTx
 
 
 class ProgressSink:
@@ -33,7 +33,7 @@ class ProgressSink:
 
     async def apply(self, statuses: Sequence[StatusReport],
                     reports: Sequence[ProgressReport]) -> Sequence[Rejection]:
-        async def write(tx: Tx) -> list[Rejection]:
+        async def write(tx: IngestTx) -> list[Rejection]:
             keys: list[Key] = [(r.campaign, r.dev_id) for r in reports]
             reported = [s for s in statuses if s.fota_version or s.sota_version]
             if reported:
@@ -67,7 +67,7 @@ class ProgressSink:
         return await self.db.run(write)
 
     @staticmethod
-    async def _registry_hygiene(tx: Tx, statuses: Sequence[StatusReport]
+    async def _registry_hygiene(tx: IngestTx, statuses: Sequence[StatusReport]
                                 ) -> tuple[list[StatusReport], list[Rejection]]:
         """Reports of devices the registry does not know are kept only when they register
         the device (manufacturer, model and a version); the rest are refused."""

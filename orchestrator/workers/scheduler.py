@@ -37,7 +37,7 @@ from orchestrator.ports import (
     DatabaseUnavailable,
     DataRejected,
     PublishFailed,
-    Tx,
+    SchedulerTx,
 )
 from orchestrator.workers import outbox
 
@@ -130,7 +130,7 @@ class Scheduler:
             except (DatabaseUnavailable, DataRejected) as exc:
                 log.warning("lease renewal failed", error=str(exc)[:200])
 
-    async def _claim(self, tx: Tx, c: RunningCampaign) -> list[Claimed]:
+    async def _claim(self, tx: SchedulerTx, c: RunningCampaign) -> list[Claimed]:
         """In-flight devices whose time is up come first, always (they hold their slot;
         in-flight devices finish outside windows too). Then waiting devices: only inside
         a maintenance window, under the fleet's and the campaign's in-flight caps (claims
@@ -231,7 +231,7 @@ class Scheduler:
         for errno, n in by_errno.items():
             self.metrics.checks.labels(str(errno)).inc(n)
 
-        async def record(tx: Tx) -> list[tuple[int, int, str]]:
+        async def record(tx: SchedulerTx) -> list[tuple[int, int, str]]:
             written = await tx.write_members(writes, self.owner)
             await tx.count_checks(counts)
             return await tx.enqueue([(dev, payload) for cid, dev, payload in commands

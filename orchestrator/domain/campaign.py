@@ -83,6 +83,19 @@ RULE_FIELDS = ("max_per_minute", "wave_success_pct", "abort_failure_pct",
                "max_in_flight", "windows", "timezone")
 
 
+def shown(value: Any) -> str:
+    """A rule's value as a person reads it: no ``None``, no float noise."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.1f}".rstrip("0").rstrip(".") if abs(value) < 1e6 else f"{value:.0f}"
+    if isinstance(value, list | tuple):
+        return "; ".join(shown(v) for v in value) or "none"
+    return str(value)
+
+
 def check_rule_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     """The rules of a live campaign an operator may change, checked as at creation;
     ``None`` removes the rate limit or the abort rule."""
@@ -280,6 +293,7 @@ class Campaign:
     timezone: str = "UTC"
     rate_per_min: float | None = None     # measured: finished per minute, recently
     eta_at: dt.datetime | None = None     # when it is expected to be done
+    eta_note: str | None = None           # why there is no ETA
 
     @property
     def rules(self) -> Rules:
@@ -289,10 +303,14 @@ class Campaign:
                      self.rule_failed_base, self.rule_finished_base, self.gate_accepted_wave)
 
     def to_json(self, *, with_devices: bool = False) -> dict[str, Any]:
-        """The campaign with its counts flat, as in ``ota.campaign_progress``."""
+        """The campaign with its counts flat, as in ``ota.campaign_progress``: the open wave
+        counted from 1, as everywhere people read it; the rate rounded."""
         out = asdict(self)
         counts = out.pop("counts")
         out.update(total=self.counts.total, remaining=self.counts.open, **counts)
+        out["current_wave"] = self.current_wave + 1
+        if self.rate_per_min is not None:
+            out["rate_per_min"] = round(self.rate_per_min, 1)
         for key in ("created_at", "started_at", "finished_at", "eta_at"):
             out[key] = out[key].isoformat() if out[key] else None
         sel = dict(out["selector"])

@@ -47,6 +47,9 @@ TOKEN_MARGIN = 3600.0          # re-check this long before a token expires
 DEFAULT_STATUS_MAX_AGE = 900.0
 DEFAULT_DISPATCH_TIMEOUT = 1800.0
 DEFAULT_UNREACHABLE_AFTER = 3600.0
+# a status on the old version this long after the command, with no progress since: the
+# command was lost (a device that got it would be downloading)
+DEFAULT_LOST_COMMAND_GRACE = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,7 @@ class Policy:
     backoff_base: float = 2.0
     backoff_cap: float = 300.0
     unreachable_after: float = DEFAULT_UNREACHABLE_AFTER   # silent this long: unreachable
+    lost_command_grace: float = DEFAULT_LOST_COMMAND_GRACE
 
 
 class DeviceRow(msgspec.Struct, frozen=True, gc=False):
@@ -99,6 +103,32 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
     row: DeviceRow
     reason: str
     command: Command | None = None
+
+
+def in_flight_deadline(start: float, now: float, policy: Policy,
+                       token_expires_at: float | None) -> float:
+    """When an in-flight device with no progress since ``start`` (its command, or its last
+    progress) is checked again: the dispatch timeout after it, or an hour before its token
+    expires, whichever is first; never in the past."""
+    deadline = start + policy.dispatch_timeout
+    if token_expires_at is not None:
+        deadline = min(deadline, token_expires_at - TOKEN_MARGIN)
+    return max(deadline, now + 1.0)
+
+
+def on_rules_changed(row: DeviceRow, now: float, policy: Policy) -> Decision:
+    """The campaign's dispatch timeout changed: an in-flight device's deadline follows it
+    (a shorter one may make it due now)."""
+    if row.state not in IN_FLIGHT:
+        return Decision(row, "no change")
+    start = row.heard_at if row.heard_at is not None else row.dispatched_at
+    deadline = in_flight_deadline(start if start is not None else now, now, policy,
+                                  row.token_expires_at)
+    if deadline == row.next_attempt_at:
+        return Decision(row, "no change")
+    return Decision(row.replace(next_attempt_at=deadline),
+                    f"dispatch timeout now {policy.dispatch_timeout:g} s: checked again at "
+                    + ("once" if deadline <= now + 1.0 else "the new deadline"))
 
 
 def retry_delay(n: int, policy: Policy, rng: random.Random | None = None) -> float:
@@ -213,10 +243,9 @@ def on_check(row: DeviceRow, outcome: CheckOutcome, status: Status, now: float,
     found = {"task": task, "token_expires_at": expires, "last_errno": 0,
              "transient_errors": 0}
     if verdict == "pass":
-        deadline = min(now + policy.dispatch_timeout, expires - TOKEN_MARGIN)
         return Decision(row.replace(**found, state="dispatched", dispatched_at=now, heard_at=now,
                                     attempt=attempt,
-                                    next_attempt_at=max(deadline, now + 1.0),
+                                    next_attempt_at=in_flight_deadline(now, now, policy, expires),
                                     report_asked_at=None, last_error=None),
                         "gate passed; upgrade commanded", Command("upgrade"))
     row = row.replace(**found)
@@ -228,7 +257,17 @@ def on_check(row: DeviceRow, outcome: CheckOutcome, status: Status, now: float,
                                         last_error=f"gate: {verdict} status"),
                             f"gate: {verdict} status; fresh report asked", Command("report"))
         return unanswered(row, now, policy, verdict)
-    return gate_failed(row, task, now, f"gate: {verdict}")
+    return gate_failed(row, task, now, gate_reason(verdict, task, status))
+
+
+def gate_reason(verdict: GateResult, task: Task, status: Status) -> str:
+    """A failed gate as an operator reads it: the value against the task's threshold. (The
+    part in brackets varies by device; ``ota.failure_reasons`` groups without it.)"""
+    if verdict == "low_signal":
+        return f"gate: low_signal (signal {status.signal}, the task needs > {task.signal})"
+    if verdict == "low_power":
+        return f"gate: low_power (power {status.power}, the task needs > {task.power})"
+    return f"gate: {verdict}"
 
 
 def unanswered(row: DeviceRow, now: float, policy: Policy, verdict: str) -> Decision:
@@ -295,10 +334,7 @@ def on_progress(row: DeviceRow, step: int, now: float, policy: Policy) -> Decisi
     if step == STEP_SUCCEEDED:
         return Decision(row.replace(state="succeeded", last_step=step, next_attempt_at=None,
                                     last_error=None), "step 201: upgrade succeeded")
-    deadline = now + policy.dispatch_timeout
-    if row.token_expires_at is not None:
-        deadline = min(deadline, row.token_expires_at - TOKEN_MARGIN)
-    deadline = max(deadline, now + 1.0)
+    deadline = in_flight_deadline(now, now, policy, row.token_expires_at)
     if 0 <= step < 100:
         return Decision(row.replace(state="downloading", last_step=step, heard_at=now,
                                     next_attempt_at=deadline), f"step {step}: downloading")
@@ -339,7 +375,10 @@ def on_version(row: DeviceRow, version: str, target: str) -> Decision:
                     f"reported version {version} = target")
 
 
-RETRYABLE_STATES = frozenset({"failed", "unreachable"})
+# an operator may retry these: failed and unreachable devices get a fresh budget; in-flight
+# ones (a command that may be lost, a device stuck mid-download) are checked and commanded
+# again with their budget untouched
+RETRYABLE_STATES = frozenset({"failed", "unreachable", *IN_FLIGHT})
 
 
 def on_heard(row: DeviceRow, now: float) -> Decision:
@@ -352,11 +391,36 @@ def on_heard(row: DeviceRow, now: float) -> Decision:
 
 
 def on_retry(row: DeviceRow, now: float, reason: str) -> Decision:
-    """An operator gives a failed (or unreachable) device a fresh budget in the same
-    campaign."""
+    """An operator retries a device in the same campaign: a failed or unreachable one with a
+    fresh budget; an in-flight one is checked (a fresh token) and commanded again at once,
+    its budget untouched (the old command's progress is refused as stale)."""
     if row.state not in RETRYABLE_STATES:
         return Decision(row, f"not retried: {row.state}")
+    if row.state in IN_FLIGHT:
+        return Decision(row.replace(state="pending", next_attempt_at=now, dispatched_at=None,
+                                    attempt=None, report_asked_at=None,
+                                    last_error=f"re-commanded: {reason}"),
+                        f"checked and commanded again by the operator: {reason}")
     return Decision(row.replace(state="pending", attempts=0, transient_errors=0,
                                 next_attempt_at=now, dispatched_at=None, attempt=None,
                                 report_asked_at=None, last_error=f"retried: {reason}"),
                     f"retried by the operator: {reason}")
+
+
+def on_status_while_dispatched(row: DeviceRow, version: str | None, target: str,
+                               now: float, grace: float = DEFAULT_LOST_COMMAND_GRACE
+                               ) -> Decision:
+    """A status report from a device commanded at least ``grace`` seconds ago that has sent
+    no progress since, on a version that is not the target: the command was lost (a device
+    that got it would be downloading). Checked again at once, for a fresh command, with no
+    budget spent."""
+    if row.state != "dispatched" or not version or version == target \
+            or row.dispatched_at is None or now - row.dispatched_at < grace:
+        return Decision(row, "no change")
+    waited = now - row.dispatched_at
+    return Decision(row.replace(state="pending", next_attempt_at=now, dispatched_at=None,
+                                attempt=None, report_asked_at=None,
+                                last_error=f"lost command: reported {version} with no "
+                                           f"progress {waited:.0f} s after the command"),
+                    f"lost command: status on {version} with no progress {waited:.0f} s after "
+                    "the command; checked and commanded again (no budget spent)")

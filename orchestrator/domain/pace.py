@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from orchestrator.domain.rollout import Counts
 from orchestrator.domain.windows import Schedule
 
-RATE_WINDOW = 600.0        # seconds of history behind a measured rate
+RATE_WINDOW = 600.0        # seconds of working time behind a measured rate
 MIN_SPAN = 5.0             # ... and at least this much before there is one
+STALL_AFTER = 120.0        # working with nothing finished this long: a stall, no ETA
 ALWAYS = Schedule()
 
 
@@ -65,28 +66,72 @@ def campaign_eta(now: float, by_wave: Mapping[int, Counts], current_wave: int, p
 
 
 class RateMeter:
-    """Devices finished per minute over the last ``window`` seconds, from samples of a
-    campaign's finished count (kept by the controller: one sample per pass)."""
+    """Devices finished per minute over the last ``window`` seconds of *working* time, from
+    samples of a campaign's finished count (the controller takes one per pass).
 
-    def __init__(self, window: float = RATE_WINDOW) -> None:
+    Working time is time the campaign ran inside an open window: a pause or a closed window
+    stops the clock instead of diluting the rate. A stretch of more than ``stall_after``
+    seconds in which nothing finished is a stall: it is left out of the rate too (a stall is
+    reported, see :meth:`stalled_for`, not averaged in), so the rate after it is the rate
+    the campaign goes at, not one that says "tomorrow" three minutes before the end."""
+
+    def __init__(self, window: float = RATE_WINDOW, stall_after: float = STALL_AFTER) -> None:
         self.window = window
-        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+        self.stall_after = stall_after
+        self._segments: collections.deque[tuple[float, int]] = collections.deque()
+        self._last: tuple[float, int] | None = None
+        self._working = False
+        self._changed = 0.0        # when the count last moved (or work resumed)
 
-    def add(self, t: float, finished: int) -> None:
-        if self._samples and finished < self._samples[-1][1]:
-            self._samples.clear()         # retried devices left "finished": start over
-        self._samples.append((t, finished))
-        while len(self._samples) > 2 and self._samples[1][0] <= t - self.window:
-            self._samples.popleft()
+    def add(self, t: float, finished: int, working: bool = True) -> None:
+        last = self._last
+        if last is None or finished < last[1]:      # the first sample, or retried devices
+            self._segments.clear()                 # left "finished": start over
+            self._changed = t
+        else:
+            span, done = t - last[0], finished - last[1]
+            if working and not self._working:
+                self._changed = t                  # resuming: the stall clock restarts
+            elif working:
+                if done > 0:
+                    self._segments.append((span, done))
+                    self._changed = t
+                elif t - self._changed <= self.stall_after:
+                    self._segments.append((span, 0))
+        self._last, self._working = (t, finished), working
+        total = sum(s for s, _ in self._segments)
+        while self._segments and total - self._segments[0][0] >= self.window:
+            total -= self._segments.popleft()[0]
 
     def clear(self) -> None:
-        self._samples.clear()
+        self._segments.clear()
+        self._last = None
 
     def per_minute(self) -> float | None:
-        """None until the samples span ``MIN_SPAN`` seconds."""
-        if len(self._samples) < 2:
+        """None until the working time measured spans ``MIN_SPAN`` seconds."""
+        span = sum(s for s, _ in self._segments)
+        if span < MIN_SPAN:
             return None
-        (t0, f0), (t1, f1) = self._samples[0], self._samples[-1]
-        if t1 - t0 < MIN_SPAN:
-            return None
-        return (f1 - f0) * 60.0 / (t1 - t0)
+        return sum(d for _, d in self._segments) * 60.0 / span
+
+    def stalled_for(self, t: float) -> float:
+        """Seconds of work with nothing finished, once past ``stall_after`` (else 0)."""
+        if not self._working or self._last is None:
+            return 0.0
+        quiet = t - self._changed
+        return quiet if quiet > self.stall_after else 0.0
+
+
+def no_eta(rate: float | None, stalled: float, paused: bool = False) -> str | None:
+    """Why no ETA can be given (paused, stalled, no rate measured yet), or None: there is
+    one."""
+    if paused:
+        return "paused"
+    if stalled:
+        took = f"{stalled:.0f} s" if stalled < 120 else f"{stalled / 60:.0f} min"
+        return f"nothing finished for {took}"
+    if rate is None:
+        return "measuring the rate"
+    if rate <= 0:
+        return "nothing finishing"
+    return None

@@ -46,6 +46,7 @@ class Rejection(msgspec.Struct, frozen=True, gc=False):
     reason: str
     detail: str
     topic: str
+    applied: bool = False     # noted, not refused: the message was applied all the same
 
 
 Parsed = StatusReport | ProgressReport | Rejection

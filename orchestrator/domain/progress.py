@@ -13,6 +13,7 @@ from orchestrator.domain.device import (
     Policy,
     on_heard,
     on_progress,
+    on_status_while_dispatched,
     on_version,
     progress_refusal,
 )
@@ -48,11 +49,14 @@ def relay_fate(answered: bool, attempts: int,
 
 
 def apply_progress(members: dict[Key, Member], reports: Sequence[ProgressReport],
-                   now: float, policy: Policy, require_attempt: bool = True
+                   now: float, policy: Policy, require_attempt: bool = True,
+                   versions: list[StatusReport] | None = None
                    ) -> tuple[dict[Key, DeviceRow], dict[Key, list[str]], list[Rejection],
                               list[Relay]]:
     """Each report, in arrival order, on its (campaign, device) row (pure). A report not
-    bound to the device's dispatch is refused with a counted reason and never relayed."""
+    bound to the device's dispatch is refused with a counted reason and never relayed.
+    ``versions`` receives, for the registry, the version an accepted step 201 names (the
+    device runs it now, whether or not a status follows)."""
     current = {k: m.row for k, m in members.items()}
     reasons: dict[Key, list[str]] = {}
     rejected: list[Rejection] = []
@@ -76,6 +80,10 @@ def apply_progress(members: dict[Key, Member], reports: Sequence[ProgressReport]
                 decision = by_version
         if row.task is not None:   # what the device did, whatever we decided of it
             relays.append(Relay(row.task.token, r.dev_id, r.step))
+        if versions is not None and r.version and decision.row.state == "succeeded":
+            fota = members[key].type == "fota"
+            versions.append(StatusReport(r.dev_id, fota_version=r.version if fota else None,
+                                         sota_version=None if fota else r.version))
         current[key] = decision.row
         reasons.setdefault(key, []).append(decision.reason)
     return current, reasons, rejected, relays
@@ -98,16 +106,29 @@ def apply_versions(members: dict[Key, Member], current: dict[Key, DeviceRow],
 
 def apply_heard(members: dict[Key, Member], current: dict[Key, DeviceRow],
                 reasons: dict[Key, list[str]], statuses: Sequence[StatusReport],
-                now: float) -> None:
-    """Any status from an unreachable device puts it back in line (after the versions: one
-    that reports the target after going silent has succeeded)."""
+                now: float, policy: Policy | None = None) -> None:
+    """Any status from an unreachable device puts it back in line; a status on the old
+    version from a device commanded a while ago that sent no progress says its command was
+    lost: checked again at once. (After the versions: one that reports the target has
+    succeeded.)"""
     heard = {s.dev_id for s in statuses}
-    for key in members:
-        if key[1] in heard:
-            decision = on_heard(current[key], now)
-            if decision.row != current[key]:
-                current[key] = decision.row
-                reasons.setdefault(key, []).append(decision.reason)
+    versions: dict[tuple[int, str], str] = {}     # (device, type) -> the last version reported
+    for r in statuses:
+        for kind, version in (("fota", r.fota_version), ("sota", r.sota_version)):
+            if version:
+                versions[(r.dev_id, kind)] = version
+    for key, m in members.items():
+        if key[1] not in heard:
+            continue
+        version = versions.get((key[1], m.type))
+        decision = on_heard(current[key], now)
+        if decision.row == current[key]:
+            decision = on_status_while_dispatched(
+                current[key], version, m.target_version, now,
+                (policy or Policy()).lost_command_grace)
+        if decision.row != current[key]:
+            current[key] = decision.row
+            reasons.setdefault(key, []).append(decision.reason)
 
 
 def policy_for(policy: Policy, member: Member) -> Policy:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import msgspec
 
 from orchestrator.domain.catalogue import UnknownModule, resolve
 from orchestrator.domain.payloads import TEXT_MAX, StatusReport, parse_dev_id
@@ -19,6 +22,29 @@ COLUMNS = ("dev_id", "manuf", "model", "fota_version", "sota_version")
 class ImportPlan:
     rows: list[StatusReport] = field(default_factory=list)
     errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+def canonical_modules(reports: Sequence[StatusReport]
+                      ) -> tuple[list[StatusReport], list[StatusReport]]:
+    """Reports with their manufacturer and model as OneNET's tables name them (a device may
+    report codes, or other case and spacing), and those whose module the tables do not know
+    (kept as reported: the device is registered, and left out of campaigns)."""
+    out: list[StatusReport] = []
+    unknown: list[StatusReport] = []
+    for r in reports:
+        if r.manuf is None or r.model is None:
+            out.append(r)
+            continue
+        try:
+            module = resolve(r.manuf, r.model).module
+        except UnknownModule:
+            unknown.append(r)
+            out.append(r)
+            continue
+        same = (module.manuf, module.model) == (r.manuf, r.model)
+        out.append(r if same else msgspec.structs.replace(r, manuf=module.manuf,
+                                                           model=module.model))
+    return out, unknown
 
 
 def parse_csv(text: str) -> ImportPlan:

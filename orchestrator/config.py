@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from orchestrator.domain.device import DEFAULT_DISPATCH_TIMEOUT, DEFAULT_STATUS_MAX_AGE
+from orchestrator.domain.device import (
+    DEFAULT_DISPATCH_TIMEOUT,
+    DEFAULT_LOST_COMMAND_GRACE,
+    DEFAULT_STATUS_MAX_AGE,
+    Policy,
+)
 
 
 class ConfigError(ValueError):
@@ -87,6 +92,7 @@ class Settings:
     log_level: str = "info"
     status_max_age: float = DEFAULT_STATUS_MAX_AGE
     dispatch_timeout: float = DEFAULT_DISPATCH_TIMEOUT
+    lost_command_grace: float = DEFAULT_LOST_COMMAND_GRACE
     claim_lease: float = 60.0
     ingest_batch_size: int = 2000
     ingest_flush_interval: float = 0.05
@@ -107,6 +113,12 @@ class Settings:
     @property
     def api_port(self) -> int:
         return int(self.api_listen.rsplit(":", 1)[1])
+
+    def policy(self) -> Policy:
+        """The knobs of the domain's decisions that configuration sets."""
+        return Policy(status_max_age=self.status_max_age,
+                      dispatch_timeout=self.dispatch_timeout,
+                      lost_command_grace=self.lost_command_grace)
 
     def require_database(self) -> str:
         if not self.database_url:
@@ -256,6 +268,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "log_level": _choice("debug", "info", "warning", "error"),
     "status_max_age": _positive(float),
     "dispatch_timeout": _positive(float),
+    "lost_command_grace": _positive(float),
     "claim_lease": _positive(float),
     "ingest_batch_size": _positive(int),
     "ingest_flush_interval": _positive(float),

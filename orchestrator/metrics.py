@@ -14,6 +14,9 @@ class Metrics:
             "orch_ingest_messages", "Device messages applied", ["kind"], registry=r)
         self.ingest_rejected = Counter(
             "orch_ingest_rejected", "Device messages rejected, by reason", ["reason"], registry=r)
+        self.ingest_noted = Counter(
+            "orch_ingest_noted", "Device messages applied with a note, by reason "
+            "(unknown_module: registered, left out of campaigns)", ["reason"], registry=r)
         self.ingest_batches = Counter("orch_ingest_batches", "Ingest batches written", registry=r)
         self.ingest_batch_seconds = Histogram(
             "orch_ingest_batch_seconds", "Time to write one ingest batch", registry=r)

@@ -68,18 +68,21 @@ SELECT c.campaign_id, c.name, c.status, c.type, c.target_version, c.selector, c.
        p.pending, p.in_progress, p.succeeded, p.failed, p.no_task, p.cancelled,
        c.abort_action, c.rule_failed_base, c.rule_finished_base, c.gate_accepted_wave,
        c.dispatch_timeout, p.unreachable, c.canary, c.unreachable_after, c.max_in_flight,
-       c.windows, c.timezone, c.rate_per_min, c.eta_at
+       c.windows, c.timezone, c.rate_per_min, c.eta_at, c.eta_note
 FROM ota.campaigns c JOIN ota.campaign_progress p USING (campaign_id)
 WHERE ($1::bigint IS NULL OR c.campaign_id = $1) AND ($2::text IS NULL OR c.status = $2)
 ORDER BY c.campaign_id DESC LIMIT $3;
 
 -- name: campaign_insert
--- $1: the new row as a JSON object keyed by column name.
-INSERT INTO ota.campaigns (name, type, target_version, selector, waves, wave_success_pct,
-                           max_per_minute, abort_failure_pct, abort_min_finished, continuous,
-                           rate_tokens, abort_action, dispatch_timeout, canary,
-                           unreachable_after, max_in_flight, windows, timezone)
-SELECT name, type, target_version, selector, waves, wave_success_pct, max_per_minute,
+-- $1: the new row as a JSON object keyed by column name (a dry run gives its own id, so no
+-- id of the sequence is spent on a plan).
+INSERT INTO ota.campaigns (campaign_id, name, type, target_version, selector, waves,
+                           wave_success_pct, max_per_minute, abort_failure_pct,
+                           abort_min_finished, continuous, rate_tokens, abort_action,
+                           dispatch_timeout, canary, unreachable_after, max_in_flight, windows,
+                           timezone)
+SELECT coalesce(campaign_id, nextval(pg_get_serial_sequence('ota.campaigns', 'campaign_id'))),
+       name, type, target_version, selector, waves, wave_success_pct, max_per_minute,
        abort_failure_pct, abort_min_finished, continuous, rate_tokens, abort_action,
        dispatch_timeout, canary, unreachable_after, max_in_flight, windows, timezone
 FROM jsonb_populate_record(NULL::ota.campaigns, $1::jsonb)
@@ -89,7 +92,10 @@ RETURNING campaign_id;
 SELECT status FROM ota.campaigns WHERE campaign_id = $1 FOR UPDATE;
 
 -- name: campaign_set_status
+-- A paused campaign has no ETA (the controller measures running ones only).
 UPDATE ota.campaigns SET status = $2, status_reason = $3, updated_at = now(),
+    eta_at = CASE WHEN $2 = 'running' THEN eta_at END,
+    eta_note = CASE $2 WHEN 'running' THEN eta_note WHEN 'paused' THEN 'paused' END,
     started_at = CASE WHEN $2 = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
     finished_at = CASE WHEN $2 IN ('completed', 'cancelled', 'aborted') THEN now()
                        WHEN $2 = 'running' THEN NULL ELSE finished_at END
@@ -329,12 +335,13 @@ WHERE cd.state = ANY($2)
   AND ((c.type = 'fota' AND u.fota = c.target_version)
        OR (c.type = 'sota' AND u.sota = c.target_version));
 
--- name: members_unreachable
--- These reporting devices' unreachable memberships in live campaigns (a partial index).
+-- name: members_listening
+-- These reporting devices' memberships in live campaigns that a status may move: unreachable
+-- (back in line) or dispatched (a lost command). A partial index of few rows.
 SELECT cd.campaign_id, cd.dev_id
 FROM ota.campaign_devices cd JOIN ota.campaigns c USING (campaign_id)
 WHERE cd.dev_id = ANY(ARRAY(SELECT jsonb_array_elements_text($1::jsonb)::bigint))
-  AND cd.state = 'unreachable' AND c.status IN ('running', 'paused');
+  AND cd.state IN ('unreachable', 'dispatched') AND c.status IN ('running', 'paused');
 
 -- name: cap_lock
 -- Claims under an in-flight cap take turns (every replica), so the cap is never exceeded.
@@ -348,8 +355,8 @@ SELECT coalesce(sum(in_flight + checking), 0)::bigint AS fleet,
 FROM ota.in_flight;
 
 -- name: campaign_set_pace
--- The controller's measurement: finished per minute, recently, and the ETA.
-UPDATE ota.campaigns SET rate_per_min = $2, eta_at = $3 WHERE campaign_id = $1;
+-- The controller's measurement: finished per minute, recently, and the ETA (or why none).
+UPDATE ota.campaigns SET rate_per_min = $2, eta_at = $3, eta_note = $4 WHERE campaign_id = $1;
 
 -- name: health_check_rate_set
 UPDATE ota.health SET check_rate_per_min = $1, check_rate_at = now();
@@ -503,9 +510,10 @@ SELECT ota.drop_event_partitions($1);
 SELECT count(*) FROM ota.devices WHERE dev_id = ANY($1) AND fota_version IS NOT NULL;
 
 -- name: summary_failures
-SELECT coalesce('errno ' || last_errno::text, '') || coalesce(' ' || last_error, '') AS reason,
-       count(*) AS n
-FROM ota.campaign_devices WHERE campaign_id = $1 AND state = 'failed'
+-- The failed devices by reason, as ota.failure_reasons groups them.
+SELECT coalesce('errno ' || errno::text, '') || coalesce(' ' || reason, '') AS reason,
+       sum(devices)::bigint AS n
+FROM ota.failure_reasons WHERE campaign_id = $1
 GROUP BY 1 ORDER BY 2 DESC;
 
 -- name: summary_gate_retries
@@ -702,3 +710,27 @@ SELECT EXISTS (SELECT 1 FROM ota.mqtt_accounts
 -- name: slot_try
 -- A replica's slot ($1: its host's key, $2: the slot), held by its session until it ends.
 SELECT pg_try_advisory_lock($1::int, $2::int);
+
+-- name: modules_sync
+-- OneNET's module table ($1: a JSON array of [manuf, model]), replacing what was there.
+WITH wanted AS (
+    SELECT e->>0 AS manuf, e->>1 AS model FROM jsonb_array_elements($1::jsonb) e
+), gone AS (
+    DELETE FROM ota.modules m
+    WHERE NOT EXISTS (SELECT 1 FROM wanted w WHERE w.manuf = m.manuf AND w.model = m.model)
+)
+INSERT INTO ota.modules (manuf, model) SELECT manuf, model FROM wanted
+ON CONFLICT DO NOTHING;
+
+-- name: plan_unknown_module
+-- Selected devices left out because OneNET's tables do not know their module.
+SELECT count(*) FROM ota.selected_any($7, $2, $3, $4, $5, $6, '-infinity') s
+WHERE NOT s.checkable AND $1::bigint IS NOT NULL;
+
+-- name: campaign_waits
+-- What campaign $1 waits on: how many of its open waves' devices are not finished, and the
+-- $2 it waits for longest (the latest next check or deadline first).
+SELECT w.total, d.dev_id, d.state, d.until, d.reason, d.wave
+FROM (SELECT count(*) AS total FROM ota.campaign_waits WHERE campaign_id = $1) w
+LEFT JOIN LATERAL (SELECT * FROM ota.campaign_waits WHERE campaign_id = $1
+                   ORDER BY until DESC NULLS LAST, dev_id LIMIT $2) d ON true;

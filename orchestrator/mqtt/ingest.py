@@ -59,6 +59,7 @@ class Ingest:
         self.connected = asyncio.Event()
         self.applied = 0
         self.rejections = RateLimitedLog(log, "messages rejected", interval=10.0)
+        self.notes = RateLimitedLog(log, "messages applied with a note", interval=10.0)
 
     def subscriptions(self) -> list[str]:
         p, g = self.settings.mqtt_topic_prefix, self.settings.mqtt_shared_group
@@ -183,6 +184,10 @@ class Ingest:
             await asyncio.sleep(idle)
 
     def _reject(self, r: Rejection) -> None:
+        if r.applied:
+            self.metrics.ingest_noted.labels(r.reason).inc()
+            self.notes.note(r.reason, detail=r.detail, topic=r.topic[:120])
+            return
         self.metrics.ingest_rejected.labels(r.reason).inc()
         self.rejections.note(r.reason, detail=r.detail, topic=r.topic[:120])
 

@@ -67,9 +67,10 @@ def _schedule(campaign_id: int, windows: list[str], timezone: str) -> Schedule:
 
 
 async def set_pace(conn: Connection, campaign_id: int, rate_per_min: float | None,
-                   eta_at: float | None) -> None:
+                   eta_at: float | None, eta_note: str | None = None) -> None:
     await conn.execute(q("campaign_set_pace"), campaign_id, rate_per_min,
-                       None if eta_at is None else dt.datetime.fromtimestamp(eta_at, dt.UTC))
+                       None if eta_at is None else dt.datetime.fromtimestamp(eta_at, dt.UTC),
+                       eta_note)
 
 
 async def event(conn: Connection, kind: str, reason: str, *, campaign_id: int | None = None,
@@ -129,9 +130,11 @@ async def db_now(conn: Connection) -> dt.datetime:
     return value
 
 
-async def insert(conn: Connection, spec: CampaignSpec) -> int:
-    """The campaign's row (draft, no devices yet): its id."""
-    row = {"name": spec.name, "type": spec.type, "target_version": spec.target,
+async def insert(conn: Connection, spec: CampaignSpec, campaign_id: int | None = None) -> int:
+    """The campaign's row (draft, no devices yet): its id (``campaign_id``: a given one, for
+    a dry run that is rolled back)."""
+    row = {"campaign_id": campaign_id, "name": spec.name, "type": spec.type,
+           "target_version": spec.target,
            "selector": spec.selector.to_json(), "waves": list(spec.waves),
            "wave_success_pct": spec.wave_success_pct, "max_per_minute": spec.max_per_minute,
            "abort_failure_pct": spec.abort_failure_pct,
@@ -180,6 +183,23 @@ async def on_target(conn: Connection, campaign_id: int, spec: CampaignSpec) -> i
     """Selected devices left out because they run the target already."""
     args = _selection_args(campaign_id, spec.type, spec.target, spec.selector)
     return int(await conn.fetchval(q("plan_on_target"), *args))
+
+
+async def unknown_module(conn: Connection, campaign_id: int, spec: CampaignSpec) -> int:
+    """Selected devices left out because OneNET's tables do not know their module (a check
+    would be refused with errno 2)."""
+    args = _selection_args(campaign_id, spec.type, spec.target, spec.selector)
+    return int(await conn.fetchval(q("plan_unknown_module"), *args))
+
+
+async def waits(conn: Connection, campaign_id: int, limit: int
+                ) -> tuple[int, list[dict[str, Any]]]:
+    """How many of the open waves' devices are not finished, and the ``limit`` the campaign
+    waits for longest (``ota.campaign_waits``)."""
+    rows = await conn.fetch(q("campaign_waits"), campaign_id, limit)
+    total = int(rows[0]["total"]) if rows else 0
+    return total, [{k: r[k] for k in ("dev_id", "wave", "state", "until", "reason")}
+                   for r in rows if r["dev_id"] is not None]
 
 
 async def set_status(conn: Connection, campaign_id: int, action: str, *, actor: str = "cli",

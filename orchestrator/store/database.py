@@ -108,12 +108,12 @@ class PgTx:
     async def fleet_busy(self) -> int:
         return await members.fleet_busy(self.conn)
 
-    async def members_unreachable(self, dev_ids: Sequence[int]) -> list[Key]:
-        return await members.unreachable_of(self.conn, dev_ids)
+    async def members_listening(self, dev_ids: Sequence[int]) -> list[Key]:
+        return await members.listening(self.conn, dev_ids)
 
     async def set_pace(self, campaign_id: int, rate_per_min: float | None,
-                       eta_at: float | None) -> None:
-        await campaigns.set_pace(self.conn, campaign_id, rate_per_min, eta_at)
+                       eta_at: float | None, eta_note: str | None = None) -> None:
+        await campaigns.set_pace(self.conn, campaign_id, rate_per_min, eta_at, eta_note)
 
     async def checks_total(self) -> int:
         return await health.checks_total(self.conn)

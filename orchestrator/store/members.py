@@ -86,9 +86,10 @@ async def fleet_busy(conn: Connection) -> int:
     return int(row["fleet"])
 
 
-async def unreachable_of(conn: Connection, dev_ids: Sequence[int]) -> list[Key]:
-    """These devices' unreachable memberships in running or paused campaigns."""
-    rows = await conn.fetch(q("members_unreachable"), sorted(set(dev_ids)))
+async def listening(conn: Connection, dev_ids: Sequence[int]) -> list[Key]:
+    """These devices' memberships in running or paused campaigns that a status may move:
+    unreachable (back in line) and dispatched (a lost command)."""
+    rows = await conn.fetch(q("members_listening"), sorted(set(dev_ids)))
     return [(r["campaign_id"], r["dev_id"]) for r in rows]
 
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import structlog
 
+from orchestrator.domain.catalogue import MODULES
 from orchestrator.store.db import Connection, connect
-from orchestrator.store.queries import sql_dir
+from orchestrator.store.queries import q, sql_dir
 
 log = structlog.get_logger(__name__)
 
@@ -73,13 +74,22 @@ async def migrate(dsn: str) -> list[Migration]:
                     await conn.execute(
                         "INSERT INTO ota.schema_migrations (version, name, checksum)"
                         " VALUES ($1, $2, $3)", m.version, m.name, m.checksum)
-                log.info("migration applied", version=m.version, name=m.name)
+                log.debug("migration applied", version=m.version, name=m.name)
                 applied_now.append(m)
+            await _modules(conn)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
     finally:
         await conn.close()
     return applied_now
+
+
+async def _modules(conn: Connection) -> None:
+    """OneNET's module table into ``ota.modules``, from the domain's copy (the one source):
+    every name pair and every code pair a device may report."""
+    pairs = sorted({(m.manuf, m.model) for m in MODULES}
+                   | {(m.manuf_code, m.model_code) for m in MODULES})
+    await conn.execute(q("modules_sync"), [list(p) for p in pairs])
 
 
 async def pending(conn: Connection) -> list[Migration]:

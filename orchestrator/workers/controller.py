@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 import structlog
 
 from orchestrator.domain.campaign import RunningCampaign
-from orchestrator.domain.pace import Pace, RateMeter, campaign_eta
+from orchestrator.domain.pace import STALL_AFTER, Pace, RateMeter, campaign_eta, no_eta
 from orchestrator.domain.rollout import COUNT_STATES, Counts, decide, enrol_since
 from orchestrator.metrics import Metrics
 from orchestrator.ports import (
@@ -59,6 +59,7 @@ class Controller:
         # last full pass); lost on failover, so a new leader starts with a full pass
         self._enrolled: dict[int, tuple[dt.datetime, float | None]] = {}
         self._meters: dict[int, RateMeter] = {}
+        self.stall_after = STALL_AFTER     # working this long with nothing finished: no ETA
         self._rates: dict[int, float] = {}
         self._checks = RateMeter()
 
@@ -149,18 +150,19 @@ class Controller:
             if by_wave is None:
                 continue
             counts = sum(by_wave.values(), Counts())
-            meter = self._meters.setdefault(c.campaign_id, RateMeter())
-            if c.schedule.is_open(now):
-                meter.add(now, counts.total - counts.open)
-                rate = meter.per_minute()
-                if rate is not None:
-                    self._rates[c.campaign_id] = rate
-            else:
-                meter.clear()
+            meter = self._meters.setdefault(c.campaign_id,
+                                            RateMeter(stall_after=self.stall_after))
+            meter.add(now, counts.total - counts.open, working=c.schedule.is_open(now))
+            measured = meter.per_minute()
+            if measured is not None:
+                self._rates[c.campaign_id] = measured
             rate = self._rates.get(c.campaign_id)
-            eta = campaign_eta(now, by_wave, c.current_wave, Pace(rate, c.max_per_minute),
-                               c.schedule)
-            await tx.set_pace(c.campaign_id, rate, eta)
+            note = no_eta(rate, meter.stalled_for(now))
+            eta = None if note else campaign_eta(now, by_wave, c.current_wave,
+                                                 Pace(rate, c.max_per_minute), c.schedule)
+            if counts.open == 0:
+                eta, note = now, None
+            await tx.set_pace(c.campaign_id, rate, eta, note)
             self.metrics.campaign(
                 c.campaign_id, {s: getattr(counts, s) for s in COUNT_STATES}, counts.open,
                 counts.total - counts.open, rate, c.schedule.is_open(now),

@@ -18,6 +18,7 @@ from orchestrator.domain.progress import (
     apply_versions,
     worth_an_event,
 )
+from orchestrator.domain.registry import canonical_modules
 from orchestrator.ports import Database, IngestTx
 
 
@@ -39,17 +40,18 @@ class ProgressSink:
             if reported:
                 keys += await tx.members_reaching_target(reported)
             if statuses:     # any word from an unreachable device puts it back in line
-                keys += await tx.members_unreachable([s.dev_id for s in statuses])
+                keys += await tx.members_listening([s.dev_id for s in statuses])
             rejected: list[Rejection] = []
+            upgraded: list[StatusReport] = []     # versions that accepted 201s name
             if keys:
                 members = await tx.lock_members(keys)
                 now = time.time()
                 # progress first: a device's 201 and its new version often share a batch,
                 # and the step is the more precise record
                 current, reasons, rejected, relays = apply_progress(
-                    members, reports, now, self.policy, self.require_attempt)
+                    members, reports, now, self.policy, self.require_attempt, upgraded)
                 apply_versions(members, current, reasons, reported)
-                apply_heard(members, current, reasons, statuses, now)
+                apply_heard(members, current, reasons, statuses, now, self.policy)
                 writes = [Write(k[0], k[1], members[k].rev, members[k].row.state, current[k],
                                 "; ".join(reasons[k])[:500],
                                 worth_an_event(members[k].row, current[k]))
@@ -60,8 +62,11 @@ class ProgressSink:
             if statuses:
                 accepted, refused = await self._registry_hygiene(tx, statuses)
                 rejected.extend(refused)
-                if accepted:
-                    await tx.upsert_status(accepted)
+            else:
+                accepted = []
+            # the device's own status comes after its 201 in a batch: it wins (merged later)
+            if upgraded or accepted:
+                await tx.upsert_status([*upgraded, *accepted])
             return rejected
 
         return await self.db.run(write)
@@ -81,4 +86,8 @@ class ProgressSink:
         refused = [Rejection("unknown_device", "a device's first status needs manuf, model and "
                              "a version", f"{s.dev_id}/status")
                    for s in statuses if s.dev_id in refused_ids]
+        accepted, unknown = canonical_modules(accepted)
+        refused += [Rejection("unknown_module", f"{s.manuf!r}/{s.model!r} is not in OneNET's "
+                              "tables: registered, left out of campaigns", f"{s.dev_id}/status",
+                              applied=True) for s in unknown]
         return accepted, refused

@@ -49,8 +49,7 @@ _NOT_CHECKED = Retryable("internal", "not checked")
 
 
 def policy_from(settings: Settings) -> Policy:
-    return Policy(status_max_age=settings.status_max_age,
-                  dispatch_timeout=settings.dispatch_timeout)
+    return settings.policy()
 
 
 def check_request(c: Claimed, kind: str) -> CheckRequest | Failed:

@@ -251,7 +251,7 @@ async def test_patch_changes_a_live_campaign_with_an_event_each(api: Any, pool: 
         reasons = [r["reason"] for r in await conn.fetch(
             "SELECT reason FROM ota.events WHERE campaign_id = $1 AND kind = 'campaign_update'"
             " ORDER BY event_id", cid)]
-    assert reasons == ["max_per_minute: 60 -> 600", "abort_failure_pct: 5.0 -> None",
+    assert reasons == ["max_per_minute: 60 -> 600", "abort_failure_pct: 5 -> none",
                        "abort_action: pause -> abort"]
     for body, field in [({"max_per_minute": 0}, "max_per_minute"), ({"waves": [100]}, "waves"),
                         ({}, "changes"), ({"wave_success_pct": 101}, "wave_success_pct")]:

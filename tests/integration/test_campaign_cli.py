@@ -14,6 +14,14 @@ def env_for(database: str) -> dict[str, str]:
     return {**os.environ, "ORCH_DATABASE_URL": database, "ORCH_LOG_FORMAT": "json"}
 
 
+async def sql(dsn: str, statement: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
 def seed(env: dict[str, str], tmp_path: Path) -> None:
     f = tmp_path / "d.csv"
     rows = "".join(f"{i},China Mobile,M5310,1.2\n" for i in range(1, 6))
@@ -189,6 +197,9 @@ def test_a_device_is_in_one_running_campaign_per_type(database: str, tmp_path: P
 def test_dry_run_plans_and_writes_nothing(database: str, tmp_path: Path) -> None:
     env = env_for(database)
     seed(env, tmp_path)     # 5 x M5310 on 1.2, 1 x M5311 on 1.0
+    # and one a device registered itself with a module OneNET's tables do not have
+    asyncio.run(sql(database, "INSERT INTO ota.devices (dev_id, manuf, model, fota_version)"
+                              " VALUES (7, 'China Mobile', 'M5310A', '1.2')"))
     out = run_cli("campaign", "create", "--name", "d", "--type", "fota", "--target", "1.3",
                   "--manuf", "China Mobile", "--waves", "20,100", "--dry-run", "--json",
                   env=env)
@@ -198,11 +209,18 @@ def test_dry_run_plans_and_writes_nothing(database: str, tmp_path: Path) -> None
     assert [w["devices"] for w in plan["waves"]] == [2, 4]
     assert {(g["model"], g["from_version"], g["devices"]) for g in plan["groups"]} == {
         ("M5310", "1.2", 5), ("M5311", "1.0", 1)}
-    assert plan["left_out"] == {"on_target": 0, "in_another_campaign": 0}
+    assert plan["left_out"] == {"on_target": 0, "in_another_campaign": 0, "unknown_module": 1}
     text = run_cli("campaign", "create", "--name", "d", "--type", "fota", "--target", "1.2",
                    "--model", "M5310", "--dry-run", env=env)
     assert text.returncode == 0 and "5 on the target already" in text.stdout
     assert json.loads(run_cli("campaign", "list", "--json", env=env).stdout) == []
+    # the plans spent no campaign id; creating leaves the unknown module out, and says so
+    out = run_cli("campaign", "create", "--name", "d", "--type", "fota", "--target", "1.3",
+                  "--manuf", "China Mobile", env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "1"
+    assert "6 device(s) enrolled" in out.stdout
+    assert "1 device(s) left out: their module is not in OneNET's tables" in out.stdout
 
 
 def test_a_mistyped_flag_gets_a_suggestion(database: str) -> None:
@@ -210,3 +228,4 @@ def test_a_mistyped_flag_gets_a_suggestion(database: str) -> None:
                   "--max-per-mnute", "5", env=env_for(database))
     assert out.returncode == 2
     assert "did you mean --max-per-minute?" in out.stderr
+    assert out.stderr.startswith("usage: orchestrator campaign create")

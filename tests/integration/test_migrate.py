@@ -13,7 +13,9 @@ VIEW_COLUMNS = {
                           "pending", "in_progress", "succeeded", "failed", "no_task",
                           "cancelled", "started_at", "finished_at",
                           # 008 (views only gain columns, at the end)
-                          "unreachable", "remaining", "rate_per_min", "eta_at", "in_flight"],
+                          "unreachable", "remaining", "rate_per_min", "eta_at", "in_flight",
+                          # 012
+                          "status_reason", "current_wave", "waves_total", "eta_note"],
     "device_progress": ["campaign_id", "dev_id", "state", "attempts", "last_errno", "last_step",
                         "next_attempt_at", "updated_at", "reason"],
     "check_outcomes": ["campaign_id", "errno", "calls", "meaning"],

@@ -24,8 +24,8 @@ from orchestrator.usecases.campaigns import create as create_campaign
 
 # (manufacturer, model, from-version, devices): one big group and rare ones
 GROUPS = [("China Mobile", "M5310", "1.2", 2000), ("China Mobile", "M5311", "1.2", 40),
-          ("China Mobile", "M5310", "1.1", 7), ("China Mobile", "M5311A", "1.0", 2),
-          ("Quectel", "BC95", "1.2", 1)]
+          ("China Mobile", "M5310", "1.1", 7), ("China Mobile", "M5310-A", "1.0", 2),
+          ("Quectel Wireless Solutions Co., Ltd.", "BC95-G", "1.2", 1)]
 
 
 async def seed_groups(conn: Any) -> list[tuple[int, tuple[str, str, str]]]:

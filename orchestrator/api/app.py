@@ -295,13 +295,17 @@ async def show_campaign(call: Call) -> Any:
 
 async def update_campaign(call: Call) -> Any:
     return _campaign(await campaigns.update(call.conn, call.id, call.body.changes(),
-                                            actor="api"))
+                                            actor="api", policy=call.settings.policy()))
 
 
 async def campaign_devices(call: Call) -> Any:
     q: s.CampaignDevicesQuery = call.query
     return await campaigns.member_progress(call.conn, call.id,
                                            None if q.state is None else str(q.state), q.limit)
+
+
+async def campaign_waits(call: Call) -> Any:
+    return msgspec.convert(await campaigns.waits(call.conn, call.id, 20), s.Waits)
 
 
 def _action(action: str) -> Callable[[Call], Awaitable[Any]]:
@@ -414,6 +418,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", f"{V1}/campaigns/{{id}}/devices", campaign_devices,
           "the campaign's devices as ota.device_progress shows them",
           query=s.CampaignDevicesQuery, response=list[s.DeviceProgress]),
+    Route("GET", f"{V1}/campaigns/{{id}}/waits", campaign_waits,
+          "what the campaign waits on before its next wave or its end: the open waves' "
+          "devices not finished, the 20 it waits for longest, each until when",
+          response=s.Waits),
     *(Route("POST", f"{V1}/campaigns/{{id}}/{a}", _action(a), f"{a} the campaign",
             body=s.NoBody, response=s.CampaignOut, conflict=True)
       for a in ("start", "pause", "resume", "cancel")),

@@ -226,6 +226,26 @@ def _json_fields(kind: type) -> list[tuple[str, Any]]:
 DeviceOut = msgspec.defstruct("Device", _json_fields(Device), forbid_unknown_fields=True)
 
 
+class Waiting(msgspec.Struct):
+    dev_id: int
+    wave: int
+    state: str
+    until: str | None
+    reason: str | None
+
+
+class Waits(msgspec.Struct):
+    """What a campaign waits on before its next wave (or its end)."""
+
+    campaign_id: int
+    status: str
+    wave: int
+    waves: int
+    then: str
+    devices: int
+    longest: list[Waiting]
+
+
 class Error(msgspec.Struct):
     error: str
 

@@ -62,20 +62,31 @@ def _campaign(c: dict[str, Any]) -> str:
     cid = int(c["campaign_id"])
     head = (f'<h2>#{cid} {escape(c["name"])}<span class="status" data-campaign="{cid}" '
             f'data-field="status">{escape(c["status"])}</span></h2>'
-            f'<small>{escape(c["type"])} → {escape(c["target_version"])}</small>')
+            f'<small>{escape(c["type"])} → {escape(c["target_version"])} · wave '
+            f'<span data-campaign="{cid}" data-field="current_wave">{c["current_wave"]}</span>'
+            f' of {c["waves_total"]}</small>')
+    if c.get("status_reason"):
+        head += (f'<p data-campaign="{cid}" data-field="status_reason">'
+                 f'{escape(c["status_reason"])}</p>')
+    if c.get("waits"):
+        head += f'<p data-campaign="{cid}" data-field="waits">{escape(c["waits"])}</p>'
     counts = ("<table><tr>" + "".join(f"<th>{k.replace('_', ' ')}</th>" for k in COUNTS)
               + "</tr><tr>" + "".join(_num(cid, k, c[k]) for k in COUNTS) + "</tr></table>")
-    pace = ("<table><tr><th>rate / min</th><th>ETA</th><th>in flight</th></tr><tr>"
-            + _num(cid, "rate_per_min", c["rate_per_min"])
-            + _num(cid, "eta_at", c["eta_at"] if c["status"] in ("running", "paused")
-                   else None)
+    live = c["status"] in ("running", "paused")
+    eta: Any = c["eta_at"] if live else None
+    if live and eta is None and c.get("eta_note"):
+        eta = c["eta_note"]
+    pace = ("<table><tr><th>rate / min</th><th>ETA</th>"
+            "<th>in flight (commanded, downloading, upgrading)</th></tr><tr>"
+            + _num(cid, "rate_per_min", c["rate_per_min"]) + _num(cid, "eta_at", eta)
             + _num(cid, "in_flight", c["in_flight"]) + "</tr></table>")
-    waves = "<table><tr><th>wave</th><th>open</th><th>total</th><th>succeeded</th>" \
-            "<th>failed</th><th>unreachable</th><th>in progress</th></tr>" + "".join(
+    waves = "<table><tr><th>wave</th><th>open</th><th>total</th><th>pending</th>" \
+            "<th>in progress</th><th>succeeded</th><th>failed</th><th>unreachable</th>" \
+            "</tr>" + "".join(
                 f"<tr><td>{w['wave']}</td><td>{'yes' if w['opened'] else 'no'}</td>"
-                f"<td class=num>{w['total']}</td><td class=num>{w['succeeded']}</td>"
-                f"<td class=num>{w['failed']}</td><td class=num>{w['unreachable']}</td>"
-                f"<td class=num>{w['in_progress'] + w['pending']}</td></tr>"
+                f"<td class=num>{w['total']}</td><td class=num>{w['pending']}</td>"
+                f"<td class=num>{w['in_progress']}</td><td class=num>{w['succeeded']}</td>"
+                f"<td class=num>{w['failed']}</td><td class=num>{w['unreachable']}</td></tr>"
                 for w in c["waves"]) + "</table>"
     failures = ("<table><tr><th>top failure reasons</th><th>devices</th></tr>" + "".join(
         f"<tr><td>{escape(f['reason'] or '')}</td><td class=num>{f['devices']}</td></tr>"
@@ -103,6 +114,6 @@ def render(data: dict[str, Any], now: dt.datetime | None = None) -> str:
         f"<title>OTA campaigns</title><style>{STYLE}</style></head><body>"
         "<h1>OTA campaigns</h1>"
         f'<div class="meta">updated {escape(_fmt(now))} · refreshes every {REFRESH_SECONDS} s'
-        f' · in flight (fleet) <b data-field="fleet_busy">{busy}</b>'
+        f' · checking or in flight, fleet-wide <b data-field="fleet_busy">{busy}</b>'
         f'{" of " + str(cap) if cap else ""}</div>'
         f"{body}</body></html>")

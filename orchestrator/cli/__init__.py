@@ -29,6 +29,11 @@ class Parser(argparse.ArgumentParser):
     option any parser of the CLI defines is recorded as it is added."""
 
     known: ClassVar[set[str]] = set()
+    by_prog: ClassVar[dict[str, Parser]] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        Parser.by_prog[self.prog] = self
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         Parser.known.update(a for a in args if isinstance(a, str) and a.startswith("-"))
@@ -60,7 +65,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     CLI in-process with settings of their own)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:   # a mistyped flag: the subcommand's own usage, with a suggestion
+            words = [parser.prog, args.command, *(getattr(args, k) for k in sorted(vars(args))
+                                                 if k.endswith("_command"))]
+            owner = Parser.by_prog.get(" ".join(w for w in words if w), parser)
+            owner.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:          # --help, --version, a usage error: argparse's exit
         return exc.code if isinstance(exc.code, int) else 0
     args.environ = os.environ if environ is None else environ

@@ -18,6 +18,7 @@ from orchestrator.domain.campaign import (
     Campaign,
     CampaignSpec,
     Selector,
+    shown,
 )
 from orchestrator.domain.device import DEFAULT_UNREACHABLE_AFTER, STATES
 from orchestrator.domain.payloads import parse_dev_id
@@ -81,17 +82,19 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
     if args.assume_signal is not None or args.assume_power is not None:
         raise UsageError("--assume-signal/--assume-power: only with --dry-run")
 
-    async def go(conn: Connection) -> tuple[Campaign | None, int]:
+    async def go(conn: Connection) -> tuple[Campaign, dict[str, int]]:
         cid = await campaigns.create(conn, spec, start=args.start)
-        return await campaigns.get(conn, cid), await campaigns.left_out_busy(conn, cid, spec)
+        return await campaigns.get(conn, cid), await campaigns.left_out(conn, cid, spec)
 
-    campaign, skipped = asyncio.run(with_conn(settings, go))
-    assert campaign is not None
+    campaign, left_out = asyncio.run(with_conn(settings, go))
     print(f"campaign {campaign.campaign_id} {campaign.name!r}: {campaign.counts.total} device(s) "
           f"enrolled, {campaign.status}")
-    if skipped:
-        print(f"{skipped} device(s) left out: another running or paused {spec.type} campaign "
-              "is upgrading them")
+    if left_out["in_another_campaign"]:
+        print(f"{left_out['in_another_campaign']} device(s) left out: another running or "
+              f"paused {spec.type} campaign is upgrading them")
+    if left_out["unknown_module"]:
+        print(f"{left_out['unknown_module']} device(s) left out: their module is not in "
+              "OneNET's tables (a check would be refused, errno 2)")
     print(campaign.campaign_id)
     return 0
 
@@ -100,7 +103,8 @@ def print_plan(plan: dict[str, Any], max_age: float) -> None:
     out = plan["left_out"]
     print(f"dry run (nothing written): {plan['selected']} device(s) would be enrolled; "
           f"left out: {out['on_target']} on the target already, "
-          f"{out['in_another_campaign']} in another running or paused campaign")
+          f"{out['in_another_campaign']} in another running or paused campaign, "
+          f"{out['unknown_module']} whose module is not in OneNET's tables")
     print(f"  never reported manufacturer/model/version: {plan['never_reported']}; "
           f"fresh status (< {max_age:g} s): {plan['fresh_status']}")
     if plan["assumed_gate"]:
@@ -145,24 +149,30 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     if args.state and not args.devices:
         args.devices = 100        # --state alone means: list them
 
-    async def go(conn: Connection) -> tuple[Campaign | None, list[dict[str, Any]]]:
+    async def go(conn: Connection) -> tuple[Campaign | None, list[dict[str, Any]],
+                                            dict[str, Any] | None]:
         campaign = await campaigns.find(conn, args.id)
         devices = await campaigns.member_progress(conn, args.id, args.state, args.devices) \
             if campaign and args.devices else []
-        return campaign, devices
+        waits = await campaigns.waits(conn, args.id) if campaign else None
+        return campaign, devices, waits
 
-    campaign, devices = asyncio.run(with_conn(settings, go))
+    campaign, devices, waits = asyncio.run(with_conn(settings, go))
     if campaign is None:
         print(f"campaign {args.id} not found", file=sys.stderr)
         return 1
     data = campaign.to_json()
     if args.json:
+        data["waits"] = waits
         print_json({**data, "devices": devices} if args.devices else data)
         return 0
     data["current_wave"] = f"{campaign.current_wave + 1}/{len(campaign.waves)}"  # as watch
     for key, value in data.items():
-        shown = json.dumps(value) if isinstance(value, dict | list) else value
-        print(f"{key:20} {'' if shown is None else shown}")
+        text = json.dumps(value) if isinstance(value, dict | list) else shown(value)
+        print(f"{key:20} {text}")
+    said = campaigns.describe_waits(waits) if waits else None
+    if said:
+        print(f"{'waits on':20} {said}")
     if devices:
         print()
         print(table(devices, ("dev_id", "state", "attempts", "last_errno", "last_step",
@@ -195,16 +205,18 @@ def cmd_update(args: argparse.Namespace, settings: Settings) -> int:
         changes["windows"] = list(args.window or [])
     if not changes:
         raise UsageError("campaign update: give at least one change (see --help)")
-    campaign = asyncio.run(with_conn(settings, lambda c: campaigns.update(c, args.id, changes)))
+    campaign = asyncio.run(with_conn(settings, lambda c: campaigns.update(
+        c, args.id, changes, policy=settings.policy())))
     print(f"campaign {campaign.campaign_id}: " + ", ".join(
-        f"{k}={getattr(campaign, k)}" for k in changes))
+        f"{k} {shown(getattr(campaign, k))}" for k in changes))
     return 0
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     n = asyncio.run(with_conn(settings, lambda c: campaigns.retry(
         c, args.id, args.state or ["failed"], args.errno, args.reason or "by the operator")))
-    print(f"campaign {args.id}: {n} device(s) retried with a fresh budget")
+    print(f"campaign {args.id}: {n} device(s) retried (failed and unreachable ones with a "
+          "fresh budget; in-flight ones checked and commanded again, budget untouched)")
     return 0
 
 
@@ -241,7 +253,8 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
         while True:
             campaign = await campaigns.get(conn, args.id)
             finished = campaign.status in DONE
-            view.show(campaign, final=finished)
+            waits = campaigns.describe_waits(await campaigns.waits(conn, args.id))
+            view.show(campaign, final=finished, waits=waits)
             if finished:
                 return 0
             await asyncio.sleep(args.interval)
@@ -344,12 +357,12 @@ def register(sub: Any) -> None:
     p.add_argument("--no-windows", action="store_true", help="always open")
     p.add_argument("--timezone")
     p.set_defaults(handler=cmd_update)
-    p = camp.add_parser("retry", help="give failed (or unreachable) devices a fresh budget "
-                                      "in the campaign")
+    p = camp.add_parser("retry", help="give failed (or unreachable) devices a fresh budget, "
+                                      "or check and command in-flight ones again")
     p.add_argument("id", type=int)
     p.add_argument("--state", action="append", metavar="STATE",
-                   help="devices in this state: failed, unreachable (repeatable; default "
-                        "failed)")
+                   help="devices in this state: failed, unreachable, dispatched, downloading, "
+                        "upgrading (repeatable; default failed)")
     p.add_argument("--errno", type=int, help="only devices whose last errno is this")
     p.add_argument("--reason", help="recorded in each device's event")
     p.set_defaults(handler=cmd_retry)

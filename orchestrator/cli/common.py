@@ -41,8 +41,8 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def render(campaign: Campaign, width: int = 40) -> list[str]:
-    """A campaign as a header line and one bar per state."""
+def render(campaign: Campaign, width: int = 40, waits: str | None = None) -> list[str]:
+    """A campaign as a header line, one bar per state, its pace, and what it waits on."""
     total = max(campaign.counts.total, 1)
     lines = [f"campaign {campaign.campaign_id} {campaign.name!r} [{campaign.status}]"
              f" wave {campaign.current_wave + 1}/{len(campaign.waves)}"
@@ -53,17 +53,23 @@ def render(campaign: Campaign, width: int = 40) -> list[str]:
         lines.append(f"  {state:12} {'#' * filled}{'.' * (width - filled)} {n:>8} "
                      f"{100.0 * n / total:5.1f}%")
     lines.append("  " + pace_line(campaign))
+    if waits:
+        lines.append("  " + waits)
     return lines
 
 
 def pace_line(campaign: Campaign) -> str:
-    """Remaining devices, the measured rate and the ETA (as the views show them)."""
+    """Remaining devices, the measured rate and the ETA (as the views show them), or why
+    there is no ETA."""
     rate = campaign.rate_per_min
     eta = campaign.eta_at
-    when = "-" if eta is None else eta.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     if campaign.status not in ("running", "paused"):
         when = "-"
-    return (f"remaining {campaign.counts.open}  rate "
+    elif eta is None:
+        when = f"- ({campaign.eta_note})" if campaign.eta_note else "-"
+    else:
+        when = eta.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    return (f"remaining {campaign.counts.open:,}  rate "
             + ("-" if rate is None else f"{rate:.1f}/min") + f"  eta {when}")
 
 
@@ -78,8 +84,8 @@ class LiveView:
         self._drawn = 0
         self._last = 0.0
 
-    def show(self, campaign: Campaign, final: bool = False) -> None:
-        lines = render(campaign)
+    def show(self, campaign: Campaign, final: bool = False, waits: str | None = None) -> None:
+        lines = render(campaign, waits=waits)
         if self.tty:
             if self._drawn:
                 self.out.write(f"\x1b[{self._drawn}F")

@@ -14,8 +14,10 @@ from orchestrator import runtime
 from orchestrator.cli.common import UsageError
 from orchestrator.config import Settings
 from orchestrator.domain.accounts import parse_credentials
+from orchestrator.domain.catalogue import UnknownModule, resolve
+from orchestrator.domain.versions import is_valid_version
 from orchestrator.sim import fast
-from orchestrator.sim.fleet import Fleet, FleetConfig, make_devices
+from orchestrator.sim.fleet import BadMix, Fleet, FleetConfig, make_devices, parse_mix
 from orchestrator.sim.onenet import Simulator, serve
 from orchestrator.sim.scenario import Faults, Scenario, ScenarioError, load_scenario
 
@@ -144,9 +146,22 @@ def cmd_simulate_fleet(args: argparse.Namespace, settings: Settings) -> int:
         install_failure_rate=args.install_failure_rate, offline_rate=args.offline_rate,
         offline_seconds=args.offline_seconds, seed=args.seed)
     accounts = _accounts(args.credentials) if args.credentials else None
+    try:
+        mix = parse_mix(args.mix) if args.mix else None
+    except BadMix as exc:
+        raise UsageError(str(exc)) from None
+    for manuf, model, version, _ in mix or []:
+        if not is_valid_version(version):
+            raise UsageError(f"--mix: {version!r} is not a valid version (1-20 of A-Z a-z 0-9 "
+                             "_ - .)")
+        try:
+            resolve(manuf, model)
+        except UnknownModule as exc:
+            print(f"fleet: {exc}: these devices will be registered and left out of "
+                  "campaigns", file=sys.stderr)
     devices = make_devices(args.devices, first_id=args.first_id, seed=args.seed,
                            manuf=args.manuf, model=args.model, fota_version=args.version,
-                           ids=sorted(accounts) if accounts else None)
+                           ids=sorted(accounts) if accounts else None, mix=mix)
     if args.scenario:
         try:
             listed = {d.dev_id: d for d in load_scenario(args.scenario).devices}
@@ -219,6 +234,10 @@ def register_fleet(sim: Any) -> None:
                    help="chance per status tick that a device goes offline")
     p.add_argument("--offline-seconds", type=_positive, default=30.0)
     p.add_argument("--seed", type=int, help="for reproducible runs")
+    p.add_argument("--mix", action="append", metavar="MANUF/MODEL/VERSION=SHARE",
+                   help="a mixed fleet, one group a flag, e.g. --mix 'China Mobile/M5310/1.2=70'"
+                        " --mix 'Quectel Wireless Solutions Co., Ltd./BC28/2.0=30' (instead "
+                        "of --manuf/--model/--version)")
     p.add_argument("--credentials", metavar="FILE", help="the CSV 'device credentials' wrote: "
                    "its devices (instead of --devices/--first-id), each on a connection of "
                    "its own with its own account, to the devices' listener in ORCH_MQTT_URL")

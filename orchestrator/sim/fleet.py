@@ -52,6 +52,7 @@ class SimDevice:
     upgrades: int = 0
     cancelled: bool = False
     attempt: str | None = None
+    drop_commands: int = 0        # upgrade commands it loses (never receives), next first
 
     def status(self) -> dict[str, Any]:
         return {"manuf": self.manuf, "model": self.model, "fota_version": self.fota_version,
@@ -340,6 +341,9 @@ class Fleet:
                 await self.report_status(dev)
             elif op == "cancel":
                 dev.cancelled = True
+            elif op == "upgrade" and dev.drop_commands > 0:
+                dev.drop_commands -= 1           # lost on the way: it never knew
+                self.stats["commands_lost"] += 1
             elif op == "upgrade" and not dev.busy:
                 dev.busy, dev.cancelled = True, False
                 try:
@@ -424,11 +428,57 @@ class Fleet:
         return True
 
 
+class BadMix(ValueError):
+    pass
+
+
+def parse_mix(specs: list[str]) -> list[tuple[str, str, str, float]]:
+    """``MANUF/MODEL/VERSION=SHARE`` each (a manufacturer's name may hold commas, as
+    OneNET's "Quectel Wireless Solutions Co., Ltd." does, so one a flag): the groups of a
+    mixed fleet, shares relative to their sum."""
+    out = []
+    for spec in specs:
+        body, eq, share = spec.rpartition("=")
+        parts = body.split("/")
+        if not eq or len(parts) != 3 or not all(p.strip() for p in parts):
+            raise BadMix(f"--mix {spec!r}: expected MANUF/MODEL/VERSION=SHARE")
+        try:
+            weight = float(share)
+        except ValueError:
+            raise BadMix(f"--mix {spec!r}: the share {share!r} is not a number") from None
+        if not weight > 0 or weight == float("inf"):
+            raise BadMix(f"--mix {spec!r}: the share must be above 0")
+        out.append((parts[0].strip(), parts[1].strip(), parts[2].strip(), weight))
+    return out
+
+
+def apportion(n: int, weights: list[float]) -> list[int]:
+    """``n`` split by ``weights`` in whole numbers that add up to ``n`` (largest
+    remainders)."""
+    total = sum(weights)
+    exact = [n * w / total for w in weights]
+    counts = [int(x) for x in exact]
+    for i in sorted(range(len(weights)), key=lambda i: exact[i] - counts[i],
+                    reverse=True)[:n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
 def make_devices(n: int, *, first_id: int = 1, seed: int | None = None,
                  manuf: str = "China Mobile", model: str = "M5310",
-                 fota_version: str = "1.2", ids: list[int] | None = None) -> list[SimDevice]:
-    """``n`` devices from ``first_id`` (or exactly ``ids``)."""
+                 fota_version: str = "1.2", ids: list[int] | None = None,
+                 mix: list[tuple[str, str, str, float]] | None = None) -> list[SimDevice]:
+    """``n`` devices from ``first_id`` (or exactly ``ids``), all of one module and version,
+    or spread over ``mix`` (groups in proportion to their shares, interleaved by a seeded
+    shuffle)."""
     rng = random.Random(seed)
-    return [SimDevice(dev_id, manuf, model, fota_version, "app-1",
+    dev_ids = list(ids if ids is not None else range(first_id, first_id + n))
+    kinds = [(manuf, model, fota_version)] * len(dev_ids)
+    if mix:
+        counts = apportion(len(dev_ids), [w for *_, w in mix])
+        kinds = [(m, mo, v) for (m, mo, v, _), c in zip(mix, counts, strict=True)
+                 for _ in range(c)]
+        rng.shuffle(kinds)
+    return [SimDevice(dev_id, k[0], k[1], k[2], "app-1",
                       signal=rng.randint(12, 31), power=rng.randint(40, 100))
-            for dev_id in (ids if ids is not None else range(first_id, first_id + n))]
+            for dev_id, k in zip(dev_ids, kinds, strict=True)]

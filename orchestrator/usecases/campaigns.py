@@ -18,16 +18,24 @@ from orchestrator.domain.campaign import (
     CampaignNotFound,
     CampaignSpec,
     Write,
+    campaign_policy,
     check_retry,
     check_rule_changes,
+    shown,
 )
-from orchestrator.domain.device import DEFAULT_STATUS_MAX_AGE, on_retry
+from orchestrator.domain.device import (
+    DEFAULT_STATUS_MAX_AGE,
+    IN_FLIGHT,
+    Policy,
+    on_retry,
+    on_rules_changed,
+)
 from orchestrator.domain.pace import Pace, wave_etas
 from orchestrator.domain.rollout import canary_size
 from orchestrator.store import campaigns as store
 from orchestrator.store import devices, health, members
 from orchestrator.store.db import Connection
-from orchestrator.usecases.common import iso
+from orchestrator.usecases.common import iso, iso_datetime
 
 
 async def get(conn: Connection, campaign_id: int) -> Campaign:
@@ -54,13 +62,44 @@ async def member_progress(conn: Connection, campaign_id: int, state: str | None,
     return await members.progress(conn, campaign_id, state, limit)
 
 
+async def waits(conn: Connection, campaign_id: int, limit: int = 5) -> dict[str, Any]:
+    """What a running or paused campaign waits on: the devices of its open waves not yet
+    finished (``total``), and the ``limit`` it waits for longest, each until when (its next
+    check, or its command's deadline) and why; the next wave, or the end, comes after
+    them."""
+    campaign = await get(conn, campaign_id)
+    total, devices = await store.waits(conn, campaign_id, limit)
+    last = campaign.current_wave + 1 >= len(campaign.waves)
+    return {"campaign_id": campaign_id, "status": campaign.status,
+            "wave": campaign.current_wave + 1, "waves": len(campaign.waves),
+            "then": "the end" if last else f"wave {campaign.current_wave + 2}",
+            "devices": total,
+            "longest": [{**d, "until": iso_datetime(d["until"])} for d in devices]}
+
+
+def describe_waits(w: dict[str, Any]) -> str | None:
+    """``waits`` as one line a person reads (None when the campaign waits on nothing)."""
+    if w["status"] not in ("running", "paused") or not w["devices"]:
+        return None
+    longest = "; ".join(
+        f"device {d['dev_id']} ({d['state']}"
+        + (f", until {d['until'][11:19]} UTC" if d["until"] else "") + ")"
+        for d in w["longest"][:3])
+    return (f"wave {w['wave']}/{w['waves']} waits on {w['devices']:,} device(s) before "
+            f"{w['then']}" + (f"; longest: {longest}" if longest else ""))
+
+
 async def events(conn: Connection, campaign_id: int, dev_id: int | None = None,
                  after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
     return await store.events(conn, campaign_id, dev_id, after, limit)
 
 
+DRY_RUN_ID = -1     # a plan's campaign: its transaction is rolled back, no id is spent
+
+
 async def create(conn: Connection, spec: CampaignSpec, *, start: bool = False,
-                 actor: str = "cli", allow_empty: bool = False) -> int:
+                 actor: str = "cli", allow_empty: bool = False,
+                 campaign_id: int | None = None) -> int:
     """Create a campaign and enrol its devices (one transaction)."""
     spec.validate()
     async with conn.transaction():
@@ -70,25 +109,32 @@ async def create(conn: Connection, spec: CampaignSpec, *, start: bool = False,
                 shown = ", ".join(str(m) for m in absent[:10])
                 raise CampaignError(f"devices: {len(absent)} listed device(s) are not in the "
                                     f"registry: {shown}{' ...' if len(absent) > 10 else ''}")
-        cid = await store.insert(conn, spec)
+        cid = await store.insert(conn, spec, campaign_id)
         n = await store.enroll_fresh(conn, cid, spec)
         skipped = await store.busy(conn, cid, spec)
+        unknown = await store.unknown_module(conn, cid, spec)
         left_out = (f"; {skipped} left out: another running or paused {spec.type} campaign "
                     "is upgrading them") if skipped else ""
+        if unknown:
+            left_out += (f"; {unknown} left out: their module is not in OneNET's tables (a "
+                         "check would be refused, errno 2)")
         if n == 0 and not spec.continuous and not allow_empty:
             raise CampaignError("selector: matches no device to upgrade (none, or all on the "
                                 f"target already{left_out}; a --continuous campaign may start "
                                 "empty)")
         await store.event(conn, "campaign_created", f"{n} device(s) enrolled{left_out}",
                           campaign_id=cid, actor=actor, to_state="draft",
-                          detail={"enrolled": n, "left_out_busy": skipped})
+                          detail={"enrolled": n, "left_out_busy": skipped,
+                                  "left_out_unknown_module": unknown})
         if start:
             await store.set_status(conn, cid, "start", actor=actor)
     return cid
 
 
-async def left_out_busy(conn: Connection, campaign_id: int, spec: CampaignSpec) -> int:
-    return await store.busy(conn, campaign_id, spec)
+async def left_out(conn: Connection, campaign_id: int, spec: CampaignSpec) -> dict[str, int]:
+    """Selected devices a campaign left out, by why."""
+    return {"in_another_campaign": await store.busy(conn, campaign_id, spec),
+            "unknown_module": await store.unknown_module(conn, campaign_id, spec)}
 
 
 class _DryRun(Exception):
@@ -115,7 +161,8 @@ async def plan(conn: Connection, spec: CampaignSpec,
     gate_given = assume_signal is not None or assume_power is not None
     try:
         async with conn.transaction():
-            cid = await create(conn, spec, actor="dry-run", allow_empty=True)
+            cid = await create(conn, spec, actor="dry-run", allow_empty=True,
+                               campaign_id=DRY_RUN_ID)
             groups = await store.plan_groups(conn, cid, status_max_age, assume_signal,
                                              assume_power)
             caps = [c for c in (fleet_cap, spec.max_in_flight) if c]
@@ -132,7 +179,8 @@ async def plan(conn: Connection, spec: CampaignSpec,
             result = {
                 "selected": sum(waves.values()),
                 "left_out": {"on_target": await store.on_target(conn, cid, spec),
-                             "in_another_campaign": await store.busy(conn, cid, spec)},
+                             "in_another_campaign": await store.busy(conn, cid, spec),
+                             "unknown_module": await store.unknown_module(conn, cid, spec)},
                 "never_reported": sum(g["unreported"] for g in groups),
                 "fresh_status": sum(g["fresh"] for g in groups),
                 "would_pass_gate": sum(g["would_pass"] for g in groups) if gate_given else None,
@@ -166,8 +214,10 @@ async def act(conn: Connection, campaign_id: int, action: str, *, actor: str = "
 
 
 async def update(conn: Connection, campaign_id: int, changes: dict[str, Any], *,
-                 actor: str = "cli") -> Campaign:
-    """Change a live campaign's rate, wave gate or abort rule; an event per change."""
+                 actor: str = "cli", policy: Policy | None = None) -> Campaign:
+    """Change a live campaign's rules; an event per change. A new dispatch timeout applies
+    to the devices already in flight too (their deadlines follow it); ``policy``: the
+    service's (its ``ORCH_DISPATCH_TIMEOUT`` when the campaign's is removed)."""
     checked = check_rule_changes(changes)
     async with conn.transaction():
         current = await store.lock_status(conn, campaign_id)
@@ -180,10 +230,24 @@ async def update(conn: Connection, campaign_id: int, changes: dict[str, Any], *,
         for key in RULE_FIELDS:
             if key in checked and getattr(before, key) != checked[key]:
                 await store.event(conn, "campaign_update",
-                                  f"{key}: {getattr(before, key)} -> {checked[key]}",
+                                  f"{key}: {shown(getattr(before, key))} -> "
+                                  f"{shown(checked[key])}",
                                   campaign_id=campaign_id, actor=actor,
                                   detail={"field": key, "from": getattr(before, key),
                                           "to": checked[key]})
+        if "dispatch_timeout" in checked:
+            after = await get(conn, campaign_id)
+            rules = campaign_policy(policy or Policy(), after.dispatch_timeout,
+                                    after.unreachable_after)
+            locked = await members.lock(conn, await members.to_retry(
+                conn, campaign_id, sorted(IN_FLIGHT), None))
+            now = time.time()
+            writes = []
+            for (cid, dev_id), m in locked.items():
+                d = on_rules_changed(m.row, now, rules)
+                if d.row != m.row:
+                    writes.append(Write(cid, dev_id, m.rev, m.row.state, d.row, d.reason))
+            await members.write(conn, writes, actor, locked=True)
     return await get(conn, campaign_id)
 
 

@@ -72,3 +72,7 @@ async def ping(pool: Pool) -> bool:
 
 def iso(t: float | None) -> str | None:
     return None if t is None else dt.datetime.fromtimestamp(t, dt.UTC).isoformat()
+
+
+def iso_datetime(t: dt.datetime | None) -> str | None:
+    return None if t is None else t.astimezone(dt.UTC).isoformat()

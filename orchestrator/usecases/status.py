@@ -1,7 +1,21 @@
-"""What the status page shows (read from the dashboards' stable views)."""
+"""What the status page shows (read from the dashboards' stable views), with what each live
+campaign waits on."""
 
 from __future__ import annotations
 
-from orchestrator.store.status import page_data
+from typing import Any
+
+from orchestrator.store.db import Connection
+from orchestrator.store.status import page_data as _page_data
+from orchestrator.usecases.campaigns import describe_waits, waits
+
+
+async def page_data(conn: Connection) -> dict[str, Any]:
+    data = await _page_data(conn)
+    for c in data["campaigns"]:
+        if c["status"] in ("running", "paused"):
+            c["waits"] = describe_waits(await waits(conn, c["campaign_id"]))
+    return data
+
 
 __all__ = ["page_data"]

@@ -152,7 +152,15 @@ class OneNetClient:
             return Retryable("breaker_open", "check endpoint failing; calls paused")
         outcome = await self._check_call(body)
         failed = isinstance(outcome, Retryable | ProtocolError)
+        before = self.breaker
         self.breaker = self.breaker.record(not failed, self.clock())
+        if self.breaker.opened > before.opened:      # a transition, not every call
+            log.warning("onenet check endpoint failing: calls paused", url=self._check_url,
+                        failures=self.breaker.failures, last=str(outcome)[:200],
+                        paused_for=round(self.breaker.open_until - self.clock(), 1))
+        elif before.failures >= before.threshold and self.breaker.failures == 0:
+            log.info("onenet check endpoint answering again: calls resumed",
+                     url=self._check_url)
         return outcome
 
     async def _check_call(self, body: dict[str, Any]) -> CheckOutcome:

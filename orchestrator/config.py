@@ -27,6 +27,7 @@ from orchestrator.domain.device import (
     DEFAULT_STATUS_MAX_AGE,
     Policy,
 )
+from orchestrator.domain.radio import DAY
 
 
 class ConfigError(ValueError):
@@ -93,6 +94,8 @@ class Settings:
     status_max_age: float = DEFAULT_STATUS_MAX_AGE
     dispatch_timeout: float = DEFAULT_DISPATCH_TIMEOUT
     lost_command_grace: float = DEFAULT_LOST_COMMAND_GRACE
+    radio_period: float = DAY           # the day radio profiles divide (tests compress it)
+    max_per_cell: int | None = None     # downloads at once per cell, fleet-wide
     claim_lease: float = 60.0
     ingest_batch_size: int = 2000
     ingest_flush_interval: float = 0.05
@@ -118,7 +121,8 @@ class Settings:
         """The knobs of the domain's decisions that configuration sets."""
         return Policy(status_max_age=self.status_max_age,
                       dispatch_timeout=self.dispatch_timeout,
-                      lost_command_grace=self.lost_command_grace)
+                      lost_command_grace=self.lost_command_grace,
+                      radio_period=self.radio_period)
 
     def require_database(self) -> str:
         if not self.database_url:
@@ -269,6 +273,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "status_max_age": _positive(float),
     "dispatch_timeout": _positive(float),
     "lost_command_grace": _positive(float),
+    "radio_period": _positive(float),
+    "max_per_cell": _positive(int),
     "claim_lease": _positive(float),
     "ingest_batch_size": _positive(int),
     "ingest_flush_interval": _positive(float),

@@ -80,7 +80,8 @@ def transition(campaign_id: int, current: str, action: str) -> str:
 
 RULE_FIELDS = ("max_per_minute", "wave_success_pct", "abort_failure_pct",
                "abort_min_finished", "abort_action", "dispatch_timeout", "unreachable_after",
-               "max_in_flight", "windows", "timezone")
+               "max_in_flight", "windows", "timezone", "max_per_cell", "gating")
+GATING = ("radio", "interval")
 
 
 def shown(value: Any) -> str:
@@ -126,10 +127,14 @@ def check_rule_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
                     or not 1 <= v <= MAX_DISPATCH_TIMEOUT:
                 raise CampaignInputError(f"{key}: 1..{MAX_DISPATCH_TIMEOUT} seconds")
             out[key] = float(v)
-    v = out.get("max_in_flight")
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int)
-                          or not 1 <= v <= INT32_MAX):
-        raise CampaignInputError(f"max_in_flight: 1..{INT32_MAX}")
+    for key in ("max_in_flight", "max_per_cell"):
+        v = out.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)
+                              or not 1 <= v <= INT32_MAX):
+            raise CampaignInputError(f"{key}: 1..{INT32_MAX}")
+    if "gating" in out and out["gating"] not in GATING:
+        raise CampaignInputError("gating: radio (from each device's history) or interval "
+                                 "(the task's interval)")
     if "windows" in out or "timezone" in out:
         windows = out.get("windows", [])
         if not isinstance(windows, list | tuple) or not all(isinstance(w, str)
@@ -208,6 +213,8 @@ class CampaignSpec:
     max_in_flight: int | None = None
     windows: tuple[str, ...] = ()    # maintenance windows; none: always
     timezone: str = "UTC"
+    max_per_cell: int | None = None  # downloads at once per cell
+    gating: str = "radio"            # a failed gate: checked again when likely to pass
 
     def schedule(self) -> Schedule:
         return Schedule.parse(self.windows, self.timezone)
@@ -245,7 +252,8 @@ class CampaignSpec:
         check_rule_changes({"dispatch_timeout": self.dispatch_timeout,
                             "unreachable_after": self.unreachable_after,
                             "max_in_flight": self.max_in_flight,
-                            "windows": list(self.windows), "timezone": self.timezone})
+                            "windows": list(self.windows), "timezone": self.timezone,
+                            "max_per_cell": self.max_per_cell, "gating": self.gating})
         if self.canary is not None and (isinstance(self.canary, bool)
                                         or not 1 <= self.canary <= MAX_CANARY):
             raise CampaignInputError(f"canary: 1..{MAX_CANARY} devices per group")
@@ -294,6 +302,8 @@ class Campaign:
     rate_per_min: float | None = None     # measured: finished per minute, recently
     eta_at: dt.datetime | None = None     # when it is expected to be done
     eta_note: str | None = None           # why there is no ETA
+    max_per_cell: int | None = None
+    gating: str = "radio"
 
     @property
     def rules(self) -> Rules:
@@ -343,6 +353,8 @@ class RunningCampaign:
     unreachable_after: float = DEFAULT_UNREACHABLE_AFTER
     max_in_flight: int | None = None
     schedule: Schedule = field(default_factory=Schedule)
+    gating: str = "radio"                # or "interval": the task's interval, as OneNET says
+    max_per_cell: int | None = None
 
 
 class Member(msgspec.Struct, frozen=True, gc=False):
@@ -368,6 +380,9 @@ class Claimed(msgspec.Struct, frozen=True, gc=False):
     version: str | None
     status: Status
     last_seen: float | None = None      # the device's last message of any kind
+    radio: list[int] | None = None      # its radio profile (domain/radio.py)
+    cell: str | None = None
+    ce_level: int | None = None
 
     @property
     def campaign_id(self) -> int:

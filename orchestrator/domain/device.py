@@ -11,11 +11,13 @@ line by its next status report.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
 
+from orchestrator.domain import radio
 from orchestrator.domain.onenet import (
     DOWNLOAD_FAILED_STEPS,
     INSTALL_FAILED_STEPS,
@@ -64,6 +66,7 @@ class Policy:
     backoff_cap: float = 300.0
     unreachable_after: float = DEFAULT_UNREACHABLE_AFTER   # silent this long: unreachable
     lost_command_grace: float = DEFAULT_LOST_COMMAND_GRACE
+    radio_period: float = radio.DAY      # the day the radio profiles' slots divide
 
 
 class DeviceRow(msgspec.Struct, frozen=True, gc=False):
@@ -82,6 +85,8 @@ class DeviceRow(msgspec.Struct, frozen=True, gc=False):
     report_asked_at: float | None = None
     heard_at: float | None = None        # last command sent to it or progress heard from it
     attempt: str | None = None           # id of the upgrade command in flight (echoed back)
+    best_slot: int | None = None         # after a failed gate: the slot its profile likes best
+    pass_probability: float | None = None   # ... and how likely a report there passes
 
     def replace(self, **changes: Any) -> DeviceRow:
         return msgspec.structs.replace(self, **changes)
@@ -207,8 +212,9 @@ def on_claim(row: DeviceRow, now: float, healthy_since: float | None = None, *,
 
 def on_check(row: DeviceRow, outcome: CheckOutcome, status: Status, now: float,
              policy: Policy, rng: random.Random | None = None,
-             attempt: str | None = None) -> Decision:
-    """Apply a check answer to a device in ``checking``. ``attempt``: the id the upgrade
+             attempt: str | None = None, profile: Sequence[int] | None = None) -> Decision:
+    """Apply a check answer to a device in ``checking``. ``profile``: its radio profile, for
+    radio-aware gating (None: the task's interval, as OneNET says). ``attempt``: the id the upgrade
     command will carry if this check dispatches one (progress must echo it)."""
     if row.state in TERMINAL:
         return Decision(row, "terminal")
@@ -257,7 +263,8 @@ def on_check(row: DeviceRow, outcome: CheckOutcome, status: Status, now: float,
                                         last_error=f"gate: {verdict} status"),
                             f"gate: {verdict} status; fresh report asked", Command("report"))
         return unanswered(row, now, policy, verdict)
-    return gate_failed(row, task, now, gate_reason(verdict, task, status))
+    return gate_failed(row, task, now, gate_reason(verdict, task, status), profile,
+                       policy.radio_period)
 
 
 def gate_reason(verdict: GateResult, task: Task, status: Status) -> str:
@@ -268,6 +275,31 @@ def gate_reason(verdict: GateResult, task: Task, status: Status) -> str:
     if verdict == "low_power":
         return f"gate: low_power (power {status.power}, the task needs > {task.power})"
     return f"gate: {verdict}"
+
+
+def pre_gate(row: DeviceRow, status: Status, now: float, policy: Policy,
+             known: tuple[int, int] | None, profile: Sequence[int] | None) -> Decision | None:
+    """Before a check call: when the campaign's checks already told the gate of the
+    device's group (``known``: signal, power) and its fresh report would not pass it, no
+    call is made; it is held to the slot its radio profile says is likely to pass (no budget
+    spent: no check was made). None: check it (no known gate, a report that passes or is
+    not fresh, no profile, or one that says it will not pass: the check decides)."""
+    if known is None or profile is None:
+        return None
+    signal, power = known
+    probe = Task("", "", 0, signal, power, 0, 0, "", 1)
+    verdict = gate(probe, status, now, policy.status_max_age)
+    if verdict in ("pass", "stale", "unknown"):
+        return None
+    best = radio.next_check(now, 0.0, profile, signal, power, policy.radio_period)
+    if best.probability is None or best.hopeless or best.best_slot is None:
+        return None
+    hour = f"{best.best_slot * 24 // radio.SLOTS:02d}:00"
+    reason = (f"held: {gate_reason(verdict, probe, status).removeprefix('gate: ')} would not "
+              f"pass; checked at {hour} ({best.probability:.0%} likely)")
+    return Decision(row.replace(state="gated", next_attempt_at=max(best.at, now + 1.0),
+                                last_error=reason, best_slot=best.best_slot,
+                                pass_probability=best.probability), reason)
 
 
 def unanswered(row: DeviceRow, now: float, policy: Policy, verdict: str) -> Decision:
@@ -287,13 +319,39 @@ def unanswered(row: DeviceRow, now: float, policy: Policy, verdict: str) -> Deci
                     Command("report"))
 
 
-def gate_failed(row: DeviceRow, task: Task, now: float, reason: str) -> Decision:
+def gate_failed(row: DeviceRow, task: Task, now: float, reason: str,
+                profile: Sequence[int] | None = None, period: float = radio.DAY) -> Decision:
+    """The gate failed: checked again later, at most ``task.retry`` times. With a radio
+    profile, at the first slot (at least the task's interval away) where a report is likely
+    to pass, else its likeliest; with none, after the interval."""
+    best: radio.NextCheck | None = None
+    if profile is not None:
+        best = radio.next_check(now, task.interval, profile, task.signal, task.power, period)
+    outlook = ""
+    if best is not None and best.probability is not None and best.best_slot is not None:
+        hour = f"{best.best_slot * 24 // radio.SLOTS:02d}:00"
+        outlook = (f"; its history says it will not pass within a day (best {hour}, "
+                   f"{best.probability:.0%})" if best.hopeless else
+                   f"; best {hour} ({best.probability:.0%} likely)")
+    if best is not None and best.hopeless:
+        # reported for what it is, not retried into the ground: no slot of its day is
+        # likely to pass (an operator's retry gives it another day)
+        return Decision(row.replace(state="failed", next_attempt_at=None,
+                                    last_error=reason + outlook,
+                                    best_slot=best.best_slot,
+                                    pass_probability=best.probability),
+                        f"{reason}{outlook}")
     if row.attempts >= task.retry:
-        return Decision(row.replace(state="failed", next_attempt_at=None, last_error=reason),
-                        f"{reason}; retries spent ({task.retry})")
-    return Decision(row.replace(state="gated", attempts=row.attempts + 1,
-                                next_attempt_at=now + task.interval, last_error=reason),
-                    f"{reason}; retry {row.attempts + 1}/{task.retry} in {task.interval}s")
+        return Decision(row.replace(state="failed", next_attempt_at=None,
+                                    last_error=reason),
+                        f"{reason}; retries spent ({task.retry}){outlook}")
+    at = best.at if best is not None else now + task.interval
+    return Decision(row.replace(state="gated", attempts=row.attempts + 1, next_attempt_at=at,
+                                last_error=reason + outlook,
+                                best_slot=best.best_slot if best else None,
+                                pass_probability=best.probability if best else None),
+                    f"{reason}; retry {row.attempts + 1}/{task.retry} in {at - now:.0f}s"
+                    + outlook)
 
 
 # steps a device may report in each in-flight state (anything else is out of order)
@@ -379,6 +437,43 @@ def on_version(row: DeviceRow, version: str, target: str) -> Decision:
 # ones (a command that may be lost, a device stuck mid-download) are checked and commanded
 # again with their budget untouched
 RETRYABLE_STATES = frozenset({"failed", "unreachable", *IN_FLIGHT})
+
+
+def on_status_while_gated(row: DeviceRow, status: Status, now: float,
+                          policy: Policy) -> Decision:
+    """A gated device whose fresh report now passes its task's gate is due at once (the
+    claim still waits for the rate limit, the windows and the caps), not at its next
+    check."""
+    if row.state != "gated" or row.task is None or row.next_attempt_at is None \
+            or row.next_attempt_at <= now:
+        return Decision(row, "no change")
+    if gate(row.task, status, now, policy.status_max_age) != "pass":
+        return Decision(row, "no change")
+    return Decision(row.replace(next_attempt_at=now),
+                    f"woken: a report passes the gate (signal {status.signal} > "
+                    f"{row.task.signal}, power {status.power} > {row.task.power})")
+
+
+CELL_RETRY = 5.0      # a device its cell could not admit is claimed again this much later
+PROBE_WAIT = 1.0      # ... one that waits for its group's first check tells the gate
+PROBE_REASON = "waits for its group's first check to tell the gate"
+
+
+def on_probe_wait(row: DeviceRow, now: float) -> Decision:
+    """Radio-aware gating holds a group's devices back from their first check until one of
+    the group's checks has told its task's gate (then a device whose report would fail it
+    is held to a likelier hour instead of failing it): a second's wait, no budget spent."""
+    back = "pending" if row.task is None else "gated"
+    return Decision(row.replace(state=back, next_attempt_at=now + PROBE_WAIT), PROBE_REASON)
+
+
+def on_cell_busy(row: DeviceRow, now: float, cell: str, busy: int, cap: int) -> Decision:
+    """A claimed device its cell cannot admit now: back where it waited, claimed again
+    shortly (no budget spent; no event, it would repeat)."""
+    back = "pending" if row.dispatched_at is None and row.task is None else "gated"
+    return Decision(row.replace(state=back, next_attempt_at=now + CELL_RETRY,
+                                last_error=f"cell {cell} busy: {busy} in flight (cap {cap})"),
+                    f"cell {cell} busy: {busy} in flight (cap {cap})")
 
 
 def on_heard(row: DeviceRow, now: float) -> Decision:

@@ -19,6 +19,8 @@ INT64_MAX = 2**63 - 1
 SIGNAL_RANGE = (-200, 200)
 POWER_RANGE = (0, 100)
 TEXT_MAX = 64
+RSRP_RANGE = (-200, 0)      # dBm
+CE_LEVELS = (0, 2)
 VALID_STEPS = frozenset([*range(0, 101), *range(101, 108), *range(201, 209)])
 
 
@@ -32,6 +34,9 @@ class StatusReport(msgspec.Struct, frozen=True, gc=False):
     sota_version: str | None = None
     signal: int | None = None
     power: int | None = None
+    cell: str | None = None        # the serving cell's id
+    rsrp: int | None = None        # dBm
+    ce_level: int | None = None    # NB-IoT coverage enhancement level, 0..2
 
 
 class ProgressReport(msgspec.Struct, frozen=True, gc=False):
@@ -135,7 +140,18 @@ def parse_status(dev_id: int, payload: bytes) -> StatusReport:
         sota_version=_version(obj, "sota_version"),
         signal=_int(obj, "signal", *SIGNAL_RANGE),
         power=_int(obj, "power", *POWER_RANGE),
+        cell=_radio(_text, obj, "cell"),
+        rsrp=_radio(_int, obj, "rsrp", *RSRP_RANGE),
+        ce_level=_radio(_int, obj, "ce_level", *CE_LEVELS),
     )
+
+
+def _radio(parse: Any, obj: dict[str, Any], key: str, *bounds: int) -> Any:
+    """The optional radio keys (cell, rsrp, ce_level): any bad value is ``bad_type``."""
+    try:
+        return parse(obj, key, *bounds)
+    except _Bad as bad:
+        raise _Bad("bad_type", str(bad)) from None
 
 
 def parse_progress(dev_id: int, payload: bytes) -> ProgressReport:

@@ -11,9 +11,11 @@ from orchestrator.domain.campaign import Member, campaign_policy
 from orchestrator.domain.device import (
     DeviceRow,
     Policy,
+    Status,
     on_heard,
     on_progress,
     on_status_while_dispatched,
+    on_status_while_gated,
     on_version,
     progress_refusal,
 )
@@ -113,19 +115,24 @@ def apply_heard(members: dict[Key, Member], current: dict[Key, DeviceRow],
     succeeded.)"""
     heard = {s.dev_id for s in statuses}
     versions: dict[tuple[int, str], str] = {}     # (device, type) -> the last version reported
+    radio: dict[int, Status] = {}                 # device -> its last signal and power
     for r in statuses:
         for kind, version in (("fota", r.fota_version), ("sota", r.sota_version)):
             if version:
                 versions[(r.dev_id, kind)] = version
+        if r.signal is not None and r.power is not None:
+            radio[r.dev_id] = Status(r.signal, r.power, now)
     for key, m in members.items():
         if key[1] not in heard:
             continue
         version = versions.get((key[1], m.type))
+        rules = policy_for(policy or Policy(), m)
         decision = on_heard(current[key], now)
         if decision.row == current[key]:
             decision = on_status_while_dispatched(
-                current[key], version, m.target_version, now,
-                (policy or Policy()).lost_command_grace)
+                current[key], version, m.target_version, now, rules.lost_command_grace)
+        if decision.row == current[key] and key[1] in radio:
+            decision = on_status_while_gated(current[key], radio[key[1]], now, rules)
         if decision.row != current[key]:
             current[key] = decision.row
             reasons.setdefault(key, []).append(decision.reason)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 SLOTS = 24
 FIELDS = 5                     # per slot: n, mean signal, MAD signal, mean power, MAD power
@@ -70,6 +71,12 @@ def update(profile: Sequence[int] | None, slot: int, signal: int, power: int) ->
         out[i + k] = _round(new_mean * SCALE)
         out[i + k + 1] = _round(new_mad * SCALE)
     return out
+
+
+def informed(profile: Sequence[int] | None) -> bool:
+    """Whether any slot of the profile holds enough reports to say something."""
+    return bool(profile) and any(profile[i] >= MIN_REPORTS  # type: ignore[index]
+                                 for i in range(0, SLOTS * FIELDS, FIELDS))
 
 
 def _above(threshold: float, mean: float, mad: float) -> float:
@@ -149,9 +156,11 @@ def cell_cap(cap: int | None, ce_levels: Sequence[int | None]) -> int | None:
     return CE_DEFAULTS[max(levels)] if levels else None
 
 
-def admit_by_cell(candidates: Sequence[tuple[object, str | None, int | None]],
-                  busy: Mapping[str, int], cap: int | None
-                  ) -> tuple[list[object], list[object]]:
+K = TypeVar("K")
+
+
+def admit_by_cell(candidates: Sequence[tuple[K, str | None, int | None]],
+                  busy: Mapping[str, int], cap: int | None) -> tuple[list[K], list[K]]:
     """Of ``candidates`` (key, cell, coverage level), in order, those a cell admits given
     what is ``busy`` in it already: (admitted, deferred). A device with no cell is admitted."""
     levels: dict[str, list[int | None]] = {}
@@ -159,8 +168,8 @@ def admit_by_cell(candidates: Sequence[tuple[object, str | None, int | None]],
         if cell is not None:
             levels.setdefault(cell, []).append(ce)
     used = dict(busy)
-    admitted: list[object] = []
-    deferred: list[object] = []
+    admitted: list[K] = []
+    deferred: list[K] = []
     for key, cell, _ in candidates:
         limit = cell_cap(cap, levels[cell]) if cell is not None else None
         if cell is None or limit is None or used.get(cell, 0) < limit:
@@ -170,3 +179,39 @@ def admit_by_cell(candidates: Sequence[tuple[object, str | None, int | None]],
         else:
             deferred.append(key)
     return admitted, deferred
+
+
+@dataclass(frozen=True, slots=True)
+class Outlook:
+    """What a group's profiles say of a gate: the share of its devices likely to pass in
+    each slot, the mean wait from now to each one's first likely slot, and how many have no
+    likely slot in a day (or no history)."""
+
+    devices: int
+    hourly: list[float]
+    expected_wait: float | None
+    never: int
+    unknown: int
+
+
+def outlook(profiles: Sequence[Sequence[int] | None], signal: int, power: int, now: float,
+            period: float = DAY) -> Outlook:
+    hourly = [0] * SLOTS
+    waits: list[float] = []
+    never = unknown = 0
+    for p in profiles:
+        likely = [s for s in range(SLOTS) if (e := estimate(p, s, signal, power)) is not None
+                  and e >= PASS_LIKELY]
+        if not p or all(estimate(p, s, signal, power) is None for s in range(SLOTS)):
+            unknown += 1
+            continue
+        for s in likely:
+            hourly[s] += 1
+        if not likely:
+            never += 1
+            continue
+        waits.append(min(0.0 if slot_of(now, period) == s else slot_start(now, s, period) - now
+                         for s in likely))
+    n = len(profiles)
+    return Outlook(n, [h / n if n else 0.0 for h in hourly],
+                   sum(waits) / len(waits) if waits else None, never, unknown)

@@ -51,6 +51,12 @@ class Metrics:
         self.cap_waits = Counter(
             "orch_cap_waits", "Claims that waited because an in-flight cap was full",
             registry=r)
+        self.held = Counter(
+            "orch_gate_holds", "Devices held to a likelier hour instead of a check their "
+            "fresh report would fail (radio-aware gating)", registry=r)
+        self.cell_waits = Counter(
+            "orch_cell_waits", "Claimed devices sent back to wait: their cell had its cap of "
+            "downloads in flight", registry=r)
         self.in_flight = Gauge("orch_in_flight", "Devices checking or in flight, fleet-wide",
                                registry=r)
         self.max_in_flight = Gauge("orch_max_in_flight",

@@ -4,14 +4,21 @@
 
 -- name: device_upsert_status
 -- Batched status reports, one row per device (folded and sorted by the caller). $1: a JSON
--- array of [dev_id, manuf, model, fota, sota, signal, power] (one jsonb, not 7 arrays:
--- asyncpg's array parameters cost 2.4-3.7 us of our CPU per row, this 0.3-0.8).
+-- array of [dev_id, manuf, model, fota, sota, signal, power, cell, rsrp, ce_level] (one
+-- jsonb, not 10 arrays: asyncpg's array parameters cost 2.4-3.7 us of our CPU per row, this
+-- 0.3-0.8). A report with both signal and power goes into the device's radio profile, in
+-- slot $2 of the day (domain/radio.py's slot_of).
 INSERT INTO ota.devices AS d
-    (dev_id, manuf, model, fota_version, sota_version, signal, power, status_at, last_seen)
+    (dev_id, manuf, model, fota_version, sota_version, signal, power, status_at, last_seen,
+     cell, rsrp, ce_level, radio)
 SELECT u.dev_id, u.manuf, u.model, u.fota, u.sota, u.signal, u.power,
-       CASE WHEN u.signal IS NOT NULL OR u.power IS NOT NULL THEN now() END, now()
+       CASE WHEN u.signal IS NOT NULL OR u.power IS NOT NULL THEN now() END, now(),
+       u.cell, u.rsrp, u.ce_level,
+       CASE WHEN u.signal IS NOT NULL AND u.power IS NOT NULL
+            THEN ota.radio_add(NULL, $2::int, u.signal, u.power) END
 FROM (SELECT (e->>0)::bigint AS dev_id, e->>1 AS manuf, e->>2 AS model, e->>3 AS fota,
-             e->>4 AS sota, (e->>5)::int AS signal, (e->>6)::int AS power
+             e->>4 AS sota, (e->>5)::int AS signal, (e->>6)::int AS power, e->>7 AS cell,
+             (e->>8)::smallint AS rsrp, (e->>9)::smallint AS ce_level
       FROM jsonb_array_elements($1::jsonb) e) u
 ORDER BY u.dev_id
 ON CONFLICT (dev_id) DO UPDATE SET
@@ -23,6 +30,12 @@ ON CONFLICT (dev_id) DO UPDATE SET
     power = coalesce(EXCLUDED.power, d.power),
     status_at = coalesce(EXCLUDED.status_at, d.status_at),
     last_seen = EXCLUDED.last_seen,
+    cell = coalesce(EXCLUDED.cell, d.cell),
+    rsrp = coalesce(EXCLUDED.rsrp, d.rsrp),
+    ce_level = coalesce(EXCLUDED.ce_level, d.ce_level),
+    radio = CASE WHEN EXCLUDED.signal IS NOT NULL AND EXCLUDED.power IS NOT NULL
+                 THEN ota.radio_add(d.radio, $2::int, EXCLUDED.signal, EXCLUDED.power)
+                 ELSE d.radio END,
     updated_at = now();
 
 -- name: device_import
@@ -68,7 +81,8 @@ SELECT c.campaign_id, c.name, c.status, c.type, c.target_version, c.selector, c.
        p.pending, p.in_progress, p.succeeded, p.failed, p.no_task, p.cancelled,
        c.abort_action, c.rule_failed_base, c.rule_finished_base, c.gate_accepted_wave,
        c.dispatch_timeout, p.unreachable, c.canary, c.unreachable_after, c.max_in_flight,
-       c.windows, c.timezone, c.rate_per_min, c.eta_at, c.eta_note
+       c.windows, c.timezone, c.rate_per_min, c.eta_at, c.eta_note, c.max_per_cell,
+       c.gating
 FROM ota.campaigns c JOIN ota.campaign_progress p USING (campaign_id)
 WHERE ($1::bigint IS NULL OR c.campaign_id = $1) AND ($2::text IS NULL OR c.status = $2)
 ORDER BY c.campaign_id DESC LIMIT $3;
@@ -80,11 +94,12 @@ INSERT INTO ota.campaigns (campaign_id, name, type, target_version, selector, wa
                            wave_success_pct, max_per_minute, abort_failure_pct,
                            abort_min_finished, continuous, rate_tokens, abort_action,
                            dispatch_timeout, canary, unreachable_after, max_in_flight, windows,
-                           timezone)
+                           timezone, max_per_cell, gating)
 SELECT coalesce(campaign_id, nextval(pg_get_serial_sequence('ota.campaigns', 'campaign_id'))),
        name, type, target_version, selector, waves, wave_success_pct, max_per_minute,
        abort_failure_pct, abort_min_finished, continuous, rate_tokens, abort_action,
-       dispatch_timeout, canary, unreachable_after, max_in_flight, windows, timezone
+       dispatch_timeout, canary, unreachable_after, max_in_flight, windows, timezone,
+       max_per_cell, coalesce(gating, 'radio')
 FROM jsonb_populate_record(NULL::ota.campaigns, $1::jsonb)
 RETURNING campaign_id;
 
@@ -115,7 +130,7 @@ UPDATE ota.campaigns SET wave_bounds = $2 WHERE campaign_id = $1;
 
 -- name: campaigns_running
 SELECT campaign_id, type, current_wave, max_per_minute, dispatch_timeout, unreachable_after,
-       max_in_flight, windows, timezone
+       max_in_flight, windows, timezone, gating, max_per_cell
 FROM ota.campaigns WHERE status = 'running' ORDER BY campaign_id;
 
 -- name: campaign_rate_lock
@@ -245,12 +260,13 @@ SELECT cd.campaign_id, cd.dev_id, cd.rev, cd.wave, cd.state, cd.attempts,
        date_part('epoch', cd.token_expires_at) AS token_expires_at,
        date_part('epoch', cd.dispatched_at) AS dispatched_at,
        date_part('epoch', cd.report_asked_at) AS report_asked_at,
-       date_part('epoch', cd.heard_at) AS heard_at, cd.attempt, c.type, c.target_version,
-       c.dispatch_timeout, c.unreachable_after,
+       date_part('epoch', cd.heard_at) AS heard_at, cd.attempt, cd.best_slot,
+       cd.pass_probability, c.type, c.target_version, c.dispatch_timeout,
+       c.unreachable_after,
        d.manuf, d.model,
        CASE WHEN c.type = 'fota' THEN d.fota_version ELSE d.sota_version END AS version,
        d.signal, d.power, date_part('epoch', d.status_at) AS status_at,
-       date_part('epoch', d.last_seen) AS last_seen
+       date_part('epoch', d.last_seen) AS last_seen, d.radio, d.cell, d.ce_level
 FROM claimed cd JOIN ota.devices d USING (dev_id) JOIN ota.campaigns c USING (campaign_id)
 ORDER BY cd.dev_id;
 
@@ -263,8 +279,9 @@ SELECT cd.campaign_id, cd.dev_id, cd.rev, cd.wave, cd.state, cd.attempts,
        date_part('epoch', cd.token_expires_at) AS token_expires_at,
        date_part('epoch', cd.dispatched_at) AS dispatched_at,
        date_part('epoch', cd.report_asked_at) AS report_asked_at,
-       date_part('epoch', cd.heard_at) AS heard_at, cd.attempt, c.type, c.target_version,
-       c.dispatch_timeout, c.unreachable_after
+       date_part('epoch', cd.heard_at) AS heard_at, cd.attempt, cd.best_slot,
+       cd.pass_probability, c.type, c.target_version, c.dispatch_timeout,
+       c.unreachable_after
 FROM ota.campaign_devices cd
 JOIN unnest($1::bigint[], $2::bigint[]) AS k(c, d)
   ON cd.campaign_id = k.c AND cd.dev_id = k.d
@@ -285,7 +302,8 @@ ORDER BY cd.campaign_id, cd.dev_id FOR UPDATE OF cd;
 -- Decided rows, each written only if unchanged since read (same rev), with one event per
 -- row written that has a reason. $1: a JSON array of rows [campaign_id, dev_id, rev, state,
 -- attempts, transient_errors, next_attempt_at, last_errno, last_step, last_error, task,
--- token_expires_at, dispatched_at, report_asked_at, heard_at, attempt, old_state, reason];
+-- token_expires_at, dispatched_at, report_asked_at, heard_at, attempt, old_state, reason,
+-- best_slot, pass_probability];
 -- times as epoch seconds. One jsonb, not 18 arrays: asyncpg's array parameters cost
 -- 5.6 us of our CPU per row (a Python ABC check per element), this 0.4 (and PostgreSQL
 -- less too: 2.5 us against 4.1, measured with 2,000 rows). Typed jsonb, not text cast to
@@ -297,7 +315,8 @@ WITH u AS MATERIALIZED (
            (e->>6)::float8 AS next, (e->>7)::int AS errno, (e->>8)::int AS step,
            e->>9 AS err, nullif(e->10, 'null'::jsonb) AS task, (e->>11)::float8 AS tok,
            (e->>12)::float8 AS disp, (e->>13)::float8 AS rep, (e->>14)::float8 AS heard,
-           e->>15 AS att, e->>16 AS old_state, e->>17 AS reason
+           e->>15 AS att, e->>16 AS old_state, e->>17 AS reason,
+           (e->>18)::smallint AS best_slot, (e->>19)::real AS pass_probability
     FROM jsonb_array_elements($1::jsonb) e
 ), written AS (
     UPDATE ota.campaign_devices cd SET
@@ -306,6 +325,7 @@ WITH u AS MATERIALIZED (
         last_error = u.err, task = u.task, token_expires_at = to_timestamp(u.tok),
         dispatched_at = to_timestamp(u.disp), report_asked_at = to_timestamp(u.rep),
         heard_at = to_timestamp(u.heard), attempt = u.att,
+        best_slot = u.best_slot, pass_probability = u.pass_probability,
         lease_owner = NULL,
         lease_until = NULL, rev = cd.rev + 1, updated_at = now()
     FROM u
@@ -337,11 +357,13 @@ WHERE cd.state = ANY($2)
 
 -- name: members_listening
 -- These reporting devices' memberships in live campaigns that a status may move: unreachable
--- (back in line) or dispatched (a lost command). A partial index of few rows.
+-- (back in line), dispatched (a lost command) or gated (a report that passes wakes it). A
+-- partial index of those rows only.
 SELECT cd.campaign_id, cd.dev_id
 FROM ota.campaign_devices cd JOIN ota.campaigns c USING (campaign_id)
 WHERE cd.dev_id = ANY(ARRAY(SELECT jsonb_array_elements_text($1::jsonb)::bigint))
-  AND cd.state IN ('unreachable', 'dispatched') AND c.status IN ('running', 'paused');
+  AND cd.state IN ('unreachable', 'dispatched', 'gated')
+  AND c.status IN ('running', 'paused');
 
 -- name: cap_lock
 -- Claims under an in-flight cap take turns (every replica), so the cap is never exceeded.
@@ -569,6 +591,8 @@ UPDATE ota.campaigns SET
     max_in_flight = CASE WHEN $16 THEN $17::int ELSE max_in_flight END,
     windows = CASE WHEN $18 THEN $19::text[] ELSE windows END,
     timezone = CASE WHEN $20 THEN $21::text ELSE timezone END,
+    max_per_cell = CASE WHEN $22 THEN $23::int ELSE max_per_cell END,
+    gating = CASE WHEN $24 THEN $25::text ELSE gating END,
     updated_at = now()
 WHERE campaign_id = $1;
 
@@ -734,3 +758,38 @@ SELECT w.total, d.dev_id, d.state, d.until, d.reason, d.wave
 FROM (SELECT count(*) AS total FROM ota.campaign_waits WHERE campaign_id = $1) w
 LEFT JOIN LATERAL (SELECT * FROM ota.campaign_waits WHERE campaign_id = $1
                    ORDER BY until DESC NULLS LAST, dev_id LIMIT $2) d ON true;
+
+-- name: cell_busy
+-- Devices checking or in flight in these cells ($1 text[]), fleet-wide.
+SELECT d.cell, count(*) AS busy
+FROM ota.campaign_devices cd JOIN ota.devices d USING (dev_id)
+WHERE cd.state IN ('checking', 'dispatched', 'downloading', 'upgrading')
+  AND d.cell = ANY($1::text[])
+GROUP BY d.cell;
+
+-- name: plan_profiles
+-- A dry-run campaign's devices' radio profiles, at most $2 of each (manufacturer, model,
+-- from-version) group, for the plan's outlook of the gate.
+SELECT manuf, model, from_version, radio FROM (
+    SELECT d.manuf, d.model,
+           CASE c.type WHEN 'fota' THEN d.fota_version ELSE d.sota_version END AS from_version,
+           d.radio,
+           row_number() OVER (PARTITION BY d.manuf, d.model,
+                              CASE c.type WHEN 'fota' THEN d.fota_version
+                                          ELSE d.sota_version END ORDER BY d.dev_id) AS r
+    FROM ota.campaign_devices cd JOIN ota.devices d USING (dev_id)
+    JOIN ota.campaigns c USING (campaign_id)
+    WHERE cd.campaign_id = $1) x
+WHERE r <= $2;
+
+-- name: gate_outlook
+-- A campaign's devices waiting for signal or power, by the slot their profile likes best
+-- (NULL: no history), and its cells with downloads in flight.
+SELECT best_hour, count(*) AS devices, avg(pass_probability)::float8 AS pass_probability,
+       min(next_attempt_at) AS next_check
+FROM ota.gate_outlook WHERE campaign_id = $1
+GROUP BY best_hour ORDER BY best_hour NULLS LAST;
+
+-- name: cell_load_top
+-- The $1 busiest cells, fleet-wide.
+SELECT cell, ce_level, in_flight FROM ota.cell_load ORDER BY in_flight DESC, cell LIMIT $1;

@@ -50,7 +50,8 @@ async def running(conn: Connection) -> list[RunningCampaign]:
     return [RunningCampaign(r["campaign_id"], r["type"], r["current_wave"],
                             r["max_per_minute"], r["dispatch_timeout"], r["unreachable_after"],
                             r["max_in_flight"],
-                            _schedule(r["campaign_id"], r["windows"], r["timezone"]))
+                            _schedule(r["campaign_id"], r["windows"], r["timezone"]),
+                            r["gating"], r["max_per_cell"])
             for r in await conn.fetch(q("campaigns_running"))]
 
 
@@ -144,7 +145,8 @@ async def insert(conn: Connection, spec: CampaignSpec, campaign_id: int | None =
            "abort_action": spec.abort_action, "dispatch_timeout": spec.dispatch_timeout,
            "canary": spec.canary, "unreachable_after": spec.unreachable_after,
            "max_in_flight": spec.max_in_flight, "windows": list(spec.windows),
-           "timezone": spec.timezone}
+           "timezone": spec.timezone, "max_per_cell": spec.max_per_cell,
+           "gating": spec.gating}
     return int(await conn.fetchval(q("campaign_insert"), row))
 
 
@@ -200,6 +202,20 @@ async def waits(conn: Connection, campaign_id: int, limit: int
     total = int(rows[0]["total"]) if rows else 0
     return total, [{k: r[k] for k in ("dev_id", "wave", "state", "until", "reason")}
                    for r in rows if r["dev_id"] is not None]
+
+
+async def plan_profiles(conn: Connection, campaign_id: int, per_group: int
+                        ) -> list[dict[str, Any]]:
+    return [dict(r.items()) for r in await conn.fetch(q("plan_profiles"), campaign_id,
+                                                      per_group)]
+
+
+async def gate_outlook(conn: Connection, campaign_id: int) -> list[dict[str, Any]]:
+    return [dict(r.items()) for r in await conn.fetch(q("gate_outlook"), campaign_id)]
+
+
+async def cell_load(conn: Connection, limit: int) -> list[dict[str, Any]]:
+    return [dict(r.items()) for r in await conn.fetch(q("cell_load_top"), limit)]
 
 
 async def set_status(conn: Connection, campaign_id: int, action: str, *, actor: str = "cli",

@@ -19,6 +19,7 @@ from orchestrator.domain.campaign import Campaign, Claimed, Member, RunningCampa
 from orchestrator.domain.device import DUE_STATES
 from orchestrator.domain.payloads import StatusReport
 from orchestrator.domain.progress import Key, Relay
+from orchestrator.domain.radio import DAY
 from orchestrator.domain.resilience import backoff
 from orchestrator.domain.rollout import Counts
 from orchestrator.ports import DatabaseUnavailable, DataRejected, Tx
@@ -105,6 +106,9 @@ class PgTx:
     async def cap_busy(self, campaign_id: int) -> tuple[int, int]:
         return await members.cap_busy(self.conn, campaign_id)
 
+    async def cell_busy(self, cells: Sequence[str]) -> dict[str, int]:
+        return await members.cell_busy(self.conn, cells)
+
     async def fleet_busy(self) -> int:
         return await members.fleet_busy(self.conn)
 
@@ -134,8 +138,9 @@ class PgTx:
     async def count_checks(self, by: Counter[Key]) -> None:
         await members.count_checks(self.conn, by)
 
-    async def upsert_status(self, reports: Sequence[StatusReport]) -> int:
-        return await devices.upsert_status(self.conn, reports)
+    async def upsert_status(self, reports: Sequence[StatusReport],
+                            period: float = DAY) -> int:
+        return await devices.upsert_status(self.conn, reports, period)
 
     async def known_devices(self, dev_ids: Sequence[int]) -> set[int]:
         return await devices.known(self.conn, dev_ids)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from orchestrator.domain import radio
 from orchestrator.domain.payloads import StatusReport
 from orchestrator.domain.registry import Device
 from orchestrator.store.db import Connection, Record
@@ -31,20 +33,27 @@ def merge_reports(reports: Iterable[StatusReport]) -> list[StatusReport]:
                 r.sota_version if r.sota_version is not None else old.sota_version,
                 r.signal if r.signal is not None else old.signal,
                 r.power if r.power is not None else old.power,
+                r.cell if r.cell is not None else old.cell,
+                r.rsrp if r.rsrp is not None else old.rsrp,
+                r.ce_level if r.ce_level is not None else old.ce_level,
             )
     return [merged[k] for k in sorted(merged)]
 
 
 def status_doc(rows: Sequence[StatusReport]) -> list[tuple[Any, ...]]:
     """Rows as the JSON document the registry's statements take."""
-    return [(r.dev_id, r.manuf, r.model, r.fota_version, r.sota_version, r.signal, r.power)
-            for r in rows]
+    return [(r.dev_id, r.manuf, r.model, r.fota_version, r.sota_version, r.signal, r.power,
+             r.cell, r.rsrp, r.ce_level) for r in rows]
 
 
-async def upsert_status(conn: Connection, reports: Iterable[StatusReport]) -> int:
+async def upsert_status(conn: Connection, reports: Iterable[StatusReport],
+                        period: float = radio.DAY) -> int:
+    """Batched reports into the registry, each with signal and power into its device's
+    radio profile at this moment's slot of a ``period``-second day."""
     rows = merge_reports(reports)
     if rows:
-        await conn.execute(q("device_upsert_status"), status_doc(rows))
+        await conn.execute(q("device_upsert_status"), status_doc(rows),
+                           radio.slot_of(time.time(), period))
     return len(rows)
 
 

@@ -21,9 +21,11 @@ CAP_LOCK = int.from_bytes(b"ota-caps", "big", signed=True)   # pg_advisory_xact_
 
 MEMBER = ("campaign_id", "dev_id", "rev", "wave", "state", "attempts", "transient_errors",
           "next_attempt_at", "last_errno", "last_step", "last_error", "task",
-          "token_expires_at", "dispatched_at", "report_asked_at", "heard_at", "attempt", "type",
-          "target_version", "dispatch_timeout", "unreachable_after")
-DEVICE = ("manuf", "model", "version", "signal", "power", "status_at", "last_seen")
+          "token_expires_at", "dispatched_at", "report_asked_at", "heard_at", "attempt",
+          "best_slot", "pass_probability", "type", "target_version", "dispatch_timeout",
+          "unreachable_after")
+DEVICE = ("manuf", "model", "version", "signal", "power", "status_at", "last_seen", "radio",
+          "cell", "ce_level")
 
 
 def _member(r: Record, rows: dict[tuple[Any, ...], DeviceRow],
@@ -32,17 +34,18 @@ def _member(r: Record, rows: dict[tuple[Any, ...], DeviceRow],
     from :func:`picker`). Rows without a task are shared between members whose rows are
     equal (they are immutable): a batch of fresh claims then builds one."""
     (cid, did, rev, wave, state, attempts, te, next_at, errno, step, err, task, tok, disp,
-     asked, heard, attempt, kind, target, dispatch_timeout, unreachable_after) = get(r)
+     asked, heard, attempt, best, chance, kind, target, dispatch_timeout,
+     unreachable_after) = get(r)
     if task is None:
         key = (state, attempts, te, next_at, errno, step, err, tok, disp, asked, heard,
-               attempt)
+               attempt, best, chance)
         row = rows.get(key)
         if row is None:
             row = rows[key] = DeviceRow(state, attempts, te, next_at, errno, step, err, None,
-                                        tok, disp, asked, heard, attempt)
+                                        tok, disp, asked, heard, attempt, best, chance)
     else:
         row = DeviceRow(state, attempts, te, next_at, errno, step, err, Task.from_json(task),
-                        tok, disp, asked, heard, attempt)
+                        tok, disp, asked, heard, attempt, best, chance)
     return Member(cid, did, rev, wave, row, kind, target, dispatch_timeout, unreachable_after)
 
 
@@ -61,9 +64,10 @@ async def claim(conn: Connection, campaign_id: int, current_wave: int, limit: in
     member, device = picker(rows[0], MEMBER), picker(rows[0], DEVICE)
     out = []
     for r in rows:
-        manuf, model, version, signal, power, status_at, last_seen = device(r)
+        manuf, model, version, signal, power, status_at, last_seen, profile, cell, ce = \
+            device(r)
         out.append(Claimed(_member(r, shared, member), manuf, model, version,
-                           Status(signal, power, status_at), last_seen))
+                           Status(signal, power, status_at), last_seen, profile, cell, ce))
     return out
 
 
@@ -84,6 +88,12 @@ async def fleet_busy(conn: Connection) -> int:
     row = await conn.fetchrow(q("cap_busy"), None)
     assert row is not None
     return int(row["fleet"])
+
+
+async def cell_busy(conn: Connection, cells: Sequence[str]) -> dict[str, int]:
+    """Devices checking or in flight in each of these cells, fleet-wide."""
+    rows = await conn.fetch(q("cell_busy"), list(cells))
+    return {r["cell"]: int(r["busy"]) for r in rows}
 
 
 async def listening(conn: Connection, dev_ids: Sequence[int]) -> list[Key]:
@@ -120,7 +130,8 @@ async def write(conn: Connection, writes: Sequence[Write], actor: str, *,
         (w.campaign_id, w.dev_id, w.rev, r.state, r.attempts, r.transient_errors,
          r.next_attempt_at, r.last_errno, r.last_step, r.last_error,
          r.task.to_json() if r.task else None, r.token_expires_at, r.dispatched_at,
-         r.report_asked_at, r.heard_at, r.attempt, w.old_state, w.reason if w.event else None)
+         r.report_asked_at, r.heard_at, r.attempt, w.old_state, w.reason if w.event else None,
+         r.best_slot, r.pass_probability)
         for w in ws for r in (w.row,)]
     rows = await conn.fetch(q("members_write"), doc, actor)
     return {(r[0], r[1]) for r in rows}

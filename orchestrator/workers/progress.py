@@ -66,7 +66,7 @@ class ProgressSink:
                 accepted = []
             # the device's own status comes after its 201 in a batch: it wins (merged later)
             if upgraded or accepted:
-                await tx.upsert_status([*upgraded, *accepted])
+                await tx.upsert_status([*upgraded, *accepted], self.policy.radio_period)
             return rejected
 
         return await self.db.run(write)

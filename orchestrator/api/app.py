@@ -282,7 +282,8 @@ async def create_campaign(call: Call) -> Any:
         return _json(await campaigns.plan(call.conn, spec, settings.status_max_age,
                                           assume_signal=q.assume_signal,
                                           assume_power=q.assume_power,
-                                          fleet_cap=settings.max_in_flight), 200)
+                                          fleet_cap=settings.max_in_flight,
+                                          radio_period=settings.radio_period), 200)
     if q.assume_signal is not None or q.assume_power is not None:
         raise BadRequest("assume_signal, assume_power: only with dry_run=true")
     cid = await campaigns.create(call.conn, spec, start=bool(call.body.start), actor="api")
@@ -306,6 +307,10 @@ async def campaign_devices(call: Call) -> Any:
 
 async def campaign_waits(call: Call) -> Any:
     return msgspec.convert(await campaigns.waits(call.conn, call.id, 20), s.Waits)
+
+
+async def campaign_gate_outlook(call: Call) -> Any:
+    return msgspec.convert(await campaigns.gate_outlook(call.conn, call.id), s.GateOutlook)
 
 
 def _action(action: str) -> Callable[[Call], Awaitable[Any]]:
@@ -422,6 +427,9 @@ ROUTES: tuple[Route, ...] = (
           "what the campaign waits on before its next wave or its end: the open waves' "
           "devices not finished, the 20 it waits for longest, each until when",
           response=s.Waits),
+    Route("GET", f"{V1}/campaigns/{{id}}/gate-outlook", campaign_gate_outlook,
+          "the campaign's devices waiting for signal or power, by the hour their radio "
+          "profile likes best; the busiest cells", response=s.GateOutlook),
     *(Route("POST", f"{V1}/campaigns/{{id}}/{a}", _action(a), f"{a} the campaign",
             body=s.NoBody, response=s.CampaignOut, conflict=True)
       for a in ("start", "pause", "resume", "cancel")),

@@ -86,6 +86,12 @@ class CampaignCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         "group"))] | None = None
     unreachable_after: Seconds | None = None
     max_in_flight: Count | None = None
+    max_per_cell: Annotated[Count, Meta(description="downloads at once per cell (default: by "
+                                        "coverage level when devices report it)")] \
+        | None = None
+    gating: Annotated[Literal["radio", "interval"], Meta(
+        description="radio: a device that fails the gate is checked when its history says "
+                    "it is likely to pass; interval: after the task's interval")] | None = None
     windows: Annotated[list[Window], Meta(max_length=MAX_WINDOWS)] | None = None
     timezone: TimeZone | None = None
     all_devices: Annotated[bool, Meta(description="required when no selector is given")] \
@@ -104,6 +110,7 @@ class CampaignCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             ("all_devices", self.all_devices), ("dispatch_timeout", self.dispatch_timeout),
             ("canary", self.canary), ("unreachable_after", self.unreachable_after),
             ("max_in_flight", self.max_in_flight),
+            ("max_per_cell", self.max_per_cell), ("gating", self.gating),
             ("windows", tuple(self.windows) if self.windows is not None else None),
             ("timezone", self.timezone)) if v is not None}
         spec = dataclasses.replace(
@@ -127,6 +134,8 @@ class CampaignUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     dispatch_timeout: Seconds | UnsetType | None = UNSET
     unreachable_after: Seconds | UnsetType = UNSET
     max_in_flight: Count | UnsetType | None = UNSET
+    max_per_cell: Count | UnsetType | None = UNSET
+    gating: Literal["radio", "interval"] | UnsetType = UNSET
     windows: Annotated[list[Window], Meta(max_length=MAX_WINDOWS)] | UnsetType = UNSET
     timezone: TimeZone | UnsetType = UNSET
 
@@ -244,6 +253,28 @@ class Waits(msgspec.Struct):
     then: str
     devices: int
     longest: list[Waiting]
+
+
+class BestHour(msgspec.Struct):
+    best_hour: int | None
+    devices: int
+    pass_probability: float | None
+    next_check: str | None
+
+
+class CellLoad(msgspec.Struct):
+    cell: str
+    ce_level: int | None
+    in_flight: int
+
+
+class GateOutlook(msgspec.Struct):
+    """A campaign's devices waiting for signal or power, and the busiest cells."""
+
+    campaign_id: int
+    waiting: int
+    by_best_hour: list[BestHour]
+    cells: list[CellLoad]
 
 
 class Error(msgspec.Struct):

@@ -67,13 +67,15 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
         abort_action=args.abort_action, all_devices=args.all_devices,
         dispatch_timeout=args.dispatch_timeout, canary=args.canary,
         unreachable_after=args.unreachable_after, max_in_flight=args.max_in_flight,
+        max_per_cell=args.max_per_cell, gating=args.gating,
         windows=tuple(args.window or ()), timezone=args.timezone)
 
     if args.dry_run:
         spec.validate()
         plan = asyncio.run(with_conn(settings, lambda c: campaigns.plan(
             c, spec, settings.status_max_age, assume_signal=args.assume_signal,
-            assume_power=args.assume_power, fleet_cap=settings.max_in_flight)))
+            assume_power=args.assume_power, fleet_cap=settings.max_in_flight,
+            radio_period=settings.radio_period)))
         if args.json:
             print_json(plan)
         else:
@@ -126,6 +128,16 @@ def print_plan(plan: dict[str, Any], max_age: float) -> None:
         print(f"  windows: {'; '.join(plan['windows'])} ({plan['timezone']})")
     print(table(plan["waves"], ("wave", "percent", "devices", "eta")))
     print(table(plan["groups"], ("manuf", "model", "from_version", "devices")))
+    for g in plan["groups"]:
+        o = g.get("gate_outlook")
+        if not o:
+            continue
+        bars = "".join(" ▁▂▃▄▅▆▇█"[min(8, round(8 * h))] for h in o["likely_by_hour"])
+        wait = o["expected_wait_seconds"]
+        print(f"  gate outlook, {g['model']} on {g['from_version']} ({o['sampled']} sampled):"
+              f" likely to pass by hour 00-23 |{bars}|; expected wait "
+              + ("-" if wait is None else f"{wait / 60:.0f} min")
+              + f"; {o['never_likely']} never likely, {o['no_history']} without history")
 
 
 def _num(value: float | None) -> str:
@@ -150,20 +162,22 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         args.devices = 100        # --state alone means: list them
 
     async def go(conn: Connection) -> tuple[Campaign | None, list[dict[str, Any]],
-                                            dict[str, Any] | None]:
+                                            dict[str, Any] | None, dict[str, Any] | None]:
         campaign = await campaigns.find(conn, args.id)
         devices = await campaigns.member_progress(conn, args.id, args.state, args.devices) \
             if campaign and args.devices else []
         waits = await campaigns.waits(conn, args.id) if campaign else None
-        return campaign, devices, waits
+        outlook = await campaigns.gate_outlook(conn, args.id) if campaign else None
+        return campaign, devices, waits, outlook
 
-    campaign, devices, waits = asyncio.run(with_conn(settings, go))
+    campaign, devices, waits, outlook = asyncio.run(with_conn(settings, go))
     if campaign is None:
         print(f"campaign {args.id} not found", file=sys.stderr)
         return 1
     data = campaign.to_json()
     if args.json:
         data["waits"] = waits
+        data["gate_outlook"] = outlook
         print_json({**data, "devices": devices} if args.devices else data)
         return 0
     data["current_wave"] = f"{campaign.current_wave + 1}/{len(campaign.waves)}"  # as watch
@@ -173,6 +187,12 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     said = campaigns.describe_waits(waits) if waits else None
     if said:
         print(f"{'waits on':20} {said}")
+    if outlook and outlook["waiting"]:
+        hours = ", ".join(
+            ("no history" if h["best_hour"] is None else f"{h['best_hour']:02d}:00")
+            + f" ({h['devices']})" for h in outlook["by_best_hour"][:6])
+        print(f"{'waiting for radio':20} {outlook['waiting']} device(s) for signal or power; "
+              f"best hours {hours}")
     if devices:
         print()
         print(table(devices, ("dev_id", "state", "attempts", "last_errno", "last_step",
@@ -201,6 +221,8 @@ def cmd_update(args: argparse.Namespace, settings: Settings) -> int:
         changes["dispatch_timeout"] = None
     if args.no_max_in_flight:
         changes["max_in_flight"] = None
+    if args.no_max_per_cell:
+        changes["max_per_cell"] = None
     if args.window or args.no_windows:
         changes["windows"] = list(args.window or [])
     if not changes:
@@ -302,6 +324,12 @@ def register(sub: Any) -> None:
     p.add_argument("--max-in-flight", type=int, metavar="N",
                    help="this campaign's devices checking or in flight at most (the fleet's "
                         "cap is ORCH_MAX_IN_FLIGHT)")
+    p.add_argument("--max-per-cell", type=int, metavar="N",
+                   help="downloads at once per cell, over every campaign and replica (default: "
+                        "50, 10 or 1 by coverage level when devices report ce_level)")
+    p.add_argument("--gating", choices=("radio", "interval"), default="radio",
+                   help="radio (default): a device that fails the gate is checked when its "
+                        "history says it is likely to pass; interval: after the task's")
     p.add_argument("--window", action="append", metavar="'DAYS HH:MM-HH:MM'",
                    help="maintenance window, e.g. 'Mon-Fri 01:00-05:00' (repeatable): devices "
                         "are checked and dispatched only inside one; in-flight ones finish")
@@ -352,6 +380,9 @@ def register(sub: Any) -> None:
     p.add_argument("--unreachable-after", type=float, metavar="SECONDS")
     p.add_argument("--max-in-flight", type=int, metavar="N")
     p.add_argument("--no-max-in-flight", action="store_true")
+    p.add_argument("--max-per-cell", type=int, metavar="N")
+    p.add_argument("--no-max-per-cell", action="store_true")
+    p.add_argument("--gating", choices=("radio", "interval"))
     p.add_argument("--window", action="append", metavar="'DAYS HH:MM-HH:MM'",
                    help="replaces the campaign's windows (repeatable)")
     p.add_argument("--no-windows", action="store_true", help="always open")

@@ -53,10 +53,40 @@ class SimDevice:
     cancelled: bool = False
     attempt: str | None = None
     drop_commands: int = 0        # upgrade commands it loses (never receives), next first
+    pattern: str | None = None    # a daily radio pattern (PATTERNS), instead of drifting
+    reports: int = 0
+    cell: str | None = None
+    ce_level: int | None = None
 
     def status(self) -> dict[str, Any]:
-        return {"manuf": self.manuf, "model": self.model, "fota_version": self.fota_version,
-                "sota_version": self.sota_version, "signal": self.signal, "power": self.power}
+        out = {"manuf": self.manuf, "model": self.model, "fota_version": self.fota_version,
+               "sota_version": self.sota_version, "signal": self.signal, "power": self.power}
+        if self.cell is not None:
+            out["cell"] = self.cell
+        if self.ce_level is not None:
+            out["ce_level"] = self.ce_level
+        return out
+
+
+# Daily radio patterns of NB-IoT devices: (signal, power) at a fraction of the day. Cells are
+# loaded by day; meters charge or have solar power; some sit in a basement; some flap.
+def _night(frac: float) -> bool:
+    return frac < 0.25 or frac >= 0.875           # 21:00-06:00
+
+
+PATTERNS: dict[str, Any] = {
+    "steady": lambda frac, n: (22, 80),
+    "weak_by_day": lambda frac, n: (24, 80) if _night(frac) else (5, 80),
+    "charging_at_night": lambda frac, n: (22, 90) if _night(frac) else (22, 12),
+    "always_weak": lambda frac, n: (4, 80),
+    "flapping": lambda frac, n: (24, 80) if n % 2 else (6, 80),
+}
+
+
+def apply_pattern(dev: SimDevice, t: float, period: float, n: int) -> None:
+    """The device's signal and power at time ``t`` of a ``period``-second day."""
+    assert dev.pattern is not None
+    dev.signal, dev.power = PATTERNS[dev.pattern]((t % period) / period, n)
 
 
 @dataclass(frozen=True)
@@ -71,6 +101,7 @@ class FleetConfig:
     progress_every: int = 50             # percent between download progress reports
     verify_md5: bool = True
     seed: int | None = None
+    day: float = 86400.0                 # the day devices' radio patterns follow
 
 
 class Fleet:
@@ -139,6 +170,9 @@ class Fleet:
     async def report_status(self, dev: SimDevice) -> None:
         if time.monotonic() < dev.offline_until:
             return
+        if dev.pattern is not None:     # the radio of this moment of its day
+            dev.reports += 1
+            apply_pattern(dev, time.time(), self.config.day, dev.reports)
         await self.publish(topics.status(self.prefix, dev.dev_id), dev.status())
         self.stats["status"] += 1
 
@@ -298,7 +332,7 @@ class Fleet:
             await asyncio.sleep(cfg.status_interval)
             now = time.monotonic()
             for dev in self.devices.values():
-                if dev.drift:
+                if dev.pattern is None and dev.drift:
                     dev.signal = max(0, min(31, dev.signal + self.rng.randint(-2, 2)))
                     dev.power = max(1, min(100, dev.power + self.rng.randint(-1, 1)))
                 if cfg.offline_rate and now >= dev.offline_until \

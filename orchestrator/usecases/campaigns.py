@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from orchestrator.domain import radio
 from orchestrator.domain.campaign import (
     DONE,
     RULE_FIELDS,
@@ -89,6 +90,19 @@ def describe_waits(w: dict[str, Any]) -> str | None:
             f"{w['then']}" + (f"; longest: {longest}" if longest else ""))
 
 
+async def gate_outlook(conn: Connection, campaign_id: int) -> dict[str, Any]:
+    """The campaign's devices waiting for signal or power, by the hour their radio profile
+    likes best, and the busiest cells fleet-wide (``ota.gate_outlook``, ``ota.cell_load``)."""
+    await get(conn, campaign_id)
+    rows = await store.gate_outlook(conn, campaign_id)
+    return {"campaign_id": campaign_id, "waiting": sum(r["devices"] for r in rows),
+            "by_best_hour": [{"best_hour": r["best_hour"], "devices": r["devices"],
+                              "pass_probability": None if r["pass_probability"] is None
+                              else round(r["pass_probability"], 3),
+                              "next_check": iso_datetime(r["next_check"])} for r in rows],
+            "cells": await store.cell_load(conn, 10)}
+
+
 async def events(conn: Connection, campaign_id: int, dev_id: int | None = None,
                  after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
     return await store.events(conn, campaign_id, dev_id, after, limit)
@@ -145,10 +159,25 @@ class _DryRun(Exception):
         self.plan = plan
 
 
+OUTLOOK_SAMPLE = 2_000    # devices a group's gate outlook is read from, at most
+
+
+def _outlook_json(outlooks: dict[Any, radio.Outlook] | None, key: Any) -> dict[str, Any]:
+    o = outlooks.get(key) if outlooks else None
+    if o is None:
+        return {}
+    return {"gate_outlook": {"sampled": o.devices, "no_history": o.unknown,
+                             "never_likely": o.never,
+                             "expected_wait_seconds": None if o.expected_wait is None
+                             else round(o.expected_wait),
+                             "likely_by_hour": [round(h, 3) for h in o.hourly]}}
+
+
 async def plan(conn: Connection, spec: CampaignSpec,
                status_max_age: float = DEFAULT_STATUS_MAX_AGE, *,
                assume_signal: int | None = None, assume_power: int | None = None,
-               fleet_cap: int | None = None) -> dict[str, Any]:
+               fleet_cap: int | None = None, radio_period: float = radio.DAY
+               ) -> dict[str, Any]:
     """What creating this campaign would do, from the real enrolment run in a transaction
     that is rolled back: nothing is written. ``assume_signal``/``assume_power``: the gate's
     thresholds to count against (the task's are known only at its check). The ETA per wave
@@ -175,6 +204,19 @@ async def plan(conn: Connection, spec: CampaignSpec,
                 key = (g["manuf"], g["model"], g["from_version"])
                 kinds[key] = kinds.get(key, 0) + g["devices"]
             sizes = [waves.get(w, 0) for w in range(len(spec.waves))]
+            outlooks = None
+            if gate_given:
+                by_group: dict[tuple[str | None, str | None, str | None],
+                               list[list[int] | None]] = {}
+                for r in await store.plan_profiles(conn, cid, OUTLOOK_SAMPLE):
+                    by_group.setdefault((r["manuf"], r["model"], r["from_version"]),
+                                        []).append(r["radio"])
+                now_s = time.time()
+                outlooks = {k: radio.outlook(v, assume_signal if assume_signal is not None
+                                             else -2**31, assume_power
+                                             if assume_power is not None else -2**31,
+                                             now_s, radio_period)
+                            for k, v in by_group.items()}
             etas = wave_etas(time.time(), sizes, pace, spec.schedule())
             result = {
                 "selected": sum(waves.values()),
@@ -198,7 +240,7 @@ async def plan(conn: Connection, spec: CampaignSpec,
                            "eta": iso(eta)}
                           for w, (n, eta) in enumerate(zip(sizes, etas, strict=True))],
                 "groups": [{"manuf": k[0], "model": k[1], "from_version": k[2],
-                            "devices": n}
+                            "devices": n, **_outlook_json(outlooks, k)}
                            for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])],
             }
             raise _DryRun(result)

@@ -19,15 +19,28 @@ import structlog
 from orchestrator.config import Settings
 from orchestrator.domain.campaign import Claimed, RunningCampaign, Write, campaign_policy
 from orchestrator.domain.commands import download_url, report_command, upgrade_command
-from orchestrator.domain.device import IN_FLIGHT, WAITING, Decision, Policy, on_check, on_claim
+from orchestrator.domain.device import (
+    IN_FLIGHT,
+    PROBE_REASON,
+    WAITING,
+    Decision,
+    Policy,
+    on_cell_busy,
+    on_check,
+    on_claim,
+    on_probe_wait,
+    pre_gate,
+)
 from orchestrator.domain.onenet import (
     TYPE_CODES,
     CheckOutcome,
     CheckRequest,
     Failed,
     Retryable,
+    TaskFound,
     outcome_errno,
 )
+from orchestrator.domain.radio import admit_by_cell, cell_cap, informed
 from orchestrator.domain.rollout import rate_tokens, slots
 from orchestrator.metrics import Metrics
 from orchestrator.ports import (
@@ -52,6 +65,11 @@ def policy_from(settings: Settings) -> Policy:
     return settings.policy()
 
 
+def _group(campaign_id: int, c: Claimed) -> tuple[int, str | None, str | None, str | None]:
+    """Devices that share a task in a campaign: its (manufacturer, model, version)."""
+    return campaign_id, c.manuf, c.model, c.version
+
+
 def check_request(c: Claimed, kind: str) -> CheckRequest | Failed:
     """The check for a claimed device, or the local refusal when it cannot be asked."""
     if not c.manuf or not c.model:
@@ -74,6 +92,11 @@ class Scheduler:
         self.owner = owner
         self.policy = policy or policy_from(settings)
         self.processed = 0
+        # the gate each device group's task set, as this replica's checks saw it (None: the
+        # group's first check told none, e.g. no task): a device whose fresh report would
+        # not pass it is held to a likelier hour, not checked
+        self._gates: dict[tuple[int, str | None, str | None, str | None],
+                          tuple[int, int] | None] = {}
 
     async def run(self, stop: asyncio.Event, workers: int | None = None) -> None:
         """``workers`` batches at once (default ``ORCH_SCHEDULER_WORKERS``): while one
@@ -100,6 +123,9 @@ class Scheduler:
         self.metrics.breaker_open.set(0)
         async with self.db.transaction() as tx:
             campaigns = await tx.running_campaigns()
+        live = {c.campaign_id for c in campaigns}
+        if any(k[0] not in live for k in self._gates):
+            self._gates = {k: v for k, v in self._gates.items() if k[0] in live}
         total = 0
         for campaign in campaigns:
             claimed = await self.db.run(functools.partial(self._claim, c=campaign))
@@ -150,15 +176,51 @@ class Scheduler:
                 self.metrics.cap_waits.inc()
                 return claimed
         if c.max_per_minute is None:
-            return claimed + await tx.claim(c.campaign_id, c.current_wave, want, lease,
-                                            self.owner, WAITING_STATES)
+            return claimed + await self._admit_cells(tx, c, await tx.claim(
+                c.campaign_id, c.current_wave, want, lease, self.owner, WAITING_STATES))
         tokens, elapsed = await tx.take_rate(c.campaign_id)
         tokens = rate_tokens(tokens, c.max_per_minute, elapsed)
         waiting = await tx.claim(c.campaign_id, c.current_wave,
                                  min(want, math.floor(tokens)), lease, self.owner,
                                  WAITING_STATES)
+        waiting = await self._admit_cells(tx, c, waiting)
         await tx.put_rate(c.campaign_id, tokens - len(waiting))
         return claimed + waiting
+
+    async def _admit_cells(self, tx: SchedulerTx, c: RunningCampaign,
+                           waiting: list[Claimed]) -> list[Claimed]:
+        """What their cells admit of these claimed devices: the campaign's (or the fleet's)
+        per-cell cap, else the default of the devices' coverage level. The claims take turns
+        on the caps' lock (held to commit), so replicas never exceed a cell together; the
+        rest go back to wait a few seconds."""
+        cap = c.max_per_cell or self.settings.max_per_cell
+        levels: dict[str, list[int | None]] = {}
+        for w in waiting:
+            if w.cell is not None:
+                levels.setdefault(w.cell, []).append(w.ce_level)
+        if not levels or (cap is None and not any(c is not None for v in levels.values()
+                                                  for c in v)):
+            return waiting
+        await tx.cap_lock()
+        busy = await tx.cell_busy(sorted(levels))
+        for cell, members_of_cell in levels.items():   # the claim made them checking already
+            busy[cell] = busy.get(cell, 0) - len(members_of_cell)
+        by_key = {(w.campaign_id, w.dev_id): w for w in waiting}
+        admitted, deferred = admit_by_cell(
+            [((w.campaign_id, w.dev_id), w.cell, w.ce_level) for w in waiting], busy, cap)
+        if deferred:
+            now = time.time()
+            writes = []
+            for key in deferred:
+                w = by_key[key]
+                assert w.cell is not None
+                limit = cell_cap(cap, levels[w.cell]) or 0
+                d = on_cell_busy(w.row, now, w.cell, limit, limit)
+                writes.append(Write(w.campaign_id, w.dev_id, w.rev, w.row.state, d.row,
+                                    d.reason, event=False))
+            await tx.write_members(writes, self.owner)
+            self.metrics.cell_waits.inc(len(deferred))
+        return [by_key[k] for k in admitted]
 
     async def check_all(self, reqs: Sequence[CheckRequest | Failed]) -> list[CheckOutcome]:
         """Each request's outcome, in order (a local refusal is its own outcome). As many
@@ -185,16 +247,31 @@ class Scheduler:
         now = time.time()
         writes: list[Write] = []
         to_check: list[tuple[Claimed, Decision]] = []
+        radio_aware = campaign.gating == "radio"
+        probing: set[tuple[int, str | None, str | None, str | None]] = set()
         for c in claimed:
             d = on_claim(c.row, now, healthy_since, last_seen=c.last_seen,
                          unreachable_after=policy.unreachable_after)
             if d.reason == "dispatch_timeout_during_our_outage":
                 self.metrics.free_rechecks.inc()
+            if (d.row.state == "checking" and radio_aware and d.reason == "claimed"
+                    and informed(c.radio)):      # without history a device goes as before
+                group = _group(campaign.campaign_id, c)
+                told = group in self._gates
+                known = self._gates.get(group)
+                if not told and group in probing:
+                    d = on_probe_wait(d.row, now)        # one check per group tells it first
+                else:
+                    probing.add(group)
+                    held = pre_gate(d.row, c.status, now, policy, known, c.radio)
+                    if held is not None:
+                        d = held
+                        self.metrics.held.inc()
             if d.row.state == "checking":
                 to_check.append((c, d))
             else:
                 writes.append(Write(c.campaign_id, c.dev_id, c.rev, c.row.state, d.row,
-                                    d.reason))
+                                    d.reason, event=d.reason != PROBE_REASON))
         outcomes = await self.check_all([check_request(c, campaign.type)
                                           for c, _ in to_check])
         now = time.time()
@@ -209,8 +286,14 @@ class Scheduler:
                           (isinstance(outcome, Retryable) and outcome.reason == "breaker_open"))
             if called:
                 counts[(c.campaign_id, errno)] += 1
+            if isinstance(outcome, TaskFound):     # the gate of this device's group
+                self._gates[_group(campaign.campaign_id, c)] = (outcome.task.signal,
+                                                                outcome.task.power)
+            elif called and not isinstance(outcome, Retryable):  # answered, and no gate:
+                self._gates.setdefault(_group(campaign.campaign_id, c), None)
             d = on_check(claimed_decision.row, outcome, c.status, now, policy,
-                         attempt=attempts[16 * i:16 * i + 16])
+                         attempt=attempts[16 * i:16 * i + 16],
+                         profile=c.radio if campaign.gating == "radio" else None)
             if d.command is not None and d.command.op == "upgrade":
                 assert d.row.task is not None
                 url = download_url(self.settings.download_url_template, d.row.task,

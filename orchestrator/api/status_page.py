@@ -70,6 +70,9 @@ def _campaign(c: dict[str, Any]) -> str:
                  f'{escape(c["status_reason"])}</p>')
     if c.get("waits"):
         head += f'<p data-campaign="{cid}" data-field="waits">{escape(c["waits"])}</p>'
+    if c.get("radio"):
+        head += (f'<p data-campaign="{cid}" data-field="radio">waiting for radio: '
+                 f'{escape(c["radio"])}</p>')
     counts = ("<table><tr>" + "".join(f"<th>{k.replace('_', ' ')}</th>" for k in COUNTS)
               + "</tr><tr>" + "".join(_num(cid, k, c[k]) for k in COUNTS) + "</tr></table>")
     live = c["status"] in ("running", "paused")

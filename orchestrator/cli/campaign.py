@@ -187,12 +187,14 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     said = campaigns.describe_waits(waits) if waits else None
     if said:
         print(f"{'waits on':20} {said}")
-    if outlook and outlook["waiting"]:
-        hours = ", ".join(
-            ("no history" if h["best_hour"] is None else f"{h['best_hour']:02d}:00")
-            + f" ({h['devices']})" for h in outlook["by_best_hour"][:6])
-        print(f"{'waiting for radio':20} {outlook['waiting']} device(s) for signal or power; "
-              f"best hours {hours}")
+    radio = campaigns.describe_outlook(outlook) if outlook else None
+    if radio:
+        print(f"{'waiting for radio':20} {radio}")
+    if outlook and outlook["cells"]:
+        print(f"{'busiest cells':20} " + ", ".join(
+            f"{c['cell']} {c['in_flight']}" + ("" if c["ce_level"] is None
+                                                else f" (CE {c['ce_level']})")
+            for c in outlook["cells"][:5]) + " in flight")
     if devices:
         print()
         print(table(devices, ("dev_id", "state", "attempts", "last_errno", "last_step",

@@ -17,7 +17,14 @@ from orchestrator.domain.accounts import parse_credentials
 from orchestrator.domain.catalogue import UnknownModule, resolve
 from orchestrator.domain.versions import is_valid_version
 from orchestrator.sim import fast
-from orchestrator.sim.fleet import BadMix, Fleet, FleetConfig, make_devices, parse_mix
+from orchestrator.sim.fleet import (
+    BadMix,
+    Fleet,
+    FleetConfig,
+    make_devices,
+    parse_mix,
+    parse_patterns,
+)
 from orchestrator.sim.onenet import Simulator, serve
 from orchestrator.sim.scenario import Faults, Scenario, ScenarioError, load_scenario
 
@@ -144,10 +151,13 @@ def cmd_simulate_fleet(args: argparse.Namespace, settings: Settings) -> int:
         status_interval=args.status_interval, bandwidth=args.bandwidth,
         install_time=args.install_time, download_failure_rate=args.download_failure_rate,
         install_failure_rate=args.install_failure_rate, offline_rate=args.offline_rate,
-        offline_seconds=args.offline_seconds, seed=args.seed)
+        offline_seconds=args.offline_seconds, seed=args.seed, day=args.day)
     accounts = _accounts(args.credentials) if args.credentials else None
+    if args.cells is not None and args.cells <= 0:
+        raise UsageError("--cells: at least 1")
     try:
         mix = parse_mix(args.mix) if args.mix else None
+        patterns = parse_patterns(args.patterns) if args.patterns else None
     except BadMix as exc:
         raise UsageError(str(exc)) from None
     for manuf, model, version, _ in mix or []:
@@ -161,7 +171,8 @@ def cmd_simulate_fleet(args: argparse.Namespace, settings: Settings) -> int:
                   "campaigns", file=sys.stderr)
     devices = make_devices(args.devices, first_id=args.first_id, seed=args.seed,
                            manuf=args.manuf, model=args.model, fota_version=args.version,
-                           ids=sorted(accounts) if accounts else None, mix=mix)
+                           ids=sorted(accounts) if accounts else None, mix=mix,
+                           patterns=patterns, cells=args.cells)
     if args.scenario:
         try:
             listed = {d.dev_id: d for d in load_scenario(args.scenario).devices}
@@ -238,6 +249,14 @@ def register_fleet(sim: Any) -> None:
                    help="a mixed fleet, one group a flag, e.g. --mix 'China Mobile/M5310/1.2=70'"
                         " --mix 'Quectel Wireless Solutions Co., Ltd./BC28/2.0=30' (instead "
                         "of --manuf/--model/--version)")
+    p.add_argument("--patterns", metavar="NAME=SHARE,...",
+                   help="daily radio patterns instead of drifting signal and power, e.g. "
+                        "steady=40,weak_by_day=30,charging_at_night=15,flapping=10,"
+                        "always_weak=5")
+    p.add_argument("--day", type=_positive, default=86400.0,
+                   help="seconds of the day the patterns follow (default 86400)")
+    p.add_argument("--cells", type=int, metavar="N",
+                   help="spread the devices over N cells, reporting cell and ce_level")
     p.add_argument("--credentials", metavar="FILE", help="the CSV 'device credentials' wrote: "
                    "its devices (instead of --devices/--first-id), each on a connection of "
                    "its own with its own account, to the devices' listener in ORCH_MQTT_URL")

@@ -140,18 +140,10 @@ def parse_status(dev_id: int, payload: bytes) -> StatusReport:
         sota_version=_version(obj, "sota_version"),
         signal=_int(obj, "signal", *SIGNAL_RANGE),
         power=_int(obj, "power", *POWER_RANGE),
-        cell=_radio(_text, obj, "cell"),
-        rsrp=_radio(_int, obj, "rsrp", *RSRP_RANGE),
-        ce_level=_radio(_int, obj, "ce_level", *CE_LEVELS),
+        cell=_text(obj, "cell"),
+        rsrp=_int(obj, "rsrp", *RSRP_RANGE),
+        ce_level=_int(obj, "ce_level", *CE_LEVELS),
     )
-
-
-def _radio(parse: Any, obj: dict[str, Any], key: str, *bounds: int) -> Any:
-    """The optional radio keys (cell, rsrp, ce_level): any bad value is ``bad_type``."""
-    try:
-        return parse(obj, key, *bounds)
-    except _Bad as bad:
-        raise _Bad("bad_type", str(bad)) from None
 
 
 def parse_progress(dev_id: int, payload: bytes) -> ProgressReport:

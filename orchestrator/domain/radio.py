@@ -183,9 +183,9 @@ def admit_by_cell(candidates: Sequence[tuple[K, str | None, int | None]],
 
 @dataclass(frozen=True, slots=True)
 class Outlook:
-    """What a group's profiles say of a gate: the share of its devices likely to pass in
-    each slot, the mean wait from now to each one's first likely slot, and how many have no
-    likely slot in a day (or no history)."""
+    """What a group's profiles say of a gate: the share of its devices with a history
+    likely to pass in each slot, the mean wait from now to each one's first likely slot,
+    and how many have no likely slot in a day (or no history)."""
 
     devices: int
     hourly: list[float]
@@ -212,6 +212,6 @@ def outlook(profiles: Sequence[Sequence[int] | None], signal: int, power: int, n
             continue
         waits.append(min(0.0 if slot_of(now, period) == s else slot_start(now, s, period) - now
                          for s in likely))
-    n = len(profiles)
-    return Outlook(n, [h / n if n else 0.0 for h in hourly],
+    n, known = len(profiles), len(profiles) - unknown
+    return Outlook(n, [h / known if known else 0.0 for h in hourly],
                    sum(waits) / len(waits) if waits else None, never, unknown)

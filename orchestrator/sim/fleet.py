@@ -486,6 +486,25 @@ def parse_mix(specs: list[str]) -> list[tuple[str, str, str, float]]:
     return out
 
 
+def parse_patterns(spec: str) -> list[tuple[str, float]]:
+    """``NAME=SHARE,...`` of ``PATTERNS``: a fleet's daily radio patterns, shares relative
+    to their sum."""
+    out = []
+    for part in spec.split(","):
+        name, eq, share = part.strip().partition("=")
+        if name not in PATTERNS:
+            raise BadMix(f"--patterns: {name!r} is not a pattern (one of "
+                         f"{', '.join(PATTERNS)})")
+        try:
+            weight = float(share) if eq else 1.0
+        except ValueError:
+            raise BadMix(f"--patterns {part!r}: the share {share!r} is not a number") from None
+        if not weight > 0 or weight == float("inf"):
+            raise BadMix(f"--patterns {part!r}: the share must be above 0")
+        out.append((name, weight))
+    return out
+
+
 def apportion(n: int, weights: list[float]) -> list[int]:
     """``n`` split by ``weights`` in whole numbers that add up to ``n`` (largest
     remainders)."""
@@ -501,10 +520,13 @@ def apportion(n: int, weights: list[float]) -> list[int]:
 def make_devices(n: int, *, first_id: int = 1, seed: int | None = None,
                  manuf: str = "China Mobile", model: str = "M5310",
                  fota_version: str = "1.2", ids: list[int] | None = None,
-                 mix: list[tuple[str, str, str, float]] | None = None) -> list[SimDevice]:
+                 mix: list[tuple[str, str, str, float]] | None = None,
+                 patterns: list[tuple[str, float]] | None = None,
+                 cells: int | None = None) -> list[SimDevice]:
     """``n`` devices from ``first_id`` (or exactly ``ids``), all of one module and version,
     or spread over ``mix`` (groups in proportion to their shares, interleaved by a seeded
-    shuffle)."""
+    shuffle); with ``patterns``, daily radio patterns spread the same way; with ``cells``,
+    each device in one of that many cells, at coverage level 0, 1 or 2 (70/25/5%)."""
     rng = random.Random(seed)
     dev_ids = list(ids if ids is not None else range(first_id, first_id + n))
     kinds = [(manuf, model, fota_version)] * len(dev_ids)
@@ -513,6 +535,17 @@ def make_devices(n: int, *, first_id: int = 1, seed: int | None = None,
         kinds = [(m, mo, v) for (m, mo, v, _), c in zip(mix, counts, strict=True)
                  for _ in range(c)]
         rng.shuffle(kinds)
-    return [SimDevice(dev_id, k[0], k[1], k[2], "app-1",
-                      signal=rng.randint(12, 31), power=rng.randint(40, 100))
-            for dev_id, k in zip(dev_ids, kinds, strict=True)]
+    out = [SimDevice(dev_id, k[0], k[1], k[2], "app-1",
+                     signal=rng.randint(12, 31), power=rng.randint(40, 100))
+           for dev_id, k in zip(dev_ids, kinds, strict=True)]
+    if patterns:
+        counts = apportion(len(out), [w for _, w in patterns])
+        names = [name for (name, _), c in zip(patterns, counts, strict=True) for _ in range(c)]
+        rng.shuffle(names)
+        for dev, name in zip(out, names, strict=True):
+            dev.pattern = name
+    if cells:
+        for dev in out:
+            dev.cell = f"cell-{rng.randrange(cells)}"
+            dev.ce_level = rng.choices((0, 1, 2), (70, 25, 5))[0]
+    return out

@@ -90,6 +90,15 @@ def describe_waits(w: dict[str, Any]) -> str | None:
             f"{w['then']}" + (f"; longest: {longest}" if longest else ""))
 
 
+def describe_outlook(o: dict[str, Any]) -> str | None:
+    """``gate_outlook`` as one line a person reads (None when no device waits for radio)."""
+    if not o["waiting"]:
+        return None
+    hours = ", ".join(("no history" if h["best_hour"] is None else f"{h['best_hour']:02d}:00")
+                      + f" ({h['devices']:,})" for h in o["by_best_hour"][:6])
+    return f"{o['waiting']:,} device(s) for signal or power; best hours {hours}"
+
+
 async def gate_outlook(conn: Connection, campaign_id: int) -> dict[str, Any]:
     """The campaign's devices waiting for signal or power, by the hour their radio profile
     likes best, and the busiest cells fleet-wide (``ota.gate_outlook``, ``ota.cell_load``)."""

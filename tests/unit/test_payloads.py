@@ -26,6 +26,18 @@ def test_status_subset_and_empty_object() -> None:
     assert parse_message(P, "ota/1/status", b"{}") == StatusReport(1)
 
 
+def test_the_radio_keys_are_optional_and_bounded() -> None:
+    msg = parse_message(P, "ota/7/status", b'{"signal": 9, "cell": "460-00-1a2b", "rsrp": -112,'
+                                           b' "ce_level": 2}')
+    assert msg == StatusReport(7, signal=9, cell="460-00-1a2b", rsrp=-112, ce_level=2)
+    assert reason("ota/7/status", b'{"rsrp": -201}') == "out_of_range"
+    assert reason("ota/7/status", b'{"rsrp": 1}') == "out_of_range"
+    assert reason("ota/7/status", b'{"ce_level": 3}') == "out_of_range"
+    assert reason("ota/7/status", b'{"ce_level": "0"}') == "bad_type"
+    assert reason("ota/7/status", b'{"cell": 17}') == "bad_type"
+    assert reason("ota/7/status", b'{"cell": ""}') == "bad_text"
+
+
 def test_valid_progress() -> None:
     msg = parse_message(P, "ota/9/progress", b'{"campaign": 4, "step": 101, "version": "2"}')
     assert msg == ProgressReport(9, 4, 101, "2")

@@ -4,6 +4,9 @@ admits."""
 
 from __future__ import annotations
 
+from collections import Counter
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,6 +20,7 @@ from orchestrator.domain.device import (
     pre_gate,
 )
 from orchestrator.domain.onenet import Task
+from orchestrator.sim.fleet import BadMix, make_devices, parse_patterns
 
 DAY = 24.0                      # a compressed day: one-second hours
 TASK = Task("1.3", "tok", 100, 10, 20, 3, 2, "m" * 32, 1)
@@ -135,3 +139,27 @@ def test_a_profile_informs_once_a_slot_holds_enough_reports() -> None:
         p = radio.update(p, 5, 20, 80)
     assert not radio.informed(p)
     assert radio.informed(radio.update(p, 5, 20, 80))
+
+
+def test_a_simulated_fleet_takes_patterns_and_cells_by_share() -> None:
+    patterns = parse_patterns("steady=60, weak_by_day=30,always_weak=10")
+    devices = make_devices(200, seed=5, patterns=patterns, cells=7)
+    by = Counter(d.pattern for d in devices)
+    assert by == {"steady": 120, "weak_by_day": 60, "always_weak": 20}
+    assert {d.cell for d in devices} <= {f"cell-{i}" for i in range(7)}
+    assert {d.ce_level for d in devices} <= {0, 1, 2}
+    assert [d.pattern for d in make_devices(200, seed=5, patterns=patterns)] == \
+        [d.pattern for d in devices]                    # reproducible by seed
+    for bad in ("sunny=1", "steady=0", "steady=x"):
+        with pytest.raises(BadMix, match="--patterns"):
+            parse_patterns(bad)
+
+
+def test_a_groups_outlook_shares_its_devices_with_history() -> None:
+    weak = profile_of({})
+    now = 12 * 3600.0                                   # noon of day 0
+    o = radio.outlook([NIGHT, NIGHT, weak, None], 10, 20, now)
+    assert (o.devices, o.never, o.unknown) == (4, 1, 1)
+    assert o.hourly[23] == o.hourly[0] == 2 / 3 and o.hourly[12] == 0.0
+    assert o.expected_wait == 10 * 3600.0               # noon to 22:00
+    assert radio.outlook([], 10, 20, now).expected_wait is None

@@ -75,7 +75,8 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_run)
     p = sub.add_parser("bench", help="throughput benchmarks beside the raw limits")
     p.add_argument("which", choices=BENCHES)
-    p.add_argument("--size", type=int, help="messages or devices (default per bench)")
+    p.add_argument("--size", "--devices", type=int, dest="size",
+                   help="messages or devices (default per bench)")
     p.set_defaults(handler=cmd_bench)
     p = sub.add_parser("demo", help="the whole system on this machine, one campaign, a summary")
     p.add_argument("--devices", type=int, default=500)

@@ -77,7 +77,8 @@ def bench(which: str, size: int) -> dict[str, object]:
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(("which", "size"), [("ingest", 3000), ("checks", 300),
-                                             ("enroll", 2000), ("campaign", 60)])
+                                             ("enroll", 2000), ("campaign", 60),
+                                             ("scale", 20000)])
 def test_bench_smoke(which: str, size: int) -> None:
     result = bench(which, size)
     if which == "enroll":
@@ -90,6 +91,15 @@ def test_bench_smoke(which: str, size: int) -> None:
         for key in ("", "burst_"):
             assert 0 < result[f"{key}cpu_us_per_message"] < 1000
             assert result[f"{key}database_cpu_us_per_message"] >= 0
+    if which == "scale":
+        # every step measured at the size asked, every dashboard query timed, and none of
+        # them reads a fleet-sized table from end to end
+        assert result["devices"] == 20000 and result["ingest_reports"] > 0
+        assert result["plan_seconds"] > 0 and result["enrol_seconds"] > 0
+        assert len(result["query_ms"]) >= 15
+        assert result["queries_with_seq_scan_of_fleet_table"] == []
+        assert 0.5 < result["ingest_hot_update_ratio"] <= 1     # room on the page is used
+        assert result["scheduler_processed"] > 0
     if which == "checks":
         # every client of the test extra measured, the fastest is the raw limit, and the
         # other processes on the path were found and counted

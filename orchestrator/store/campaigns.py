@@ -3,6 +3,7 @@ domain's status machine, and the audit events. Rows become typed values here."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,9 @@ async def event(conn: Connection, kind: str, reason: str, *, campaign_id: int | 
                        reason, actor, detail)
 
 
+NO_CAMPAIGN = -1     # a plan's selection: no campaign of its own to leave out of "busy"
+
+
 def _selection_args(campaign_id: int, kind: str, target: str, sel: Selector) -> list[Any]:
     return [campaign_id, sel.manuf, sel.model, list(sel.from_versions),
             None if sel.devices is None else list(sel.devices), target, kind]
@@ -131,10 +135,9 @@ async def db_now(conn: Connection) -> dt.datetime:
     return value
 
 
-async def insert(conn: Connection, spec: CampaignSpec, campaign_id: int | None = None) -> int:
-    """The campaign's row (draft, no devices yet): its id (``campaign_id``: a given one, for
-    a dry run that is rolled back)."""
-    row = {"campaign_id": campaign_id, "name": spec.name, "type": spec.type,
+async def insert(conn: Connection, spec: CampaignSpec) -> int:
+    """The campaign's row (draft, no devices yet): its id."""
+    row = {"name": spec.name, "type": spec.type,
            "target_version": spec.target,
            "selector": spec.selector.to_json(), "waves": list(spec.waves),
            "wave_success_pct": spec.wave_success_pct, "max_per_minute": spec.max_per_minute,
@@ -165,26 +168,35 @@ async def update_rules(conn: Connection, campaign_id: int, changes: dict[str, An
     await conn.execute(q("campaign_update_rules"), *args)
 
 
-async def plan_groups(conn: Connection, campaign_id: int, status_max_age: float,
-                      signal: int | None, power: int | None) -> list[dict[str, Any]]:
-    """The enrolled devices of a (dry-run) campaign by wave and group, with how many have
-    reported, have a fresh status, and would pass the given gate."""
+async def plan_selection(conn: Connection, spec: CampaignSpec, status_max_age: float,
+                         signal: int | None, power: int | None) -> list[dict[str, Any]]:
+    """The selector's devices by group, as a plan counts them (one pass; nothing written)."""
     floor = -2**31
+    args = _selection_args(NO_CAMPAIGN, spec.type, spec.target, spec.selector)
     return [dict(r.items()) for r in await conn.fetch(
-        q("plan_groups"), campaign_id, status_max_age, floor if signal is None else signal,
+        q("plan_selection"), *args, status_max_age, floor if signal is None else signal,
         floor if power is None else power)]
+
+
+async def plan_sample(conn: Connection, spec: CampaignSpec, about: int
+                      ) -> list[dict[str, Any]]:
+    """Radio profiles of about ``about`` of the selector's devices (a sample of the
+    registry's pages; all of them in a registry that small)."""
+    ids = None if spec.selector.devices is None else set(spec.selector.devices)
+    if ids is None or len(ids) > about:
+        size = int(await conn.fetchval(q("devices_estimate")))
+        percent = 100.0 if size <= about else 100.0 * about / size
+        sample = {r[0] for r in await conn.fetch(q("devices_sample"), percent)}
+        ids = sample if ids is None else ids & sample
+    sel = dataclasses.replace(spec.selector, devices=tuple(sorted(ids)))
+    args = _selection_args(NO_CAMPAIGN, spec.type, spec.target, sel)
+    return [dict(r.items()) for r in await conn.fetch(q("plan_sample"), *args)]
 
 
 async def upgrade_seconds(conn: Connection) -> float | None:
     """How long one upgrade took lately, dispatch to success (None: none measured)."""
     value = await conn.fetchval(q("plan_upgrade_seconds"))
     return None if value is None else float(value)
-
-
-async def on_target(conn: Connection, campaign_id: int, spec: CampaignSpec) -> int:
-    """Selected devices left out because they run the target already."""
-    args = _selection_args(campaign_id, spec.type, spec.target, spec.selector)
-    return int(await conn.fetchval(q("plan_on_target"), *args))
 
 
 async def unknown_module(conn: Connection, campaign_id: int, spec: CampaignSpec) -> int:
@@ -202,12 +214,6 @@ async def waits(conn: Connection, campaign_id: int, limit: int
     total = int(rows[0]["total"]) if rows else 0
     return total, [{k: r[k] for k in ("dev_id", "wave", "state", "until", "reason")}
                    for r in rows if r["dev_id"] is not None]
-
-
-async def plan_profiles(conn: Connection, campaign_id: int, per_group: int
-                        ) -> list[dict[str, Any]]:
-    return [dict(r.items()) for r in await conn.fetch(q("plan_profiles"), campaign_id,
-                                                      per_group)]
 
 
 async def gate_outlook(conn: Connection, campaign_id: int) -> list[dict[str, Any]]:

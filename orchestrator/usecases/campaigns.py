@@ -32,7 +32,7 @@ from orchestrator.domain.device import (
     on_rules_changed,
 )
 from orchestrator.domain.pace import Pace, wave_etas
-from orchestrator.domain.rollout import canary_size
+from orchestrator.domain.rollout import canary_size, wave_bounds
 from orchestrator.store import campaigns as store
 from orchestrator.store import devices, health, members
 from orchestrator.store.db import Connection
@@ -117,22 +117,13 @@ async def events(conn: Connection, campaign_id: int, dev_id: int | None = None,
     return await store.events(conn, campaign_id, dev_id, after, limit)
 
 
-DRY_RUN_ID = -1     # a plan's campaign: its transaction is rolled back, no id is spent
-
-
 async def create(conn: Connection, spec: CampaignSpec, *, start: bool = False,
-                 actor: str = "cli", allow_empty: bool = False,
-                 campaign_id: int | None = None) -> int:
+                 actor: str = "cli", allow_empty: bool = False) -> int:
     """Create a campaign and enrol its devices (one transaction)."""
     spec.validate()
     async with conn.transaction():
-        if spec.selector.devices is not None:
-            absent = await devices.missing(conn, spec.selector.devices)
-            if absent:
-                shown = ", ".join(str(m) for m in absent[:10])
-                raise CampaignError(f"devices: {len(absent)} listed device(s) are not in the "
-                                    f"registry: {shown}{' ...' if len(absent) > 10 else ''}")
-        cid = await store.insert(conn, spec, campaign_id)
+        await _listed(conn, spec)
+        cid = await store.insert(conn, spec)
         n = await store.enroll_fresh(conn, cid, spec)
         skipped = await store.busy(conn, cid, spec)
         unknown = await store.unknown_module(conn, cid, spec)
@@ -160,15 +151,8 @@ async def left_out(conn: Connection, campaign_id: int, spec: CampaignSpec) -> di
             "unknown_module": await store.unknown_module(conn, campaign_id, spec)}
 
 
-class _DryRun(Exception):
-    """Leaves the dry run's transaction: everything it wrote is rolled back."""
-
-    def __init__(self, plan: dict[str, Any]) -> None:
-        super().__init__("dry run")
-        self.plan = plan
-
-
 OUTLOOK_SAMPLE = 2_000    # devices a group's gate outlook is read from, at most
+SAMPLE = 20_000           # devices of the registry a plan's outlooks read, about
 
 
 def _outlook_json(outlooks: dict[Any, radio.Outlook] | None, key: Any) -> dict[str, Any]:
@@ -182,79 +166,79 @@ def _outlook_json(outlooks: dict[Any, radio.Outlook] | None, key: Any) -> dict[s
                              "likely_by_hour": [round(h, 3) for h in o.hourly]}}
 
 
+async def _listed(conn: Connection, spec: CampaignSpec) -> None:
+    """A selector's listed devices must all be registered."""
+    if spec.selector.devices is not None:
+        absent = await devices.missing(conn, spec.selector.devices)
+        if absent:
+            shown = ", ".join(str(m) for m in absent[:10])
+            raise CampaignError(f"devices: {len(absent)} listed device(s) are not in the "
+                                f"registry: {shown}{' ...' if len(absent) > 10 else ''}")
+
+
 async def plan(conn: Connection, spec: CampaignSpec,
                status_max_age: float = DEFAULT_STATUS_MAX_AGE, *,
                assume_signal: int | None = None, assume_power: int | None = None,
                fleet_cap: int | None = None, radio_period: float = radio.DAY
                ) -> dict[str, Any]:
-    """What creating this campaign would do, from the real enrolment run in a transaction
-    that is rolled back: nothing is written. ``assume_signal``/``assume_power``: the gate's
-    thresholds to count against (the task's are known only at its check). The ETA per wave
-    uses the fleet's measured check rate, the rate limit, the caps over the measured time
-    one upgrade takes, and the maintenance windows, from now."""
+    """What creating this campaign would do, read in one pass over the selector's devices
+    (the enrolment's own selector, nothing written; the waves as the enrolment bounds them,
+    by ``rollout.wave_bounds``). ``assume_signal``/``assume_power``: the gate's thresholds
+    to count against (the task's are known only at its check). The ETA per wave uses the
+    fleet's measured check rate, the rate limit, the caps over the measured time one upgrade
+    takes, and the maintenance windows, from now."""
+    spec.validate()
     for name, value in (("assume_signal", assume_signal), ("assume_power", assume_power)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or not -(2**31) <= value < 2**31):
             raise CampaignInputError(f"{name}: an integer")
     gate_given = assume_signal is not None or assume_power is not None
-    try:
-        async with conn.transaction():
-            cid = await create(conn, spec, actor="dry-run", allow_empty=True,
-                               campaign_id=DRY_RUN_ID)
-            groups = await store.plan_groups(conn, cid, status_max_age, assume_signal,
-                                             assume_power)
-            caps = [c for c in (fleet_cap, spec.max_in_flight) if c]
-            pace = Pace(await health.check_rate(conn), spec.max_per_minute,
-                        min(caps) if caps else None, await store.upgrade_seconds(conn))
-            waves: dict[int, int] = {}
-            kinds: dict[tuple[str | None, str | None, str | None], int] = {}
-            for g in groups:
-                waves[g["wave"]] = waves.get(g["wave"], 0) + g["devices"]
-                key = (g["manuf"], g["model"], g["from_version"])
-                kinds[key] = kinds.get(key, 0) + g["devices"]
-            sizes = [waves.get(w, 0) for w in range(len(spec.waves))]
-            outlooks = None
-            if gate_given:
-                by_group: dict[tuple[str | None, str | None, str | None],
-                               list[list[int] | None]] = {}
-                for r in await store.plan_profiles(conn, cid, OUTLOOK_SAMPLE):
-                    by_group.setdefault((r["manuf"], r["model"], r["from_version"]),
-                                        []).append(r["radio"])
-                now_s = time.time()
-                outlooks = {k: radio.outlook(v, assume_signal if assume_signal is not None
-                                             else -2**31, assume_power
-                                             if assume_power is not None else -2**31,
-                                             now_s, radio_period)
-                            for k, v in by_group.items()}
-            etas = wave_etas(time.time(), sizes, pace, spec.schedule())
-            result = {
-                "selected": sum(waves.values()),
-                "left_out": {"on_target": await store.on_target(conn, cid, spec),
-                             "in_another_campaign": await store.busy(conn, cid, spec),
-                             "unknown_module": await store.unknown_module(conn, cid, spec)},
-                "never_reported": sum(g["unreported"] for g in groups),
-                "fresh_status": sum(g["fresh"] for g in groups),
-                "would_pass_gate": sum(g["would_pass"] for g in groups) if gate_given else None,
-                "assumed_gate": {"signal": assume_signal, "power": assume_power}
-                if gate_given else None,
-                "canary": None if spec.canary is None else {
-                    "per_group": spec.canary, "groups": len(kinds),
-                    "devices": canary_size(kinds.values(), spec.canary)},
-                "pace": {"check_rate_per_min": pace.measured_per_min,
-                         "max_per_minute": pace.max_per_minute, "max_in_flight": pace.cap,
-                         "upgrade_seconds": pace.upgrade_seconds,
-                         "per_minute": pace.per_minute()},
-                "windows": list(spec.windows), "timezone": spec.timezone,
-                "waves": [{"wave": w + 1, "percent": spec.waves[w], "devices": n,
-                           "eta": iso(eta)}
-                          for w, (n, eta) in enumerate(zip(sizes, etas, strict=True))],
-                "groups": [{"manuf": k[0], "model": k[1], "from_version": k[2],
-                            "devices": n, **_outlook_json(outlooks, k)}
-                           for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])],
-            }
-            raise _DryRun(result)
-    except _DryRun as done:
-        return done.plan
+    await _listed(conn, spec)
+    groups = await store.plan_selection(conn, spec, status_max_age, assume_signal,
+                                        assume_power)
+    caps = [c for c in (fleet_cap, spec.max_in_flight) if c]
+    pace = Pace(await health.check_rate(conn), spec.max_per_minute,
+                min(caps) if caps else None, await store.upgrade_seconds(conn))
+    kinds = {(g["manuf"], g["model"], g["from_version"]): int(g["devices"])
+             for g in groups if g["devices"]}
+    total = sum(kinds.values())
+    canary = None if spec.canary is None else canary_size(kinds.values(), spec.canary)
+    bounds = wave_bounds(total, spec.waves, first_at_least=canary or 0)
+    sizes = [b - a for a, b in zip([0, *bounds], bounds, strict=False)]
+    outlooks = None
+    if gate_given:
+        by_group: dict[tuple[str | None, str | None, str | None], list[list[int] | None]] = {}
+        for r in await store.plan_sample(conn, spec, SAMPLE):
+            profiles = by_group.setdefault((r["manuf"], r["model"], r["from_version"]), [])
+            if len(profiles) < OUTLOOK_SAMPLE:
+                profiles.append(r["radio"])
+        outlooks = {k: radio.outlook(v, assume_signal if assume_signal is not None
+                                     else -2**31, assume_power if assume_power is not None
+                                     else -2**31, time.time(), radio_period)
+                    for k, v in by_group.items()}
+    etas = wave_etas(time.time(), sizes, pace, spec.schedule())
+    return {
+        "selected": total,
+        "left_out": {"on_target": sum(g["on_target"] for g in groups),
+                     "in_another_campaign": sum(g["busy"] for g in groups),
+                     "unknown_module": sum(g["unknown_module"] for g in groups)},
+        "never_reported": sum(g["unreported"] for g in groups),
+        "fresh_status": sum(g["fresh"] for g in groups),
+        "would_pass_gate": sum(g["would_pass"] for g in groups) if gate_given else None,
+        "assumed_gate": {"signal": assume_signal, "power": assume_power}
+        if gate_given else None,
+        "canary": None if spec.canary is None else {
+            "per_group": spec.canary, "groups": len(kinds), "devices": canary},
+        "pace": {"check_rate_per_min": pace.measured_per_min,
+                 "max_per_minute": pace.max_per_minute, "max_in_flight": pace.cap,
+                 "upgrade_seconds": pace.upgrade_seconds, "per_minute": pace.per_minute()},
+        "windows": list(spec.windows), "timezone": spec.timezone,
+        "waves": [{"wave": w + 1, "percent": spec.waves[w], "devices": n, "eta": iso(eta)}
+                  for w, (n, eta) in enumerate(zip(sizes, etas, strict=True))],
+        "groups": [{"manuf": k[0], "model": k[1], "from_version": k[2], "devices": n,
+                    **_outlook_json(outlooks, k)}
+                   for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])],
+    }
 
 
 async def act(conn: Connection, campaign_id: int, action: str, *, actor: str = "cli",

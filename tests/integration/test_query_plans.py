@@ -67,6 +67,11 @@ async def test_claim_and_progress_use_their_indexes(pool: Any) -> None:
             "EXPLAIN ANALYZE SELECT * FROM ota.campaign_progress WHERE campaign_id = 2"))
         # kept counts: the view never touches the 150,000 membership rows
         assert "campaign_devices" not in progress, progress
+        waits = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN " + q("campaign_waits"), 2, 5))
+        # what a campaign waits on: kept counts, and the open rows' index read backwards
+        assert "campaign_devices_open_idx" in waits and "Backward" in waits, waits
+        assert "Seq Scan on campaign_devices" not in waits, waits
 
 
 async def test_enrolment_leaves_busy_devices_out_without_a_nested_scan(pool: Any) -> None:

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from conftest import orchestrator_env, run_cli
@@ -20,6 +21,7 @@ from orchestrator.domain.rollout import assign_waves
 from orchestrator.domain.windows import Schedule
 from orchestrator.metrics import Metrics
 from orchestrator.store.campaigns import running
+from orchestrator.usecases import campaigns
 from orchestrator.usecases.campaigns import create as create_campaign
 
 # (manufacturer, model, from-version, devices): one big group and rare ones
@@ -223,3 +225,33 @@ async def test_bad_rollout_flags_and_fields_are_clear_errors(pool: Any,
             assert status == 400 and field in err["error"], (bad, err)
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("canary", [None, 3])
+async def test_the_plan_says_what_the_enrolment_then_does(pool: Any, canary: int | None) -> None:
+    """The plan reads the selector once and writes nothing; the enrolment that follows
+    enrols what it said, wave by wave, and leaves out what it said, for the same reasons."""
+    async with pool.acquire() as conn:
+        await seed_groups(conn)
+        await conn.execute(     # on the target already; a module OneNET does not know
+            "INSERT INTO ota.devices (dev_id, manuf, model, fota_version) VALUES"
+            " (9001, 'China Mobile', 'M5310', '1.3'), (9002, 'China Mobile', 'M9999', '1.2')")
+        busy = await create_campaign(conn, CampaignSpec(
+            "busy", "fota", "1.4", Selector(model="M5311")), start=True)
+        spec = CampaignSpec("p", "fota", "1.3", all_devices=True, waves=(1, 10, 50, 100),
+                            canary=canary)
+        before = await conn.fetchval("SELECT count(*) FROM ota.campaign_devices")
+        plan = await campaigns.plan(conn, spec)
+        assert await conn.fetchval("SELECT count(*) FROM ota.campaign_devices") == before
+        cid = await create_campaign(conn, spec)
+        waves = [r[0] for r in await conn.fetch(
+            "SELECT count(*) FROM ota.campaign_devices WHERE campaign_id = $1"
+            " GROUP BY wave ORDER BY wave", cid)]
+        detail = await conn.fetchval("SELECT detail FROM ota.events WHERE campaign_id = $1"
+                                     " AND kind = 'campaign_created'", cid)
+    assert busy != cid
+    assert [w["devices"] for w in plan["waves"]] == waves
+    assert plan["selected"] == sum(waves) == 2050 - 40
+    assert plan["left_out"] == {"on_target": 1, "in_another_campaign": 40,
+                                "unknown_module": 1}
+    assert (detail["left_out_busy"], detail["left_out_unknown_module"]) == (40, 1)

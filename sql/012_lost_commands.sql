@@ -55,8 +55,8 @@ $$;
 -- what a campaign waits on: the open waves' devices not finished, and until when (their next
 -- check, or the deadline of their command); few by the time a wave is waited on, and a
 -- partial index finds the last of them without reading the finished ones
-CREATE INDEX campaign_devices_open_idx ON ota.campaign_devices (campaign_id, next_attempt_at)
-    WHERE state IN ('pending', 'checking', 'gated', 'dispatched', 'downloading', 'upgrading');
+CREATE INDEX campaign_devices_open_idx
+    ON ota.campaign_devices (campaign_id, wave, next_attempt_at) WHERE state IN ('pending', 'checking', 'gated', 'dispatched', 'downloading', 'upgrading');
 CREATE VIEW ota.campaign_waits AS
 SELECT cd.campaign_id, cd.wave + 1 AS wave, cd.dev_id, cd.state,
        cd.next_attempt_at AS until, cd.last_error AS reason

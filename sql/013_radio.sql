@@ -17,9 +17,14 @@ ALTER TABLE ota.campaigns
     ADD COLUMN max_per_cell integer CHECK (max_per_cell > 0),
     ADD COLUMN gating text NOT NULL DEFAULT 'radio' CHECK (gating IN ('radio', 'interval'));
 
+-- a member keeps its best slot and pass estimate once its gate failed, and the cell (and
+-- coverage level) its device was in when last claimed: what a cell has in flight is then
+-- read from the few in-flight rows alone, never joined to the fleet's devices
 ALTER TABLE ota.campaign_devices
     ADD COLUMN best_slot smallint,
-    ADD COLUMN pass_probability real;
+    ADD COLUMN pass_probability real,
+    ADD COLUMN cell text,
+    ADD COLUMN ce_level smallint;
 
 -- one more report in a profile: domain/radio.py's update, the same arithmetic (doubles,
 -- rounded half up to tenths; a property test holds the two together). One SQL expression,
@@ -50,27 +55,30 @@ SELECT CASE
 END
 $$;
 
--- devices waiting for signal or power, and what their profile says of when
+-- devices waiting for signal or power, and what their profile says of when; a partial index
+-- holds the gated rows by campaign and best slot, so the board counts them without the rest
+CREATE INDEX campaign_devices_gated_idx ON ota.campaign_devices (campaign_id, best_slot)
+    INCLUDE (pass_probability, next_attempt_at) WHERE state = 'gated';
 CREATE VIEW ota.gate_outlook AS
 SELECT cd.campaign_id, cd.dev_id, cd.state, cd.best_slot AS best_hour, cd.pass_probability,
-       d.cell, cd.next_attempt_at, cd.last_error AS reason
-FROM ota.campaign_devices cd JOIN ota.devices d USING (dev_id)
-JOIN ota.campaigns c USING (campaign_id)
+       cd.cell, cd.next_attempt_at, cd.last_error AS reason
+FROM ota.campaign_devices cd JOIN ota.campaigns c USING (campaign_id)
 WHERE cd.state = 'gated' AND c.status IN ('running', 'paused');
 
--- downloads (and checks) in flight per cell, fleet-wide: what the per-cell cap counts
+-- devices checking or in flight per cell, fleet-wide: what the per-cell cap counts
+CREATE INDEX campaign_devices_cell_idx ON ota.campaign_devices (cell) INCLUDE (ce_level)
+    WHERE cell IS NOT NULL AND state IN ('checking', 'dispatched', 'downloading', 'upgrading');
 CREATE VIEW ota.cell_load AS
-SELECT d.cell, max(d.ce_level) AS ce_level, count(*) AS in_flight
-FROM ota.campaign_devices cd JOIN ota.devices d USING (dev_id)
-WHERE d.cell IS NOT NULL
-  AND cd.state IN ('checking', 'dispatched', 'downloading', 'upgrading')
-GROUP BY d.cell;
+SELECT cell, max(ce_level) AS ce_level, count(*) AS in_flight
+FROM ota.campaign_devices
+WHERE cell IS NOT NULL AND state IN ('checking', 'dispatched', 'downloading', 'upgrading')
+GROUP BY cell;
 
 -- a status report also wakes a gated device whose fresh report passes its task's gate
 CREATE INDEX campaign_devices_wake_idx ON ota.campaign_devices (dev_id)
     WHERE state IN ('unreachable', 'dispatched', 'gated');
 DROP INDEX ota.campaign_devices_listening_idx;
 
--- what a cell has in flight: from the few in-flight rows, never from a cell's every device
+-- the in-flight rows by device: few, fleet-wide (the scheduler's in-flight claims)
 CREATE INDEX campaign_devices_busy_idx ON ota.campaign_devices (dev_id)
     WHERE state IN ('checking', 'dispatched', 'downloading', 'upgrading');

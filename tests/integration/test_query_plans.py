@@ -67,6 +67,13 @@ async def test_claim_and_progress_use_their_indexes(pool: Any) -> None:
             "EXPLAIN ANALYZE SELECT * FROM ota.campaign_progress WHERE campaign_id = 2"))
         # kept counts: the view never touches the 150,000 membership rows
         assert "campaign_devices" not in progress, progress
+        cells = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN " + q("cell_busy"), ["cell-1", "cell-2"]))
+        # a cell's load from an index of the few in-flight rows, never joined to the devices
+        assert any(f"campaign_devices_{i}_idx" in cells for i in ("cell", "busy")), cells
+        assert " on devices" not in cells, cells
+        outlook = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + q("gate_outlook"), 2))
+        assert "campaign_devices_gated_idx" in outlook, outlook
         waits = "\n".join(r[0] for r in await conn.fetch(
             "EXPLAIN " + q("campaign_waits"), 2, 5))
         # what a campaign waits on: kept counts, and the open rows' index read backwards

@@ -77,8 +77,11 @@ async def test_show_and_the_api_say_who_waits_for_radio(pool: Any, database: str
             " pass_probability = 0.97, next_attempt_at = now() + interval '9 hours',"
             " last_error = 'held: low_signal (signal 5, the task needs > 10) would not pass;"
             " checked at 23:00 (97% likely)' WHERE campaign_id = $1 AND dev_id <= 6", cid)
-        await conn.execute("UPDATE ota.campaign_devices SET state = 'downloading'"
-                           " WHERE campaign_id = $1 AND dev_id IN (7, 9)", cid)
+        # in flight, in the cell they were claimed in
+        await conn.execute("UPDATE ota.campaign_devices cd SET state = 'downloading',"
+                           " cell = d.cell, ce_level = d.ce_level FROM ota.devices d"
+                           " WHERE d.dev_id = cd.dev_id AND campaign_id = $1"
+                           " AND cd.dev_id IN (7, 9)", cid)
     env = {**os.environ, "ORCH_DATABASE_URL": database}
     shown = await asyncio.to_thread(run_cli, "campaign", "show", str(cid), env=env)
     assert "waiting for radio    6 device(s) for signal or power; best hours 23:00 (6)" \

@@ -94,6 +94,8 @@ async def _bench_campaign(settings: Settings, say: Say, n: int) -> dict[str, Any
                                     f"{campaign.counts.succeeded:,} succeeded")
                             await asyncio.sleep(0.05)
                     elapsed = time.perf_counter() - started
+                    events = await conn.fetchval(
+                        "SELECT count(*) FROM ota.events WHERE campaign_id = $1", cid)
                 finally:
                     await conn.close()
             finally:
@@ -108,6 +110,7 @@ async def _bench_campaign(settings: Settings, say: Say, n: int) -> dict[str, Any
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report("campaign", "devices/s", rate, raw,
                   {"devices": n, "succeeded": succeeded, "seconds": round(elapsed, 2),
+                   "events_per_device": round(events / n, 2),
                    "campaign_progress_ms_p50": round(progress_ms[len(progress_ms) // 2], 2),
                    "campaign_progress_ms_p99": round(
                        progress_ms[min(len(progress_ms) - 1, int(len(progress_ms) * 0.99))], 2),

@@ -99,9 +99,11 @@ def describe_outlook(o: dict[str, Any]) -> str | None:
     return f"{o['waiting']:,} device(s) for signal or power; best hours {hours}"
 
 
-async def gate_outlook(conn: Connection, campaign_id: int) -> dict[str, Any]:
+async def gate_outlook(conn: Connection, campaign_id: int, *, cells: bool = True
+                      ) -> dict[str, Any]:
     """The campaign's devices waiting for signal or power, by the hour their radio profile
-    likes best, and the busiest cells fleet-wide (``ota.gate_outlook``, ``ota.cell_load``)."""
+    likes best, and (``cells``) the busiest cells fleet-wide (``ota.gate_outlook``,
+    ``ota.cell_load``)."""
     await get(conn, campaign_id)
     rows = await store.gate_outlook(conn, campaign_id)
     return {"campaign_id": campaign_id, "waiting": sum(r["devices"] for r in rows),
@@ -109,7 +111,7 @@ async def gate_outlook(conn: Connection, campaign_id: int) -> dict[str, Any]:
                               "pass_probability": None if r["pass_probability"] is None
                               else round(r["pass_probability"], 3),
                               "next_check": iso_datetime(r["next_check"])} for r in rows],
-            "cells": await store.cell_load(conn, 10)}
+            "cells": await store.cell_load(conn, 10) if cells else []}
 
 
 async def events(conn: Connection, campaign_id: int, dev_id: int | None = None,

@@ -15,7 +15,8 @@ async def page_data(conn: Connection) -> dict[str, Any]:
     for c in data["campaigns"]:
         if c["status"] in ("running", "paused"):
             c["waits"] = describe_waits(await waits(conn, c["campaign_id"]))
-            c["radio"] = describe_outlook(await gate_outlook(conn, c["campaign_id"]))
+            c["radio"] = describe_outlook(await gate_outlook(conn, c["campaign_id"],
+                                                             cells=False))
     return data
 
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Settings
@@ -21,9 +22,12 @@ from orchestrator.store import devices
 from orchestrator.store.campaigns import get_campaign
 from orchestrator.store.db import connect
 from orchestrator.tools.bench.common import (
+    DB_PIDS,
     PRODUCT_ID,
     Say,
     checks_scenario,
+    cpu_seconds,
+    cpu_spent,
     private_broker,
     raw_checks_all,
     report,
@@ -32,14 +36,42 @@ from orchestrator.tools.bench.common import (
 )
 from orchestrator.usecases.campaigns import create as create_campaign
 
+REPLICAS = 2          # the bench's process and one `orchestrator run` beside it
+FLEET_SHARD = 250_000     # simulated devices per fleet process
+
 
 async def bench_campaign(settings: Settings, say: Say, n: int = 2_000) -> dict[str, Any]:
     async with private_broker(settings, say) as s:
         return await _bench_campaign(s, say, n)
 
 
+def _peak_rss_mb(pid: int) -> float:
+    """A process's peak resident memory (VmHWM), MB; 0 where /proc has none."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _replica_env(s: Settings, dsn: str) -> dict[str, str]:
+    u = s.mqtt_url
+    env = {**os.environ, "ORCH_DATABASE_URL": dsn, "ORCH_MQTT_URL": f"mqtt://{u.host}:{u.port}",
+           "ORCH_MQTT_TOPIC_PREFIX": s.mqtt_topic_prefix, "ORCH_MQTT_PROTOCOL": s.mqtt_protocol,
+           "ORCH_ONENET_URL": s.onenet_url, "ORCH_ONENET_PRODUCT_ID": PRODUCT_ID,
+           "ORCH_ONENET_ACCESS_KEY": DEMO_ACCESS_KEY, "ORCH_API_LISTEN": "127.0.0.1:0",
+           "ORCH_SCHEDULER_POLL_INTERVAL": str(s.scheduler_poll_interval),
+           "ORCH_LOG_LEVEL": "error", "ORCH_LOG_FORMAT": "json"}
+    env.pop("ORCH_MQTT_CLIENT_ID", None)        # a slot of its own on this host
+    env.pop("ORCH_ONENET_AUTHORIZATION", None)
+    return env
+
+
 async def _bench_campaign(settings: Settings, say: Say, n: int) -> dict[str, Any]:
-    say(f"campaign: {n} simulated devices from creation to the last success")
+    say(f"campaign: {n:,} simulated devices from creation to the last success, "
+        f"{REPLICAS} replicas")
     scenario = checks_scenario()
     async with simulator_process(scenario) as (url, _):
         auth = {"Authorization": authorization(PRODUCT_ID, DEMO_ACCESS_KEY,
@@ -56,24 +88,33 @@ async def _bench_campaign(settings: Settings, say: Say, n: int) -> dict[str, Any
                                     mqtt_client_id=f"bench-{prefix}", api_listen="127.0.0.1:0",
                                     scheduler_poll_interval=0.05)
             u = s.mqtt_url
-            fleet = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", "simulate", "fleet", "--devices", str(n),
-                 "--status-interval", "3600", "--install-time", "0.05", "--seed", "1",
+            fleets = [subprocess.Popen(
+                [sys.executable, "-m", "orchestrator", "simulate", "fleet", "--devices",
+                 str(min(FLEET_SHARD, n - first + 1)), "--first-id", str(first),
+                 "--status-interval", "3600", "--install-time", "0.05", "--seed", str(first),
                  "--bandwidth", "10000000"],
                 env={**os.environ, "ORCH_MQTT_URL": f"mqtt://{u.host}:{u.port}",
                      "ORCH_MQTT_TOPIC_PREFIX": prefix, "ORCH_MQTT_PROTOCOL": s.mqtt_protocol,
                      "ORCH_LOG_LEVEL": "error"},
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for first in range(1, n + 1, FLEET_SHARD)]
             service = Service(s, api=False)
             task = asyncio.create_task(service.run())
+            replicas = [subprocess.Popen([sys.executable, "-m", "orchestrator", "run"],
+                                         env=_replica_env(s, dsn), stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+                        for _ in range(REPLICAS - 1)]
             try:
                 await asyncio.wait_for(service.ready.wait(), 30)
                 conn = await connect(dsn)
+                db_pids = [r["pid"] for r in await conn.fetch(DB_PIDS)]
                 try:
                     say(f"  waiting for {n:,} simulated devices to report")
                     async with asyncio.timeout(max(120.0, n / 200)):
                         while await devices.count_reported(conn, range(1, n + 1)) < n:
                             await asyncio.sleep(0.5)
+                    disk_before = await conn.fetchval("SELECT pg_database_size(current_database())")
+                    db_cpu = cpu_seconds(db_pids, "postgres")
                     started = time.perf_counter()
                     cid = await create_campaign(conn, CampaignSpec("bench", "fota", "1.3",
                                                        all_devices=True),
@@ -94,15 +135,21 @@ async def _bench_campaign(settings: Settings, say: Say, n: int) -> dict[str, Any
                                     f"{campaign.counts.succeeded:,} succeeded")
                             await asyncio.sleep(0.05)
                     elapsed = time.perf_counter() - started
+                    db_cpu_s = cpu_spent(db_cpu, cpu_seconds(db_pids, "postgres"))
                     events = await conn.fetchval(
                         "SELECT count(*) FROM ota.events WHERE campaign_id = $1", cid)
+                    disk_mb = (await conn.fetchval(
+                        "SELECT pg_database_size(current_database())") - disk_before) / 2**20
+                    replica_rss = [_peak_rss_mb(p.pid) for p in replicas]
                 finally:
                     await conn.close()
             finally:
                 service.stop.set()
                 await task
-                fleet.send_signal(signal.SIGTERM)
-                await asyncio.to_thread(fleet.wait)
+                for proc in [*replicas, *fleets]:
+                    proc.send_signal(signal.SIGTERM)
+                for proc in [*replicas, *fleets]:
+                    await asyncio.to_thread(proc.wait)
     rate = n / elapsed
     succeeded = campaign.counts.succeeded
     say(f"  campaign: {succeeded} succeeded in {elapsed:.1f} s")
@@ -115,7 +162,11 @@ async def _bench_campaign(settings: Settings, say: Say, n: int) -> dict[str, Any
                    "campaign_progress_ms_p99": round(
                        progress_ms[min(len(progress_ms) - 1, int(len(progress_ms) * 0.99))], 2),
                    "campaign_progress_ms_max": round(progress_ms[-1], 2),
-                   "service_max_rss_mb": round(rss_mb, 1)},
+                   "service_max_rss_mb": round(rss_mb, 1),
+                   "replicas": REPLICAS,
+                   "other_replicas_max_rss_mb": [round(r, 1) for r in replica_rss],
+                   "database_cpu_seconds": round(db_cpu_s, 1),
+                   "database_growth_mb": round(disk_mb, 1)},
                   say)
 
 

@@ -27,7 +27,7 @@ class Refused(MqttLiteError):
         self.code = code
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
     out = bytearray()
     while True:
         byte, n = n % 128, n // 128
@@ -36,7 +36,7 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _string(text: str | bytes) -> bytes:
+def mqtt_string(text: str | bytes) -> bytes:
     raw = text.encode() if isinstance(text, str) else text
     return len(raw).to_bytes(2, "big") + raw
 
@@ -72,21 +72,21 @@ class Connection:
         pid = self._packet_id()
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending[pid] = future
-        body = pid.to_bytes(2, "big") + _string(topic) + bytes([qos])
-        await self._send(b"\x82" + _varint(len(body)) + body)
+        body = pid.to_bytes(2, "big") + mqtt_string(topic) + bytes([qos])
+        await self._send(b"\x82" + varint(len(body)) + body)
         return await self._wait(pid, future, timeout)
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1,
                       timeout: float = 30.0) -> None:
         if qos == 0:
-            body = _string(topic) + payload
-            await self._send(b"\x30" + _varint(len(body)) + body)
+            body = mqtt_string(topic) + payload
+            await self._send(b"\x30" + varint(len(body)) + body)
             return
         pid = self._packet_id()
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending[pid] = future
-        body = _string(topic) + pid.to_bytes(2, "big") + payload
-        await self._send(b"\x32" + _varint(len(body)) + body)
+        body = mqtt_string(topic) + pid.to_bytes(2, "big") + payload
+        await self._send(b"\x32" + varint(len(body)) + body)
         await self._wait(pid, future, timeout)
 
     async def _wait(self, pid: int, future: asyncio.Future[int], timeout: float) -> int:
@@ -168,16 +168,16 @@ async def connect(host: str, port: int, client_id: str, on_message: OnMessage, *
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     flags = (0x02 if clean else 0) | (0x80 if username is not None else 0) \
         | (0x40 if password is not None else 0) | (0x0C if will else 0)
-    body = _string("MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big") \
-        + _string(client_id)
+    body = mqtt_string("MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big") \
+        + mqtt_string(client_id)
     if will:
-        body += _string(will[0]) + _string(will[1])
+        body += mqtt_string(will[0]) + mqtt_string(will[1])
     if username is not None:
-        body += _string(username)
+        body += mqtt_string(username)
     if password is not None:
-        body += _string(password)
+        body += mqtt_string(password)
     try:
-        writer.write(b"\x10" + _varint(len(body)) + body)
+        writer.write(b"\x10" + varint(len(body)) + body)
         await writer.drain()
         ack = await asyncio.wait_for(reader.readexactly(4), timeout)
     except BaseException:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import NoReturn
 
 from orchestrator.ports import DatabaseUnavailable, DataRejected
 from orchestrator.store.database import translate
@@ -23,23 +24,25 @@ def database_error(exc: BaseException) -> DatabaseUnavailable | DataRejected | N
     return ported if isinstance(ported, DatabaseUnavailable | DataRejected) else None
 
 
+def _reraise(exc: Exception) -> NoReturn:
+    """Raise ``exc`` again, as the port's database error when it is one."""
+    ported = database_error(exc)
+    if ported is None:
+        raise exc
+    raise ported from exc
+
+
 @asynccontextmanager
 async def connection(dsn: str) -> AsyncIterator[Connection]:
     """One connection for one command; database errors leave as the port's."""
     try:
         conn = await connect(dsn)
     except Exception as exc:
-        ported = database_error(exc)
-        if ported is None:
-            raise
-        raise ported from exc
+        _reraise(exc)
     try:
         yield conn
     except Exception as exc:
-        ported = database_error(exc)
-        if ported is None:
-            raise
-        raise ported from exc
+        _reraise(exc)
     finally:
         try:
             await conn.close(timeout=5)
@@ -54,10 +57,7 @@ async def acquire(pool: Pool) -> AsyncIterator[Connection]:
         async with pool.acquire() as conn:
             yield conn
     except Exception as exc:
-        ported = database_error(exc)
-        if ported is None:
-            raise
-        raise ported from exc
+        _reraise(exc)
 
 
 async def ping(pool: Pool) -> bool:

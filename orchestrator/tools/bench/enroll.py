@@ -18,7 +18,7 @@ from orchestrator.usecases.campaigns import create as create_campaign
 from orchestrator.usecases.common import database_error
 
 
-async def _checkpoint(conn: Connection) -> None:
+async def checkpoint(conn: Connection) -> None:
     """Start each timed step with no checkpoint pending from the previous one's WAL."""
     try:
         await conn.execute("CHECKPOINT")
@@ -27,7 +27,20 @@ async def _checkpoint(conn: Connection) -> None:
             raise
 
 
-async def _continuous(conn: Connection, campaign: Campaign, n: int,
+async def raw_enrolment(conn: Connection, n: int) -> float:
+    """Seconds PostgreSQL takes to INSERT ... SELECT ``n`` rows into a table of the
+    membership's shape (its indexes too): the raw limit of an enrolment."""
+    await conn.execute("CREATE TABLE bench_raw (LIKE ota.campaign_devices INCLUDING ALL)")
+    await checkpoint(conn)
+    started = time.perf_counter()
+    await conn.execute("INSERT INTO bench_raw (campaign_id, dev_id, wave, next_attempt_at)"
+                       " SELECT 1, g, 0, now() FROM generate_series(1, $1::bigint) g", n)
+    seconds = time.perf_counter() - started
+    await conn.execute("DROP TABLE bench_raw")
+    return seconds
+
+
+async def continuous_passes(conn: Connection, campaign: Campaign, n: int,
                       say: Say) -> tuple[float, float, float]:
     """A continuous campaign's enrolment passes at ``n`` registered devices: the full
     (reconciling) pass, a pass from the watermark with nothing new, and one with 1,000 new
@@ -65,15 +78,9 @@ async def bench_enroll(settings: Settings, say: Say, n: int = 1_000_000) -> dict
             # a registry that grew over time: the devices are not all a second old
             await conn.execute("UPDATE ota.devices SET created_at = now() - interval '1 day'")
             await conn.execute("VACUUM ANALYZE ota.devices")
-            await conn.execute("CREATE TABLE bench_raw (LIKE ota.campaign_devices INCLUDING ALL)")
-            await _checkpoint(conn)
-            started = time.perf_counter()
-            await conn.execute(
-                "INSERT INTO bench_raw (campaign_id, dev_id, wave, next_attempt_at)"
-                " SELECT 1, g, 0, now() FROM generate_series(1, $1::bigint) g", n)
-            raw_s = time.perf_counter() - started
+            raw_s = await raw_enrolment(conn, n)
             say(f"  raw INSERT ... SELECT generate_series: {raw_s:.2f} s")
-            await _checkpoint(conn)
+            await checkpoint(conn)
             started = time.perf_counter()
             cid = await create_campaign(conn, CampaignSpec(
                 "bench", "fota", "1.3", all_devices=True, waves=(1, 10, 50, 100),
@@ -88,7 +95,7 @@ async def bench_enroll(settings: Settings, say: Say, n: int = 1_000_000) -> dict
                 timings.append(time.perf_counter() - t)
             assert campaign is not None and campaign.counts.total == n, campaign
             timings.sort()
-            full_ms, since_ms, late_ms = await _continuous(conn, campaign, n, say)
+            full_ms, since_ms, late_ms = await continuous_passes(conn, campaign, n, say)
         finally:
             await conn.close()
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

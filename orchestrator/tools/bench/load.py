@@ -19,20 +19,7 @@ from typing import Protocol
 
 from orchestrator.config import Settings
 from orchestrator.mqtt import topics
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(text: str) -> bytes:
-    raw = text.encode()
-    return len(raw).to_bytes(2, "big") + raw
+from orchestrator.sim.mqttlite import mqtt_string, varint
 
 
 def publisher_main(argv: list[str]) -> int:
@@ -44,8 +31,8 @@ def publisher_main(argv: list[str]) -> int:
                             "power": i % 100}).encode() for i in range(64)]
     s = sock.create_connection((host, port))
     s.setsockopt(sock.IPPROTO_TCP, sock.TCP_NODELAY, 1)
-    body = _string("MQTT") + bytes([4, 0x02, 0, 60]) + _string(f"benchpub{os.getpid()}")
-    s.sendall(b"\x10" + _varint(len(body)) + body)
+    body = mqtt_string("MQTT") + bytes([4, 0x02, 0, 60]) + mqtt_string(f"benchpub{os.getpid()}")
+    s.sendall(b"\x10" + varint(len(body)) + body)
     if s.recv(4)[:1] != b"\x20":
         raise SystemExit("publisher: CONNACK expected")
     acked = 0
@@ -56,10 +43,10 @@ def publisher_main(argv: list[str]) -> int:
         chunk: list[bytes] = []
         while sent < n and sent - acked < window and len(chunk) < 2000:
             pid = sent % 65535 + 1
-            topic = _string(topics.status(prefix, 1 + sent % devices))
+            topic = mqtt_string(topics.status(prefix, 1 + sent % devices))
             payload = payloads[sent % 64]
             rest = topic + pid.to_bytes(2, "big") + payload
-            chunk.append(b"\x32" + _varint(len(rest)) + rest)
+            chunk.append(b"\x32" + varint(len(rest)) + rest)
             sent += 1
         if chunk:
             s.sendall(b"".join(chunk))
@@ -78,14 +65,14 @@ async def _device(host: str, port: int, prefix: str, dev_id: int, count: int,
     """One device: its own connection, ``count`` QoS 1 reports, one in flight at a time,
     at its own pace (a random pause of up to a millisecond between reports)."""
     reader, writer = await asyncio.open_connection(host, port)
-    body = _string("MQTT") + bytes([4, 0x02, 0, 60]) + _string(f"dev{dev_id}-{os.getpid()}")
-    writer.write(b"\x10" + _varint(len(body)) + body)
+    body = mqtt_string("MQTT") + bytes([4, 0x02, 0, 60]) + mqtt_string(f"dev{dev_id}-{os.getpid()}")
+    writer.write(b"\x10" + varint(len(body)) + body)
     if (await reader.readexactly(4))[:1] != b"\x20":
         raise SystemExit("device: CONNACK expected")
-    topic = _string(topics.status(prefix, dev_id))
+    topic = mqtt_string(topics.status(prefix, dev_id))
     for k in range(count):
         rest = topic + (k % 65535 + 1).to_bytes(2, "big") + payload
-        writer.write(b"\x32" + _varint(len(rest)) + rest)
+        writer.write(b"\x32" + varint(len(rest)) + rest)
         await reader.readexactly(4)                       # PUBACK
         await asyncio.sleep(rng.random() / 1000)
     writer.write(b"\xe0\x00")

@@ -39,7 +39,7 @@ from orchestrator.tools.bench.common import (
     scratch_database,
     simulator_process,
 )
-from orchestrator.tools.bench.enroll import _checkpoint, _continuous
+from orchestrator.tools.bench.enroll import checkpoint, continuous_passes, raw_enrolment
 from orchestrator.usecases import campaigns
 from orchestrator.usecases.status import page_data
 from orchestrator.workers.progress import ProgressSink
@@ -254,20 +254,13 @@ async def bench_scale(settings: Settings, say: Say, n: int = 10_000_000) -> dict
                 f"{devices_bytes / n:.0f} bytes per device")
             spec = CampaignSpec("scale", "fota", "1.3", all_devices=True,
                                 waves=(1, 10, 50, 100), continuous=True)
-            await _checkpoint(conn)
+            await checkpoint(conn)
             started = time.perf_counter()
             plan = await campaigns.plan(conn, spec, assume_signal=10, assume_power=20)
             plan_s = time.perf_counter() - started
             say(f"  dry-run plan of {plan['selected']:,} devices: {plan_s:.1f} s")
-            await conn.execute("CREATE TABLE bench_raw (LIKE ota.campaign_devices INCLUDING ALL)")
-            await _checkpoint(conn)
-            started = time.perf_counter()
-            await conn.execute(
-                "INSERT INTO bench_raw (campaign_id, dev_id, wave, next_attempt_at)"
-                " SELECT 1, g, 0, now() FROM generate_series(1, $1::bigint) g", n)
-            raw_enrol_s = time.perf_counter() - started
-            await conn.execute("DROP TABLE bench_raw")
-            await _checkpoint(conn)
+            raw_enrol_s = await raw_enrolment(conn, n)
+            await checkpoint(conn)
             started = time.perf_counter()
             cid = await campaigns.create(conn, spec, start=True)
             enrol_s = time.perf_counter() - started
@@ -299,7 +292,7 @@ async def bench_scale(settings: Settings, say: Say, n: int = 10_000_000) -> dict
             assert events is not None
             campaign = await get_campaign(conn, cid)
             assert campaign is not None
-            full_ms, idle_ms, late_ms = await _continuous(conn, campaign, n, say)
+            full_ms, idle_ms, late_ms = await continuous_passes(conn, campaign, n, say)
         finally:
             await conn.close()
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -260,21 +260,28 @@ class Fleet:
             self.connected.clear()
 
     async def _run_devices(self, stop: asyncio.Event) -> None:
-        """One connection per device, each with its own account; ``connected`` once every
-        device tried once (``stats["refused"]`` counts those the broker turned away: they
-        keep trying, as devices do)."""
+        """One connection per device, each with its own account; ``connected`` once the
+        broker answered every device once (``stats["refused"]`` counts those it turned away:
+        they keep trying, as devices do)."""
         self._link_up = {d: asyncio.Event() for d in self.devices}
         first = [asyncio.Event() for _ in self.devices]
         gate = asyncio.Semaphore(200)       # connections being opened at once
         loops = [asyncio.create_task(self._device_loop(dev, stop, gate, up))
                  for dev, up in zip(self.devices.values(), first, strict=True)]
+        tried = asyncio.ensure_future(asyncio.gather(*(e.wait() for e in first)))
+        stopped = asyncio.ensure_future(stop.wait())
         try:
-            await asyncio.gather(*(e.wait() for e in first))
-            self.connected.set()
-            self._spawn(self.report_all())
-            self._tick_task = asyncio.create_task(self._ticker(stop))
-            await stop.wait()
+            # every device tried once, or a stop (a broker that never answers must not keep
+            # a stopped fleet waiting for its first connections)
+            await asyncio.wait({tried, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not stop.is_set():
+                self.connected.set()
+                self._spawn(self.report_all())
+                self._tick_task = asyncio.create_task(self._ticker(stop))
+                await stop.wait()
         finally:
+            tried.cancel()
+            stopped.cancel()
             for t in [*loops, *([self._tick_task] if self._tick_task else []), *self._tasks]:
                 t.cancel()
             await asyncio.gather(*loops, *self._tasks, return_exceptions=True)
@@ -318,9 +325,10 @@ class Fleet:
                     self.stats["reconnects"] += 1
             except (mqttlite.MqttLiteError, OSError, TimeoutError) as exc:
                 self.stats["connect_errors"] += 1
-                if isinstance(exc, mqttlite.Refused) and not first.is_set():
-                    self.stats["refused"] += 1
-                first.set()
+                if isinstance(exc, mqttlite.Refused):    # the broker answered: it was tried
+                    if not first.is_set():
+                        self.stats["refused"] += 1
+                    first.set()
                 log.debug("device connection failed", dev_id=dev.dev_id, error=str(exc))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff(attempt, 0.5, 30.0))

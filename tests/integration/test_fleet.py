@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
 
 from conftest import MQTT_URL, SIM_KEY, free_port
 from orchestrator.config import Settings, parse_mqtt_url
@@ -167,12 +168,20 @@ async def test_offline_devices_stay_quiet(settings: Settings) -> None:
     await ft
 
 
-def test_simulate_fleet_says_it_cannot_reach_the_broker_and_stops_on_sigterm() -> None:
+@pytest.mark.parametrize("accounts", [False, True], ids=["one-connection", "per-device"])
+def test_simulate_fleet_says_it_cannot_reach_the_broker_and_stops_on_sigterm(
+        accounts: bool, tmp_path: Path) -> None:
+    """Also with an account and a connection per device: such a fleet once waited for its
+    devices' first connections even after SIGTERM, for ever."""
     env = {**os.environ, "ORCH_MQTT_URL": f"mqtt://127.0.0.1:{free_port()}",
            "ORCH_LOG_LEVEL": "error"}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "simulate", "fleet",
-                             "--devices", "3"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    args = ["--devices", "3"]
+    if accounts:
+        creds = tmp_path / "creds.csv"
+        creds.write_text("dev_id,username,password\n1,1,s1\n2,2,s2\n3,3,s3\n")
+        args = ["--credentials", str(creds)]
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "simulate", "fleet", *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(7)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=20)

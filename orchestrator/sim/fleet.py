@@ -268,12 +268,15 @@ class Fleet:
         gate = asyncio.Semaphore(200)       # connections being opened at once
         loops = [asyncio.create_task(self._device_loop(dev, stop, gate, up))
                  for dev, up in zip(self.devices.values(), first, strict=True)]
-        tried = asyncio.ensure_future(asyncio.gather(*(e.wait() for e in first)))
+        async def all_tried() -> None:
+            await asyncio.gather(*(e.wait() for e in first))
+
+        tried = asyncio.ensure_future(all_tried())
         stopped = asyncio.ensure_future(stop.wait())
         try:
             # every device tried once, or a stop (a broker that never answers must not keep
             # a stopped fleet waiting for its first connections)
-            await asyncio.wait({tried, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([tried, stopped], return_when=asyncio.FIRST_COMPLETED)
             if not stop.is_set():
                 self.connected.set()
                 self._spawn(self.report_all())

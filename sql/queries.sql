@@ -529,8 +529,9 @@ SELECT ota.ensure_event_partitions((now() AT TIME ZONE 'UTC')::date,
 SELECT ota.drop_event_partitions($1);
 
 -- name: devices_count_reported
--- How many of these devices have reported a FOTA version.
-SELECT count(*) FROM ota.devices WHERE dev_id = ANY($1) AND fota_version IS NOT NULL;
+-- How many of the devices $1..$2 have reported a FOTA version (a range of the key, not an
+-- array of ids: with 1,000,000 ids in an array one count took minutes).
+SELECT count(*) FROM ota.devices WHERE dev_id BETWEEN $1 AND $2 AND fota_version IS NOT NULL;
 
 -- name: summary_failures
 -- The failed devices by reason, as ota.failure_reasons groups them.

@@ -91,9 +91,9 @@ async def missing(conn: Connection, dev_ids: Sequence[int]) -> list[int]:
     return list(await conn.fetchval(q("devices_missing"), list(dev_ids)) or [])
 
 
-async def count_reported(conn: Connection, dev_ids: Sequence[int]) -> int:
-    """How many of these devices have reported a FOTA version."""
-    return int(await conn.fetchval(q("devices_count_reported"), list(dev_ids)))
+async def count_reported(conn: Connection, first: int, last: int) -> int:
+    """How many of the devices ``first``..``last`` have reported a FOTA version."""
+    return int(await conn.fetchval(q("devices_count_reported"), first, last))
 
 
 async def known(conn: Connection, dev_ids: Sequence[int]) -> set[int]:

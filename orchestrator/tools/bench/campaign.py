@@ -111,7 +111,7 @@ async def _bench_campaign(settings: Settings, say: Say, n: int) -> dict[str, Any
                 try:
                     say(f"  waiting for {n:,} simulated devices to report")
                     async with asyncio.timeout(max(120.0, n / 200)):
-                        while await devices.count_reported(conn, range(1, n + 1)) < n:
+                        while await devices.count_reported(conn, 1, n) < n:
                             await asyncio.sleep(0.5)
                     disk_before = await conn.fetchval("SELECT pg_database_size(current_database())")
                     db_cpu = cpu_seconds(db_pids, "postgres")

@@ -144,9 +144,13 @@ def policy_for(policy: Policy, member: Member) -> Policy:
 
 
 def worth_an_event(old: DeviceRow, new: DeviceRow) -> bool:
-    """A state change, a result step, or a download crossing a 10% mark: a device's whole
-    upgrade is a handful of events, not one per percent."""
+    """A state change, a result step, a download crossing a 10% mark, or a gated device
+    woken by a report: a device's whole upgrade is a handful of events, not one per
+    percent."""
     if old.state != new.state:
+        return True
+    if new.state == "gated" and old.next_attempt_at is not None \
+            and new.next_attempt_at is not None and new.next_attempt_at < old.next_attempt_at:
         return True
     step, before = new.last_step, old.last_step
     if step is None or not 0 <= step <= 100:

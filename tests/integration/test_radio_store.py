@@ -4,14 +4,23 @@ holds them to the same arithmetic over a real PostgreSQL."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.domain import radio
+from orchestrator.domain.campaign import CampaignSpec, Write
+from orchestrator.domain.device import DeviceRow
+from orchestrator.domain.onenet import Task
 from orchestrator.domain.payloads import StatusReport
-from orchestrator.store import devices
+from orchestrator.store import devices, members
+from orchestrator.store.database import PgDatabase
+from orchestrator.usecases.campaigns import create
+from orchestrator.workers.progress import ProgressSink
+
+TASK = Task("1.3", "tok", 100, 10, 20, 3, 60, "m" * 32, 1)
 
 reports = st.lists(st.tuples(st.integers(0, radio.SLOTS - 1), st.integers(-200, 200),
                              st.integers(0, 100)), min_size=1, max_size=40)
@@ -45,3 +54,31 @@ async def test_ingest_keeps_the_profile_and_the_radio_keys(pool: Any) -> None:
     profile = list(row["radio"])
     filled = [s for s in range(radio.SLOTS) if profile[s * radio.FIELDS]]
     assert sum(profile[s * radio.FIELDS] for s in filled) == 2     # the version alone: none
+
+
+async def test_a_passing_report_wakes_a_gated_device_through_ingest(pool: Any) -> None:
+    """Ingest's own write: a gated device (its task's gate failed at a check) whose fresh
+    report now passes that gate is due at once, with the reason in its event; one whose
+    report still fails keeps its next check."""
+    async with pool.acquire() as conn:
+        await devices.upsert_status(conn, [StatusReport(d, "China Mobile", "M5310", "1.2",
+                                                        signal=5, power=80) for d in (1, 2)])
+        cid = await create(conn, CampaignSpec("w", "fota", "1.3", all_devices=True),
+                           start=True)
+        locked = await members.lock(conn, [(cid, 1), (cid, 2)])
+        later = time.time() + 6 * 3600
+        await members.write(conn, [
+            Write(cid, d, locked[(cid, d)].rev, "pending",
+                  DeviceRow(state="gated", task=TASK, next_attempt_at=later, attempts=1),
+                  "gate: low_signal") for d in (1, 2)], "test")
+    sink = ProgressSink(PgDatabase(pool))
+    await sink.apply([StatusReport(1, signal=15, power=80), StatusReport(2, signal=6,
+                                                                          power=80)], [])
+    async with pool.acquire() as conn:
+        due = {r["dev_id"]: r["next_attempt_at"].timestamp() for r in await conn.fetch(
+            "SELECT dev_id, next_attempt_at FROM ota.campaign_devices WHERE campaign_id = $1",
+            cid)}
+        reason = await conn.fetchval("SELECT reason FROM ota.events WHERE campaign_id = $1"
+                                     " AND dev_id = 1 ORDER BY event_id DESC LIMIT 1", cid)
+    assert due[1] <= time.time() + 1 and abs(due[2] - later) < 1, due
+    assert reason.startswith("woken: a report passes the gate (signal 15 > 10"), reason

@@ -160,9 +160,10 @@ WHERE EXISTS (SELECT 1 FROM ota.busy_devices b
 -- name: enroll_waves
 -- A fresh campaign's devices, spread over waves by a hash of their id (so the first 1% is a
 -- sample of the fleet). $8: exclusive upper ranks of the waves; $9: the last wave's index.
-INSERT INTO ota.campaign_devices (campaign_id, dev_id, wave, next_attempt_at)
-SELECT $1, dev_id, least(width_bucket(rn, $8::bigint[]), $9::int), now()
-FROM (SELECT d.dev_id, row_number() OVER (ORDER BY hashint8(d.dev_id), d.dev_id) - 1 AS rn
+INSERT INTO ota.campaign_devices (campaign_id, dev_id, wave, next_attempt_at, from_version)
+SELECT $1, dev_id, least(width_bucket(rn, $8::bigint[]), $9::int), now(), version
+FROM (SELECT d.dev_id, d.version,
+             row_number() OVER (ORDER BY hashint8(d.dev_id), d.dev_id) - 1 AS rn
       FROM ota.selected($7, $2, $3, $4, $5, $6) d
       WHERE NOT EXISTS (SELECT 1 FROM ota.busy_devices b
                         WHERE b.dev_id = d.dev_id AND b.type = $7 AND b.campaign_id <> $1)
@@ -182,10 +183,11 @@ SELECT coalesce(sum(least(n, $8::int)), 0) FROM (
 -- As enroll_waves, with a canary: the first $10 devices (by the hash) of every
 -- (manufacturer, model, from-version) group rank first, so the first wave covers them all.
 -- The domain's rollout.canary_ranks is the same order.
-INSERT INTO ota.campaign_devices (campaign_id, dev_id, wave, next_attempt_at)
-SELECT $1, dev_id, least(width_bucket(rn, $8::bigint[]), $9::int), now()
-FROM (SELECT dev_id, row_number() OVER (ORDER BY in_group > $10::int, h, dev_id) - 1 AS rn
-      FROM (SELECT d.dev_id, hashint8(d.dev_id) AS h,
+INSERT INTO ota.campaign_devices (campaign_id, dev_id, wave, next_attempt_at, from_version)
+SELECT $1, dev_id, least(width_bucket(rn, $8::bigint[]), $9::int), now(), version
+FROM (SELECT dev_id, version,
+             row_number() OVER (ORDER BY in_group > $10::int, h, dev_id) - 1 AS rn
+      FROM (SELECT d.dev_id, d.version, hashint8(d.dev_id) AS h,
                    row_number() OVER (PARTITION BY x.manuf, x.model, d.version
                                       ORDER BY hashint8(d.dev_id), d.dev_id) AS in_group
             FROM ota.selected($7, $2, $3, $4, $5, $6) d JOIN ota.devices x USING (dev_id)
@@ -198,8 +200,8 @@ ORDER BY dev_id;
 -- name: enroll_late
 -- Devices that match a continuous campaign and are not in it yet join wave $8 (the whole
 -- registry: the reconciling pass).
-INSERT INTO ota.campaign_devices (campaign_id, dev_id, wave, next_attempt_at)
-SELECT $1, d.dev_id, $8::int, now()
+INSERT INTO ota.campaign_devices (campaign_id, dev_id, wave, next_attempt_at, from_version)
+SELECT $1, d.dev_id, $8::int, now(), d.version
 FROM ota.selected($7, $2, $3, $4, $5, $6) d
 WHERE NOT EXISTS (SELECT 1 FROM ota.campaign_devices x
                   WHERE x.campaign_id = $1 AND x.dev_id = d.dev_id)
@@ -211,8 +213,8 @@ ON CONFLICT DO NOTHING;
 -- name: enroll_late_since
 -- As enroll_late, over the devices created after $9 only (an index on created_at): a pass
 -- with nothing new reads nothing.
-INSERT INTO ota.campaign_devices (campaign_id, dev_id, wave, next_attempt_at)
-SELECT $1, d.dev_id, $8::int, now()
+INSERT INTO ota.campaign_devices (campaign_id, dev_id, wave, next_attempt_at, from_version)
+SELECT $1, d.dev_id, $8::int, now(), d.version
 FROM ota.selected_since($7, $2, $3, $4, $5, $6, $9) d
 WHERE NOT EXISTS (SELECT 1 FROM ota.campaign_devices x
                   WHERE x.campaign_id = $1 AND x.dev_id = d.dev_id)
@@ -808,3 +810,55 @@ GROUP BY best_hour ORDER BY best_hour NULLS LAST;
 -- name: cell_load_top
 -- The $1 busiest cells, fleet-wide.
 SELECT cell, ce_level, in_flight FROM ota.cell_load ORDER BY in_flight DESC, cell LIMIT $1;
+
+-- name: rehearse_selection
+-- The devices a campaign would enrol (those plan_selection counts enrolled), each with what
+-- a rehearsal models it by, and the hash the enrolment ranks them by.
+SELECT s.dev_id, hashint8(s.dev_id) AS h, s.manuf, s.model, s.version AS from_version,
+       s.signal, s.power, date_part('epoch', s.status_at) AS status_at,
+       date_part('epoch', x.last_seen) AS last_seen, s.radio, x.cell, x.ce_level
+FROM ota.selected_all($7, $2, $3, $4, $5, $6, '-infinity') s
+JOIN ota.devices x USING (dev_id)
+WHERE NOT s.on_target AND s.checkable
+  AND NOT EXISTS (SELECT 1 FROM ota.busy_devices b
+                  WHERE b.dev_id = s.dev_id AND b.type = $7 AND b.campaign_id <> $1);
+
+-- name: rehearse_history
+-- What the $3 newest campaigns of type $1 that started tell of each (manufacturer, model,
+-- from-version) group, from at most $2 ended members each: how their checks were answered
+-- (a task, no task, refused with which errno), transient errors, the task's gate and
+-- budget, how long a success took from its command, how many failed their download or
+-- install, how many went silent once commanded.
+WITH recent AS (
+    SELECT campaign_id FROM ota.campaigns
+    WHERE type = $1 AND started_at IS NOT NULL ORDER BY campaign_id DESC LIMIT $3
+), m AS (
+    SELECT x.* FROM recent r CROSS JOIN LATERAL (
+        SELECT cd.dev_id, cd.from_version, cd.state, cd.last_errno, cd.last_step, cd.task,
+               cd.transient_errors, cd.dispatched_at, cd.updated_at
+        FROM ota.campaign_devices cd
+        WHERE cd.campaign_id = r.campaign_id AND cd.from_version IS NOT NULL
+          AND cd.state IN ('succeeded', 'failed', 'no_task', 'unreachable')
+        LIMIT $2) x
+)
+SELECT d.manuf, d.model, m.from_version, count(*) AS members,
+       count(*) FILTER (WHERE m.task IS NOT NULL) AS tasked,
+       count(*) FILTER (WHERE m.state = 'no_task') AS no_task,
+       coalesce(array_agg(m.last_errno) FILTER (
+           WHERE m.state = 'failed' AND m.task IS NULL AND m.last_errno NOT IN (0, 7)),
+           '{}') AS refused,
+       coalesce(sum(m.transient_errors), 0)::bigint AS transient,
+       count(*) FILTER (WHERE m.dispatched_at IS NOT NULL) AS commanded,
+       count(*) FILTER (WHERE m.dispatched_at IS NOT NULL AND m.state = 'unreachable')
+           AS silent,
+       count(*) FILTER (WHERE m.state = 'failed' AND m.last_step BETWEEN 102 AND 107)
+           AS download_failed,
+       count(*) FILTER (WHERE m.state = 'failed' AND m.last_step BETWEEN 202 AND 206)
+           AS install_failed,
+       (array_agg(m.task ORDER BY m.updated_at DESC) FILTER (WHERE m.task IS NOT NULL))[1]
+           AS task,
+       coalesce((array_agg(date_part('epoch', m.updated_at - m.dispatched_at) ORDER BY m.dev_id)
+                 FILTER (WHERE m.state = 'succeeded' AND m.dispatched_at IS NOT NULL))[1:200],
+                '{}') AS upgrade_seconds
+FROM m JOIN ota.devices d USING (dev_id)
+GROUP BY 1, 2, 3;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,11 @@ from orchestrator.domain.campaign import (
 )
 from orchestrator.domain.device import DEFAULT_UNREACHABLE_AFTER, STATES
 from orchestrator.domain.payloads import parse_dev_id
+from orchestrator.domain.rehearsal import DEFAULT_CHECKS_PER_SECOND
 from orchestrator.domain.rollout import BadRollout, parse_waves
-from orchestrator.usecases import campaigns
+from orchestrator.usecases import campaigns, rehearsals
 from orchestrator.usecases.common import Connection
+from orchestrator.usecases.rehearsals import RUNS
 
 
 def read_device_file(path: str) -> tuple[int, ...]:
@@ -52,12 +55,13 @@ def read_device_file(path: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(ids))
 
 
-def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
+def spec_of(args: argparse.Namespace) -> CampaignSpec:
+    """The campaign these flags describe (``create`` and ``rehearse`` share them)."""
     try:
         waves = tuple(parse_waves(args.waves))
     except BadRollout as exc:
         raise UsageError(f"--{exc}") from None
-    spec = CampaignSpec(
+    return CampaignSpec(
         name=args.name, type=args.type, target=args.target,
         selector=Selector(args.manuf, args.model, tuple(args.from_version or ()),
                           read_device_file(args.devices) if args.devices else None),
@@ -70,6 +74,9 @@ def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
         max_per_cell=args.max_per_cell, gating=args.gating,
         windows=tuple(args.window or ()), timezone=args.timezone)
 
+
+def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
+    spec = spec_of(args)
     if args.dry_run:
         spec.validate()
         plan = asyncio.run(with_conn(settings, lambda c: campaigns.plan(
@@ -286,13 +293,94 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(with_conn(settings, go))
 
 
-def register(sub: Any) -> None:
-    camp = sub.add_parser("campaign", help="upgrade campaigns").add_subparsers(
-        dest="campaign_command", required=True, metavar="ACTION")
-    p = camp.add_parser("create", help="create a campaign (prints its id on the last line)")
-    p.add_argument("--name", required=True)
-    p.add_argument("--type", required=True, choices=("fota", "sota"))
-    p.add_argument("--target", required=True, help="target version")
+def variants_of(args: argparse.Namespace) -> list[tuple[str, CampaignSpec]]:
+    """The campaign the flags describe, then one per ``--compare``: its flags over them."""
+    out = [("", spec_of(args))]
+    if not args.compare:
+        return out
+    over = argparse.ArgumentParser(prog="--compare", add_help=False, exit_on_error=False)
+    campaign_flags(over, named=False, required=False)
+    for text in args.compare:
+        try:
+            tokens = shlex.split(text)
+            parsed = over.parse_args(tokens)
+        except (ValueError, argparse.ArgumentError) as exc:
+            raise UsageError(f"--compare {text!r}: {exc}") from None
+        # the flags it gives (each flag's destination is its name: --from-version,
+        # from_version), over the others
+        given = {t[2:].split("=", 1)[0].replace("-", "_") for t in tokens
+                 if t.startswith("--")}
+        merged = argparse.Namespace(**{**vars(args), **{k: getattr(parsed, k)
+                                                      for k in given if hasattr(parsed, k)}})
+        out.append((text, spec_of(merged)))
+    return out
+
+
+def cmd_rehearse(args: argparse.Namespace, settings: Settings) -> int:
+    variants = variants_of(args)
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    result = asyncio.run(with_conn(settings, lambda c: rehearsals.plan_rehearsal(
+        c, variants, policy=settings.policy(), fleet_cap=settings.max_in_flight,
+        fleet_cell_cap=settings.max_per_cell, batch=settings.scheduler_batch_size,
+        poll=settings.scheduler_poll_interval, checks_per_second=args.check_rate,
+        runs=args.runs, seed=args.seed, say=None if args.json else say)))
+    if args.json:
+        print_json(result)
+    else:
+        print_rehearsal(result)
+    return 0
+
+
+def _minutes(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds / 60:.0f} min" if seconds < 6 * 3600 else f"{seconds / 3600:.1f} h"
+
+
+def print_rehearsal(r: dict[str, Any]) -> None:
+    print(f"rehearsal (nothing written): {r['selected']:,} device(s) from {r['start']}, "
+          f"{r['runs']} run(s) per variant, in {r['rehearsed_in_seconds']} s")
+    for a in r["assumptions"]:
+        print(f"  assumed: {a}")
+    print(table([{"manuf": g["manuf"], "model": g["model"], "from_version": g["from_version"],
+                  "devices": g["devices"],
+                  "task_share": g["history"]["answers"].get("0", 0.0),
+                  "upgrade_s": g["history"]["upgrade_seconds_median"],
+                  "fail_dl": g["history"]["download_fail"],
+                  "fail_inst": g["history"]["install_fail"],
+                  "silent": g["history"]["silent"],
+                  "from": "defaults" if g["history"]["assumed"] else "history"}
+                 for g in r["groups"]],
+                ("manuf", "model", "from_version", "devices", "task_share", "upgrade_s",
+                 "fail_dl", "fail_inst", "silent", "from")))
+    for v in r["variants"]:
+        t = v["time_to_finish"]
+        print(f"\n{v['flags'] or 'as given'}: finishes in {_minutes(t['median_seconds'])} "
+              f"(median; 90th percentile {_minutes(t['p90_seconds'])}), at {t['median_at']}; "
+              f"runs ended {', '.join(f'{k} {n}' for k, n in v['ended'].items())}")
+        acts = v["rule_acts"]
+        if acts:
+            print(f"  the {acts['rule']} rule would {acts['action']} the campaign in wave "
+                  f"{acts['wave']} after {_minutes(acts['seconds'])} (in "
+                  f"{v['rule_acts_in_runs']}/{r['runs']} runs): {acts['reason']}")
+        print("  final: " + ", ".join(f"{k} {n:,}" for k, n in v["counts"].items())
+              + f"; never pass the gate: {v['never_pass_gate']:,}; checks: {v['checks']:,}")
+        print(table([{"wave": w["wave"], "devices": w["devices"],
+                      "opens": _minutes(w["opened"]), "done": _minutes(w["finished"])}
+                     for w in v["waves"]], ("wave", "devices", "opens", "done")))
+
+
+def campaign_flags(p: argparse.ArgumentParser, *, named: bool = True,
+                   required: bool = True) -> None:
+    """The flags that describe a campaign: ``create``'s and ``rehearse``'s (``named``: a
+    name is asked; ``required``: type and target must be given)."""
+    if named:
+        p.add_argument("--name", required=True)
+    p.add_argument("--type", required=required, choices=("fota", "sota"))
+    p.add_argument("--target", required=required, help="target version")
     p.add_argument("--manuf", help="only devices of this manufacturer")
     p.add_argument("--model", help="only devices of this module model")
     p.add_argument("--from-version", action="append", metavar="VERSION",
@@ -337,6 +425,13 @@ def register(sub: Any) -> None:
                         "are checked and dispatched only inside one; in-flight ones finish")
     p.add_argument("--timezone", default="UTC", help="IANA zone of the windows "
                                                      "(e.g. Asia/Shanghai; default UTC)")
+
+
+def register(sub: Any) -> None:
+    camp = sub.add_parser("campaign", help="upgrade campaigns").add_subparsers(
+        dest="campaign_command", required=True, metavar="ACTION")
+    p = camp.add_parser("create", help="create a campaign (prints its id on the last line)")
+    campaign_flags(p)
     p.add_argument("--assume-signal", type=int, metavar="N",
                    help="with --dry-run: count devices whose fresh status has signal > N")
     p.add_argument("--assume-power", type=int, metavar="N",
@@ -347,6 +442,21 @@ def register(sub: Any) -> None:
                         "nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     p.set_defaults(handler=cmd_create)
+    p = camp.add_parser("rehearse", help="play a campaign through in virtual time against a "
+                        "model of the fleet, before creating it (nothing written)")
+    campaign_flags(p, named=False)
+    p.add_argument("--compare", action="append", metavar="'FLAGS'",
+                   help="a variant: these flags over the others, rehearsed beside them "
+                        "(repeatable), e.g. --compare '--canary 5 --waves 5,100'")
+    p.add_argument("--runs", type=int, default=RUNS,
+                   help=f"seeded runs per variant (default {RUNS}): the median and the "
+                        "90th percentile of the time to finish")
+    p.add_argument("--seed", type=int, default=0, help="the first run's seed (default 0)")
+    p.add_argument("--check-rate", type=float, metavar="PER_SECOND",
+                   help="checks per second the service makes at most (default: "
+                        f"{DEFAULT_CHECKS_PER_SECOND:g}, an assumption)")
+    p.add_argument("--json", action="store_true", help="the rehearsal as JSON")
+    p.set_defaults(handler=cmd_rehearse, name="rehearsal")
     p = camp.add_parser("list", help="list campaigns")
     p.add_argument("--status", choices=STATUSES)
     p.add_argument("--limit", type=int, default=100)

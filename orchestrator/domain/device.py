@@ -305,6 +305,42 @@ def pre_gate(row: DeviceRow, status: Status, now: float, policy: Policy,
                                 task=row.task or probe), reason)
 
 
+class GroupGates:
+    """The gate each device group's task set, as one replica's checks saw it (None: the
+    group's first answered check told none, e.g. no task). Radio-aware gating holds a
+    group's devices back from their first check until one check of the group has told its
+    gate; then a device whose fresh report would not pass it is held to a likelier hour
+    (:func:`pre_gate`) instead of failing it. The scheduler and the rehearsal both keep
+    one; ``group`` is any hashable naming (campaign, manufacturer, model, from-version)."""
+
+    __slots__ = ("known",)
+
+    def __init__(self) -> None:
+        self.known: dict[Any, tuple[int, int] | None] = {}
+
+    def before_check(self, d: Decision, group: Any, status: Status,
+                     profile: Sequence[int] | None, now: float, policy: Policy,
+                     probing: set[Any]) -> Decision:
+        """A claimed device (``d``: on_claim's decision) about to be checked: checked (``d``
+        unchanged), held (pre_gate), or waiting a second for its group's first check.
+        ``probing``: the groups this batch already checks without a known gate."""
+        if d.row.state != "checking" or d.reason != "claimed" or not radio.informed(profile):
+            return d                      # without history a device goes as before
+        if group not in self.known and group in probing:
+            return on_probe_wait(d.row, now)      # one check per group tells it first
+        probing.add(group)
+        held = pre_gate(d.row, status, now, policy, self.known.get(group), profile)
+        return d if held is None else held
+
+    def learn(self, group: Any, outcome: CheckOutcome, called: bool) -> None:
+        """A check's answer: a task tells its group's gate; an answer without one says the
+        group has none (a transient error says nothing)."""
+        if isinstance(outcome, TaskFound):
+            self.known[group] = (outcome.task.signal, outcome.task.power)
+        elif called and not isinstance(outcome, Retryable):
+            self.known.setdefault(group, None)
+
+
 def unanswered(row: DeviceRow, now: float, policy: Policy, verdict: str) -> Decision:
     """A report was asked and none came: silence is not failure. Ask again, each wait twice
     the last, until ``unreachable_after`` since the first ask; then unreachable. No budget

@@ -146,6 +146,17 @@ class CheckRequest(msgspec.Struct, frozen=True, gc=False):
     powers: int | None = None
 
 
+def local_refusal(manuf: str | None, model: str | None, version: str | None,
+                  kind: str) -> Failed | None:
+    """Why a device cannot be checked at all (the errno the platform would answer), or
+    None: it has not reported its manufacturer and model, or its version."""
+    if not manuf or not model:
+        return Failed(2, "device has not reported its manufacturer and model", local=True)
+    if not version:
+        return Failed(27, f"device has not reported its {kind} version", local=True)
+    return None
+
+
 def outcome_errno(outcome: CheckOutcome) -> int:
     """The errno label for metrics and ``ota.check_outcomes`` (-1: no errno was answered)."""
     if isinstance(outcome, TaskFound):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -305,3 +306,22 @@ async def summary(conn: Connection, campaign_id: int) -> Summary:
         await conn.fetchval(q("summary_gate_retries"), campaign_id),
         await conn.fetchval(q("summary_install_retries"), campaign_id),
         [(r["errno"], r["calls"]) for r in await conn.fetch(q("summary_checks"), campaign_id)])
+
+
+async def rehearse_selection(conn: Connection, spec: CampaignSpec
+                             ) -> AsyncIterator[Record]:
+    """The devices creating this campaign would enrol, streamed (a cursor: a million rows
+    never sit in memory as records): id, the enrolment's hash, group, last report, radio
+    profile, cell."""
+    args = _selection_args(NO_CAMPAIGN, spec.type, spec.target, spec.selector)
+    async with conn.transaction():
+        async for r in conn.cursor(q("rehearse_selection"), *args, prefetch=20_000):
+            yield r
+
+
+async def rehearse_history(conn: Connection, kind: str, per_campaign: int,
+                           campaigns: int) -> list[dict[str, Any]]:
+    """What the newest campaigns of this type tell of each device group (rows of
+    ``rehearse_history``)."""
+    return [dict(r.items()) for r in await conn.fetch(q("rehearse_history"), kind,
+                                                      per_campaign, campaigns)]

@@ -124,7 +124,7 @@ async def create(conn: Connection, spec: CampaignSpec, *, start: bool = False,
     """Create a campaign and enrol its devices (one transaction)."""
     spec.validate()
     async with conn.transaction():
-        await _listed(conn, spec)
+        await check_listed(conn, spec)
         cid = await store.insert(conn, spec)
         n = await store.enroll_fresh(conn, cid, spec)
         skipped = await store.busy(conn, cid, spec)
@@ -168,7 +168,7 @@ def _outlook_json(outlooks: dict[Any, radio.Outlook] | None, key: Any) -> dict[s
                              "likely_by_hour": [round(h, 3) for h in o.hourly]}}
 
 
-async def _listed(conn: Connection, spec: CampaignSpec) -> None:
+async def check_listed(conn: Connection, spec: CampaignSpec) -> None:
     """A selector's listed devices must all be registered."""
     if spec.selector.devices is not None:
         absent = await devices.missing(conn, spec.selector.devices)
@@ -195,7 +195,7 @@ async def plan(conn: Connection, spec: CampaignSpec,
                                   or not -(2**31) <= value < 2**31):
             raise CampaignInputError(f"{name}: an integer")
     gate_given = assume_signal is not None or assume_power is not None
-    await _listed(conn, spec)
+    await check_listed(conn, spec)
     groups = await store.plan_selection(conn, spec, status_max_age, assume_signal,
                                         assume_power)
     caps = [c for c in (fleet_cap, spec.max_in_flight) if c]

@@ -24,12 +24,11 @@ from orchestrator.domain.device import (
     PROBE_REASON,
     WAITING,
     Decision,
+    GroupGates,
     Policy,
     on_cell_busy,
     on_check,
     on_claim,
-    on_probe_wait,
-    pre_gate,
 )
 from orchestrator.domain.onenet import (
     TYPE_CODES,
@@ -37,10 +36,10 @@ from orchestrator.domain.onenet import (
     CheckRequest,
     Failed,
     Retryable,
-    TaskFound,
+    local_refusal,
     outcome_errno,
 )
-from orchestrator.domain.radio import admit_by_cell, cell_cap, informed
+from orchestrator.domain.radio import admit_by_cell, cell_cap
 from orchestrator.domain.rollout import rate_tokens, slots
 from orchestrator.metrics import Metrics
 from orchestrator.ports import (
@@ -72,10 +71,10 @@ def _group(campaign_id: int, c: Claimed) -> tuple[int, str | None, str | None, s
 
 def check_request(c: Claimed, kind: str) -> CheckRequest | Failed:
     """The check for a claimed device, or the local refusal when it cannot be asked."""
-    if not c.manuf or not c.model:
-        return Failed(2, "device has not reported its manufacturer and model", local=True)
-    if not c.version:
-        return Failed(27, f"device has not reported its {kind} version", local=True)
+    refused = local_refusal(c.manuf, c.model, c.version, kind)
+    if refused is not None:
+        return refused
+    assert c.manuf and c.model and c.version
     return CheckRequest(c.dev_id, c.manuf, c.model, TYPE_CODES[kind], c.version,
                         cdn=True, signals=c.status.signal, powers=c.status.power)
 
@@ -92,11 +91,8 @@ class Scheduler:
         self.owner = owner
         self.policy = policy or policy_from(settings)
         self.processed = 0
-        # the gate each device group's task set, as this replica's checks saw it (None: the
-        # group's first check told none, e.g. no task): a device whose fresh report would
-        # not pass it is held to a likelier hour, not checked
-        self._gates: dict[tuple[int, str | None, str | None, str | None],
-                          tuple[int, int] | None] = {}
+        # the gate each device group's task set, as this replica's checks saw it
+        self._gates = GroupGates()
 
     async def run(self, stop: asyncio.Event, workers: int | None = None) -> None:
         """``workers`` batches at once (default ``ORCH_SCHEDULER_WORKERS``): while one
@@ -124,8 +120,9 @@ class Scheduler:
         async with self.db.transaction() as tx:
             campaigns = await tx.running_campaigns()
         live = {c.campaign_id for c in campaigns}
-        if any(k[0] not in live for k in self._gates):
-            self._gates = {k: v for k, v in self._gates.items() if k[0] in live}
+        known = self._gates.known
+        if any(k[0] not in live for k in known):
+            self._gates.known = {k: v for k, v in known.items() if k[0] in live}
         total = 0
         for campaign in campaigns:
             claimed = await self.db.run(functools.partial(self._claim, c=campaign))
@@ -254,19 +251,12 @@ class Scheduler:
                          unreachable_after=policy.unreachable_after)
             if d.reason == "dispatch_timeout_during_our_outage":
                 self.metrics.free_rechecks.inc()
-            if (d.row.state == "checking" and radio_aware and d.reason == "claimed"
-                    and informed(c.radio)):      # without history a device goes as before
-                group = _group(campaign.campaign_id, c)
-                told = group in self._gates
-                known = self._gates.get(group)
-                if not told and group in probing:
-                    d = on_probe_wait(d.row, now)        # one check per group tells it first
-                else:
-                    probing.add(group)
-                    held = pre_gate(d.row, c.status, now, policy, known, c.radio)
-                    if held is not None:
-                        d = held
-                        self.metrics.held.inc()
+            if radio_aware:
+                before = d
+                d = self._gates.before_check(d, _group(campaign.campaign_id, c), c.status,
+                                             c.radio, now, policy, probing)
+                if d is not before and d.reason != PROBE_REASON:
+                    self.metrics.held.inc()
             if d.row.state == "checking":
                 to_check.append((c, d))
             else:
@@ -286,11 +276,7 @@ class Scheduler:
                           (isinstance(outcome, Retryable) and outcome.reason == "breaker_open"))
             if called:
                 counts[(c.campaign_id, errno)] += 1
-            if isinstance(outcome, TaskFound):     # the gate of this device's group
-                self._gates[_group(campaign.campaign_id, c)] = (outcome.task.signal,
-                                                                outcome.task.power)
-            elif called and not isinstance(outcome, Retryable):  # answered, and no gate:
-                self._gates.setdefault(_group(campaign.campaign_id, c), None)
+            self._gates.learn(_group(campaign.campaign_id, c), outcome, called)
             d = on_check(claimed_decision.row, outcome, c.status, now, policy,
                          attempt=attempts[16 * i:16 * i + 16],
                          profile=c.radio if campaign.gating == "radio" else None)

@@ -33,8 +33,9 @@ async def raw_enrolment(conn: Connection, n: int) -> float:
     await conn.execute("CREATE TABLE bench_raw (LIKE ota.campaign_devices INCLUDING ALL)")
     await checkpoint(conn)
     started = time.perf_counter()
-    await conn.execute("INSERT INTO bench_raw (campaign_id, dev_id, wave, next_attempt_at)"
-                       " SELECT 1, g, 0, now() FROM generate_series(1, $1::bigint) g", n)
+    await conn.execute("INSERT INTO bench_raw (campaign_id, dev_id, wave, next_attempt_at,"
+                       " from_version) SELECT 1, g, 0, now(), '1.0'"
+                       " FROM generate_series(1, $1::bigint) g", n)
     seconds = time.perf_counter() - started
     await conn.execute("DROP TABLE bench_raw")
     return seconds

@@ -38,7 +38,7 @@ from orchestrator.domain.campaign import (
     CampaignNotFound,
 )
 from orchestrator.metrics import Metrics
-from orchestrator.usecases import campaigns, credentials, devices, status
+from orchestrator.usecases import campaigns, credentials, devices, rehearsals, status
 from orchestrator.usecases.common import (
     Connection,
     DatabaseUnavailable,
@@ -277,6 +277,15 @@ async def list_campaigns(call: Call) -> Any:
 async def create_campaign(call: Call) -> Any:
     q: s.CreateQuery = call.query
     spec = call.body.spec()
+    if q.rehearse:
+        if q.dry_run:
+            raise BadRequest("dry_run, rehearse: one or the other")
+        settings = call.settings
+        return _json(await rehearsals.plan_rehearsal(
+            call.conn, [("", spec)], policy=settings.policy(), fleet_cap=settings.max_in_flight,
+            fleet_cell_cap=settings.max_per_cell, batch=settings.scheduler_batch_size,
+            poll=settings.scheduler_poll_interval, checks_per_second=q.check_rate,
+            runs=q.runs, seed=q.seed), 200)
     if q.dry_run:
         settings = call.settings
         return _json(await campaigns.plan(call.conn, spec, settings.status_max_age,
@@ -413,9 +422,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", f"{V1}/campaigns", list_campaigns, "list campaigns",
           query=s.CampaignListQuery, response=list[s.CampaignOut]),  # type: ignore[valid-type]
     Route("POST", f"{V1}/campaigns", create_campaign,
-          "create a campaign (201); dry_run=true: its plan (200), nothing written",
+          "create a campaign (201); dry_run=true: its plan, rehearse=true: its rehearsal "
+          "(200), nothing written",
           body=s.CampaignCreate, query=s.CreateQuery, response=s.CampaignOut, status=201,
-          also=(200, s.Plan, "the plan of a dry run")),
+          also=(200, s.Plan, "the plan of a dry run, or the rehearsal")),
     Route("GET", f"{V1}/campaigns/{{id}}", show_campaign, "one campaign",
           response=s.CampaignOut),
     Route("PATCH", f"{V1}/campaigns/{{id}}", update_campaign, "change a live campaign's rules",

@@ -32,6 +32,7 @@ from orchestrator.domain.campaign import (
 )
 from orchestrator.domain.device import RETRYABLE_STATES, STATES
 from orchestrator.domain.registry import Device
+from orchestrator.domain.rehearsal import RUNS
 from orchestrator.domain.rollout import COUNT_STATES, Counts
 from orchestrator.domain.versions import VERSION_RE
 from orchestrator.domain.windows import MAX_WINDOWS, WINDOW_RE
@@ -197,6 +198,13 @@ class CreateQuery(msgspec.Struct, forbid_unknown_fields=False):
         "dry run: count the devices whose fresh status would pass this threshold"))] \
         | None = None
     assume_power: Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)] | None = None
+    rehearse: Annotated[bool, Meta(description=(
+        "true: the campaign played through in virtual time against a model of the fleet "
+        "(200), nothing written"))] = False
+    runs: Annotated[int, Meta(ge=1, le=100, description="rehearse: seeded runs")] = RUNS
+    seed: Annotated[int, Meta(ge=0, le=2**31 - 1, description="rehearse: the first seed")] = 0
+    check_rate: Annotated[float, Meta(gt=0, le=1e6, description=(
+        "rehearse: checks per second the service makes at most"))] | None = None
 
 
 # --- responses: shapes derived from the domain's types ---------------------------------------

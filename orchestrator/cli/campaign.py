@@ -23,11 +23,10 @@ from orchestrator.domain.campaign import (
 )
 from orchestrator.domain.device import DEFAULT_UNREACHABLE_AFTER, STATES
 from orchestrator.domain.payloads import parse_dev_id
-from orchestrator.domain.rehearsal import DEFAULT_CHECKS_PER_SECOND
+from orchestrator.domain.rehearsal import DEFAULT_CHECKS_PER_SECOND, RUNS
 from orchestrator.domain.rollout import BadRollout, parse_waves
 from orchestrator.usecases import campaigns, rehearsals
 from orchestrator.usecases.common import Connection
-from orchestrator.usecases.rehearsals import RUNS
 
 
 def read_device_file(path: str) -> tuple[int, ...]:

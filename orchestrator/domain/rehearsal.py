@@ -64,6 +64,7 @@ BUSY = frozenset({"checking", *IN_FLIGHT})   # what the in-flight caps count
 NO_TASK = 11
 TRANSIENT = 7
 HORIZON = 30 * 86400.0        # a rehearsal stops here if the campaign has not ended
+RUNS = 5                      # seeded runs per variant, by default
 
 # what stands in for history a group does not have yet (printed as assumptions)
 DEFAULT_TASK = Task("", "", 0, 0, 0, 3, 60, "", 1)
@@ -137,6 +138,7 @@ class Run:
     never_pass: int = 0               # failed at the gate for good
     peak_in_flight: int = 0           # most devices checking or in flight at once
     peak_per_cell: int = 0            # ... in one cell
+    events: int = 0                   # timed events the run queued (due times, progress)
 
 
 class _Play:
@@ -155,6 +157,7 @@ class _Play:
         self.dispatch = [0] * n           # which command a scheduled progress belongs to
         self.silent = [not d.reports for d in devices]
         self.last_seen = [d.status_at if not d.reports else start for d in devices]
+        # (a reporting device's last word is always recent: read as "now" at its claims)
         nwaves = len(setup.rules.waves)
         self.by_wave: list[dict[str, int]] = [dict.fromkeys(STATES, 0) for _ in range(nwaves)]
         self.members: list[list[int]] = [[] for _ in range(nwaves)]
@@ -165,6 +168,7 @@ class _Play:
         self.in_flight: list[tuple[float, int, int]] = []
         self.progress: list[tuple[float, int, int, int, int]] = []  # (at, seq, i, step, n)
         self.seq = 0
+        self.pushed = 0                   # due times queued (with the progress: the events)
         self.busy = 0
         self.peak = 0
         self.cells: dict[str, int] = {}
@@ -223,6 +227,7 @@ class _Play:
             return
         heap = self.in_flight if row.state in IN_FLIGHT else self.waiting
         heapq.heappush(heap, (row.next_attempt_at, self.ver[i], i))
+        self.pushed += 1
 
     def open_wave(self, wave: int, t: float) -> None:
         self.current_wave = wave
@@ -268,8 +273,8 @@ class _Play:
         n = self.dispatch[i]
         rng = self.rng
         if g.silent and rng.random() < g.silent:
-            self.silent[i] = True            # never heard again: no progress, no report
-            self.last_seen[i] = t
+            self.silent[i] = True            # never heard again: no progress, no report;
+            self.last_seen[i] = t - 1.0      # its last word came before the command
             return
         took = g.upgrade_seconds[rng.randrange(len(g.upgrade_seconds))]
         self._step(t + min(1.0, took / 10), i, 0, n)
@@ -339,14 +344,15 @@ class _Play:
         probing: set[int] = set()
         calls = 0
         for i in claimed + waiting:
-            row = self.rows[i]
-            d = on_claim(row, t, None, last_seen=self.last_seen[i],
+            dev = self.devices[i]
+            # a device still reporting was heard lately; a silent one when it last spoke
+            d = on_claim(self.rows[i], t, None,
+                         last_seen=self.last_seen[i] if self.silent[i] else t,
                          unreachable_after=policy.unreachable_after)
-            if s.radio_aware:         # its latest report, of this hour
-                dev = self.devices[i]
-                d = self.gates.before_check(d, dev.group,
-                                            self.status(i, self.groups[dev.group].task, t),
-                                            dev.profile, t, policy, probing)
+            status = self.status(i, self.groups[dev.group].task, t)   # its latest report
+            if s.radio_aware:
+                d = self.gates.before_check(d, dev.group, status, dev.profile, t, policy,
+                                            probing)
             if d.row.state != "checking":
                 self.put(i, d.row)
                 continue
@@ -354,12 +360,11 @@ class _Play:
             called = not (isinstance(outcome, Failed) and outcome.local)
             calls += called
             if s.radio_aware:
-                self.gates.learn(self.devices[i].group, outcome, called)
-            task = outcome.task if isinstance(outcome, TaskFound) else None
+                self.gates.learn(dev.group, outcome, called)
             attempt = f"{self.dispatch[i] + 1}"
             decided: Decision = on_check(
-                d.row, outcome, self.status(i, task, t), t, policy, self.rng, attempt=attempt,
-                profile=self.devices[i].profile if s.radio_aware else None)
+                d.row, outcome, status, t, policy, self.rng, attempt=attempt,
+                profile=dev.profile if s.radio_aware else None)
             self.put(i, decided.row)
             if decided.command is not None and decided.command.op == "upgrade":
                 self.commanded(i, t, attempt)
@@ -435,6 +440,7 @@ def rehearse(devices: Sequence[Device], groups: Sequence[GroupModel], setup: Set
                 assert action.wave is not None
                 p.open_wave(action.wave, t + setup.control)
                 next_sched = min(next_sched, t + setup.control)
+                p.changed = True               # an empty wave: the next tick opens the next
             elif action.kind in ("pause", "abort", "complete"):
                 run.ended, run.reason = action.kind, action.reason
                 run.seconds = t - start
@@ -453,6 +459,7 @@ def rehearse(devices: Sequence[Device], groups: Sequence[GroupModel], setup: Set
             break                              # nothing will ever happen again
         t = max(t_next, t)
     run.checks, run.peak_in_flight, run.peak_per_cell = p.checks, p.peak, p.peak_cell
+    run.events = p.pushed + p.seq
     run.waves = [{"wave": w + 1, "devices": len(p.members[w]),
                   "opened": None if opened is None else opened - start,
                   "finished": None if done is None else done - start}
@@ -485,6 +492,7 @@ class Summary:
     trip_runs: int                      # runs in which a rule acted
     checks: int
     never_pass: int
+    events: int
 
 
 def summarize(runs: Iterable[Run]) -> Summary:
@@ -498,7 +506,8 @@ def summarize(runs: Iterable[Run]) -> Summary:
                    float(statistics.median(times)) if times else None,
                    _quantile(times, 0.9) if times else None,
                    median.counts, median.by_group, median.waves, ended, median.tripped,
-                   sum(1 for r in done if r.tripped), median.checks, median.never_pass)
+                   sum(1 for r in done if r.tripped), median.checks, median.never_pass,
+                   median.events)
 
 
 def _quantile(values: Sequence[float], q: float) -> float:

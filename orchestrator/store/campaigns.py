@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,3 +325,11 @@ async def rehearse_history(conn: Connection, kind: str, per_campaign: int,
     ``rehearse_history``)."""
     return [dict(r.items()) for r in await conn.fetch(q("rehearse_history"), kind,
                                                       per_campaign, campaigns)]
+
+
+async def copy_rehearse_selection(conn: Connection, spec: CampaignSpec,
+                                  output: Callable[[bytes], Awaitable[None]]) -> None:
+    """The rehearsal's selection by COPY (binary) into ``output``: the fastest read of the
+    same rows, the raw limit ``bench rehearse`` sets the rehearsal's read beside."""
+    args = _selection_args(NO_CAMPAIGN, spec.type, spec.target, spec.selector)
+    await conn.copy_from_query(q("rehearse_selection"), *args, output=output, format="binary")

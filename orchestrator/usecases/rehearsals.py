@@ -18,6 +18,7 @@ from orchestrator.domain.rehearsal import (
     DEFAULT_CHECKS_PER_SECOND,
     DEFAULT_TASK,
     DEFAULT_UPGRADE_SECONDS,
+    RUNS,
     Device,
     GroupModel,
     History,
@@ -33,7 +34,6 @@ from orchestrator.store.db import Connection
 from orchestrator.usecases.campaigns import check_listed
 from orchestrator.usecases.common import iso
 
-RUNS = 5
 HISTORY_CAMPAIGNS = 5          # the newest campaigns of the type a group's model reads
 HISTORY_PER_CAMPAIGN = 100_000  # ... at most this many ended members of each
 Say = Callable[[str], None]
@@ -129,7 +129,7 @@ def _variant_json(flags: str, s: Summary, start: float, keys: Sequence[Key]
         "rule_acts": s.tripped and {**s.tripped, "seconds": _round(s.tripped["seconds"]),
                                     "at": at(s.tripped["seconds"])},
         "rule_acts_in_runs": s.trip_runs,
-        "never_pass_gate": s.never_pass, "checks": s.checks,
+        "never_pass_gate": s.never_pass, "checks": s.checks, "events": s.events,
         "by_group": [{"manuf": k[0], "model": k[1], "from_version": k[2], **c}
                      for k, c in zip(keys, s.by_group, strict=True)],
     }
@@ -164,7 +164,9 @@ async def plan_rehearsal(conn: Connection, variants: Sequence[tuple[str, Campaig
     started = time.perf_counter()
     now = time.time() if start is None else start
     by_key = await models(conn, first.type)
+    modelled = time.perf_counter()
     keys, rows = await selection(conn, first, now, policy.unreachable_after, say)
+    read = time.perf_counter()
     groups = [by_key.get(k) or model_group(k, None) for k in keys]
     sizes = [0] * len(keys)
     for _, _, g, _ in rows:
@@ -184,6 +186,7 @@ async def plan_rehearsal(conn: Connection, variants: Sequence[tuple[str, Campaig
             "none fails or goes silent")
     hashes = {d: h for d, h, _, _ in rows}
     out_variants = []
+    played_s = 0.0
     for flags, spec in variants:
         waves = assign_waves([(d, g) for d, _, g, _ in rows], spec.waves, spec.canary,
                              order=hashes.__getitem__)
@@ -192,7 +195,9 @@ async def plan_rehearsal(conn: Connection, variants: Sequence[tuple[str, Campaig
                          batch=batch, poll=poll, checks_per_second=checks_per_second)
         played = []
         for n in range(runs):
+            t = time.perf_counter()
             played.append(rehearse(devices, groups, setup, now, seed + n))
+            played_s += time.perf_counter() - t
             if say is not None:
                 r = played[-1]
                 say(f"  {flags or 'as given'}: run {n + 1}/{runs} ended {r.ended} after "
@@ -204,4 +209,6 @@ async def plan_rehearsal(conn: Connection, variants: Sequence[tuple[str, Campaig
         "groups": [_group_json(k, n, m) for k, n, m in zip(keys, sizes, groups, strict=True)],
         "variants": out_variants,
         "rehearsed_in_seconds": round(time.perf_counter() - started, 2),
+        "seconds": {"history": round(modelled - started, 2), "read": round(read - modelled, 2),
+                    "play": round(played_s, 2)},
     }

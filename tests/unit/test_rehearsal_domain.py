@@ -165,3 +165,12 @@ def test_runs_summarize_to_a_median_and_a_90th_percentile() -> None:
     times = sorted(r.seconds for r in runs if r.seconds is not None)
     assert s.runs == 5 and s.finished == 5 and s.ended == {"complete": 5}
     assert s.median_seconds == times[2] and s.p90_seconds == times[4]
+
+
+def test_an_empty_wave_is_passed_over_as_the_controller_does() -> None:
+    waves = (1, 2, 50, 100)                     # three devices: the last wave holds none
+    run = rehearse(fleet(3, waves), [GroupModel(KEY, task=TASK, upgrade_seconds=(5.0,))],
+                   Setup(Rules(waves=waves)), START, seed=1)
+    assert run.ended == "complete" and run.counts == {"succeeded": 3}
+    assert [w["devices"] for w in run.waves] == [1, 1, 1, 0]
+    assert run.waves[3]["opened"] is not None

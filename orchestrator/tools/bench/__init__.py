@@ -12,11 +12,12 @@ from orchestrator.tools.bench.credentials import bench_credentials
 from orchestrator.tools.bench.enroll import bench_enroll
 from orchestrator.tools.bench.ingest import bench_ingest
 from orchestrator.tools.bench.radio import bench_radio
+from orchestrator.tools.bench.rehearse import bench_rehearse
 from orchestrator.tools.bench.scale import bench_scale
 
 BENCHES = {"ingest": bench_ingest, "checks": bench_checks, "enroll": bench_enroll,
            "campaign": bench_campaign, "credentials": bench_credentials, "radio": bench_radio,
-           "scale": bench_scale}
+           "scale": bench_scale, "rehearse": bench_rehearse}
 
 
 def run_bench(name: str, settings: Settings, size: int | None) -> int:

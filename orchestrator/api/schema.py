@@ -32,7 +32,7 @@ from orchestrator.domain.campaign import (
 )
 from orchestrator.domain.device import RETRYABLE_STATES, STATES
 from orchestrator.domain.registry import Device
-from orchestrator.domain.rehearsal import RUNS
+from orchestrator.domain.rehearsal import MAX_CHECK_RATE, MAX_RUNS, RUNS
 from orchestrator.domain.rollout import COUNT_STATES, Counts
 from orchestrator.domain.versions import VERSION_RE
 from orchestrator.domain.windows import MAX_WINDOWS, WINDOW_RE
@@ -201,9 +201,9 @@ class CreateQuery(msgspec.Struct, forbid_unknown_fields=False):
     rehearse: Annotated[bool, Meta(description=(
         "true: the campaign played through in virtual time against a model of the fleet "
         "(200), nothing written"))] = False
-    runs: Annotated[int, Meta(ge=1, le=100, description="rehearse: seeded runs")] = RUNS
+    runs: Annotated[int, Meta(ge=1, le=MAX_RUNS, description="rehearse: seeded runs")] = RUNS
     seed: Annotated[int, Meta(ge=0, le=2**31 - 1, description="rehearse: the first seed")] = 0
-    check_rate: Annotated[float, Meta(gt=0, le=1e6, description=(
+    check_rate: Annotated[float, Meta(gt=0, le=MAX_CHECK_RATE, description=(
         "rehearse: checks per second the service makes at most"))] | None = None
 
 

@@ -302,16 +302,21 @@ def variants_of(args: argparse.Namespace) -> list[tuple[str, CampaignSpec]]:
     for text in args.compare:
         try:
             tokens = shlex.split(text)
-            parsed = over.parse_args(tokens)
+            parsed, extra = over.parse_known_args(tokens)
         except (ValueError, argparse.ArgumentError) as exc:
             raise UsageError(f"--compare {text!r}: {exc}") from None
+        if extra:
+            raise UsageError(f"--compare {text!r}: not a campaign's flags: {' '.join(extra)}")
         # the flags it gives (each flag's destination is its name: --from-version,
         # from_version), over the others
         given = {t[2:].split("=", 1)[0].replace("-", "_") for t in tokens
                  if t.startswith("--")}
         merged = argparse.Namespace(**{**vars(args), **{k: getattr(parsed, k)
                                                       for k in given if hasattr(parsed, k)}})
-        out.append((text, spec_of(merged)))
+        try:
+            out.append((text, spec_of(merged)))
+        except UsageError as exc:
+            raise UsageError(f"--compare {text!r}: {exc}") from None
     return out
 
 

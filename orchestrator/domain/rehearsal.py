@@ -65,6 +65,8 @@ NO_TASK = 11
 TRANSIENT = 7
 HORIZON = 30 * 86400.0        # a rehearsal stops here if the campaign has not ended
 RUNS = 5                      # seeded runs per variant, by default
+MAX_RUNS = 100
+MAX_CHECK_RATE = 1e6          # checks per second an operator may say the service makes
 
 # what stands in for history a group does not have yet (printed as assumptions)
 DEFAULT_TASK = Task("", "", 0, 0, 0, 3, 60, "", 1)

@@ -11,13 +11,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from orchestrator.domain.campaign import CampaignError, CampaignSpec
+from orchestrator.domain.campaign import CampaignInputError, CampaignSpec
 from orchestrator.domain.device import Policy
 from orchestrator.domain.onenet import Task
 from orchestrator.domain.rehearsal import (
     DEFAULT_CHECKS_PER_SECOND,
     DEFAULT_TASK,
     DEFAULT_UPGRADE_SECONDS,
+    MAX_CHECK_RATE,
+    MAX_RUNS,
     RUNS,
     Device,
     GroupModel,
@@ -148,17 +150,17 @@ async def plan_rehearsal(conn: Connection, variants: Sequence[tuple[str, Campaig
     """Rehearse each variant (its flags as given, its spec) ``runs`` times from ``start``
     (default now). The variants share the first's selector: they differ in their rules."""
     if not variants:
-        raise CampaignError("rehearse: no campaign given")
-    if not 1 <= runs <= 100:
-        raise CampaignError("runs: 1..100")
-    if checks_per_second is not None and not checks_per_second > 0:
-        raise CampaignError("check_rate: above 0 per second")
+        raise CampaignInputError("rehearse: no campaign given")
+    if not 1 <= runs <= MAX_RUNS:
+        raise CampaignInputError(f"runs: 1..{MAX_RUNS}")
+    if checks_per_second is not None and not 0 < checks_per_second <= MAX_CHECK_RATE:
+        raise CampaignInputError(f"check_rate: above 0, at most {MAX_CHECK_RATE:g} a second")
     first = variants[0][1]
     for flags, spec in variants:
         spec.validate()
         if (spec.selector, spec.type, spec.target) != (first.selector, first.type,
                                                         first.target):
-            raise CampaignError(f"compare {flags!r}: variants differ in their rules, not in "
+            raise CampaignInputError(f"compare {flags!r}: variants differ in their rules, not in "
                                 "the devices (selector, type and target are the first's)")
     await check_listed(conn, first)
     started = time.perf_counter()

@@ -271,6 +271,28 @@ async def test_dry_run_through_the_api(api: Any) -> None:
     assert listed == []
 
 
+async def test_a_rehearsal_through_the_api_writes_nothing(api: Any) -> None:
+    url = await api(token="s3cret")
+    body = {"name": "r", "type": "fota", "target": "1.3", "model": "M5310", "waves": [50, 100],
+            "max_per_minute": 600}
+    status, _ = await call("POST", f"{url}/api/v1/campaigns?rehearse=true", body)
+    assert status == 401
+    auth = {"Authorization": "Bearer s3cret"}
+    status, r = await call("POST", f"{url}/api/v1/campaigns?rehearse=true&runs=2&seed=7",
+                           body, auth)
+    assert status == 200 and r["selected"] == 10 and r["runs"] == 2 and r["seed"] == 7, r
+    v = r["variants"][0]
+    assert v["counts"] == {"succeeded": 10} and [w["devices"] for w in v["waves"]] == [5, 5]
+    assert r["assumptions"]                      # no history here: defaults, said so
+    for query, field in [("rehearse=true&dry_run=true", "dry_run"), ("rehearse=true&runs=0",
+                                                                     "runs"),
+                         ("rehearse=true&check_rate=0", "check_rate")]:
+        status, err = await call("POST", f"{url}/api/v1/campaigns?{query}", body, auth)
+        assert status == 400 and field in err["error"], (query, err)
+    status, listed = await call("GET", f"{url}/api/v1/campaigns", headers=auth)
+    assert listed == []
+
+
 async def test_the_status_page_is_a_read_route_a_browser_can_log_into(api: Any) -> None:
     url = await api(token="s3cret")
     async with aiohttp.ClientSession() as s:

@@ -506,11 +506,16 @@ def on_probe_wait(row: DeviceRow, now: float) -> Decision:
     return Decision(row.replace(state=back, next_attempt_at=now + PROBE_WAIT), PROBE_REASON)
 
 
-def on_cell_busy(row: DeviceRow, now: float, cell: str, busy: int, cap: int) -> Decision:
-    """A claimed device its cell cannot admit now: back where it waited, claimed again
-    shortly (no budget spent; no event, it would repeat)."""
+def on_cell_busy(row: DeviceRow, now: float, cell: str, busy: int, cap: int,
+                 position: int = 0) -> Decision:
+    """A claimed device its cell cannot admit now: back where it waited (no budget spent;
+    no event, it would repeat). ``position``: how many of the same cell were turned away
+    before it in this claim. The cell admits ``cap`` at a time, so they come back ``cap`` at
+    a time, ``CELL_RETRY`` apart: a cell of 500 devices under a cap of 10 is not claimed
+    and turned away whole every few seconds."""
     back = "pending" if row.dispatched_at is None and row.task is None else "gated"
-    return Decision(row.replace(state=back, next_attempt_at=now + CELL_RETRY,
+    later = CELL_RETRY * (1 + position // max(cap, 1))
+    return Decision(row.replace(state=back, next_attempt_at=now + later,
                                 last_error=f"cell {cell} busy: {busy} in flight (cap {cap})"),
                     f"cell {cell} busy: {busy} in flight (cap {cap})")
 

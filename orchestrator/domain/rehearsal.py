@@ -386,11 +386,13 @@ class _Play:
         busy = {c: self.cells.get(c, 0) - len(v) for c, v in levels.items()}
         admitted, deferred = admit_by_cell(
             [(i, self.devices[i].cell, self.devices[i].ce_level) for i in waiting], busy, cap)
+        turned: dict[str, int] = {}
         for i in deferred:
             cell = self.devices[i].cell
             assert cell is not None
             limit = cell_cap(cap, levels[cell]) or 0
-            self.put(i, on_cell_busy(self.rows[i], t, cell, limit, limit).row)
+            position = turned[cell] = turned.get(cell, -1) + 1
+            self.put(i, on_cell_busy(self.rows[i], t, cell, limit, limit, position).row)
         return admitted
 
     def counts(self) -> dict[int, Counts]:

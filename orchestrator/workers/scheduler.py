@@ -208,11 +208,13 @@ class Scheduler:
         if deferred:
             now = time.time()
             writes = []
+            turned: dict[str, int] = {}
             for key in deferred:
                 w = by_key[key]
                 assert w.cell is not None
                 limit = cell_cap(cap, levels[w.cell]) or 0
-                d = on_cell_busy(w.row, now, w.cell, limit, limit)
+                position = turned[w.cell] = turned.get(w.cell, -1) + 1
+                d = on_cell_busy(w.row, now, w.cell, limit, limit, position)
                 writes.append(Write(w.campaign_id, w.dev_id, w.rev, w.row.state, d.row,
                                     d.reason, event=False))
             await tx.write_members(writes, self.owner)

@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 
 from orchestrator.domain import radio
 from orchestrator.domain.device import (
+    CELL_RETRY,
     DeviceRow,
     Policy,
     Status,
     gate_failed,
+    on_cell_busy,
     on_status_while_gated,
     pre_gate,
 )
@@ -168,3 +170,13 @@ def test_a_groups_outlook_shares_its_devices_with_history() -> None:
     assert o.hourly[23] == o.hourly[0] == 2 / 3 and o.hourly[12] == 0.0
     assert o.expected_wait == 10 * 3600.0               # noon to 22:00
     assert radio.outlook([], 10, 20, now).expected_wait is None
+
+
+def test_devices_a_cell_turns_away_come_back_a_cap_at_a_time() -> None:
+    row = DeviceRow(state="checking")
+    later = [on_cell_busy(row, 100.0, "c1", 10, 10, position).row.next_attempt_at
+             for position in range(25)]
+    assert later[:10] == [100.0 + CELL_RETRY] * 10
+    assert later[10:20] == [100.0 + 2 * CELL_RETRY] * 10 and later[20:] == [115.0] * 5
+    d = on_cell_busy(row, 100.0, "c1", 3, 3)
+    assert d.row.state == "pending" and d.row.attempts == 0 and "cell c1 busy" in d.reason

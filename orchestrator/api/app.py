@@ -285,6 +285,7 @@ async def create_campaign(call: Call) -> Any:
             call.conn, [("", spec)], policy=settings.policy(), fleet_cap=settings.max_in_flight,
             fleet_cell_cap=settings.max_per_cell, batch=settings.scheduler_batch_size,
             poll=settings.scheduler_poll_interval, checks_per_second=q.check_rate,
+            concurrency=settings.onenet_concurrency,
             runs=q.runs, seed=q.seed), 200)
     if q.dry_run:
         settings = call.settings

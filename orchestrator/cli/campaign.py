@@ -23,7 +23,7 @@ from orchestrator.domain.campaign import (
 )
 from orchestrator.domain.device import DEFAULT_UNREACHABLE_AFTER, STATES
 from orchestrator.domain.payloads import parse_dev_id
-from orchestrator.domain.rehearsal import DEFAULT_CHECKS_PER_SECOND, RUNS
+from orchestrator.domain.rehearsal import CHECK_SECONDS, RUNS
 from orchestrator.domain.rollout import BadRollout, parse_waves
 from orchestrator.usecases import campaigns, rehearsals
 from orchestrator.usecases.common import Connection
@@ -330,6 +330,7 @@ def cmd_rehearse(args: argparse.Namespace, settings: Settings) -> int:
         c, variants, policy=settings.policy(), fleet_cap=settings.max_in_flight,
         fleet_cell_cap=settings.max_per_cell, batch=settings.scheduler_batch_size,
         poll=settings.scheduler_poll_interval, checks_per_second=args.check_rate,
+        concurrency=settings.onenet_concurrency,
         runs=args.runs, seed=args.seed, say=None if args.json else say)))
     if args.json:
         print_json(result)
@@ -458,7 +459,8 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="the first run's seed (default 0)")
     p.add_argument("--check-rate", type=float, metavar="PER_SECOND",
                    help="checks per second the service makes at most (default: "
-                        f"{DEFAULT_CHECKS_PER_SECOND:g}, an assumption)")
+                        "ORCH_ONENET_CONCURRENCY calls at once of "
+                        f"{CHECK_SECONDS * 1000:g} ms each, an assumption)")
     p.add_argument("--json", action="store_true", help="the rehearsal as JSON")
     p.set_defaults(handler=cmd_rehearse, name="rehearsal")
     p = camp.add_parser("list", help="list campaigns")

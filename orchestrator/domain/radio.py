@@ -113,25 +113,27 @@ def next_check(now: float, interval: float, profile: Sequence[int] | None, signa
                power: int, period: float = DAY, horizon: float | None = None) -> NextCheck:
     """The first slot start at least ``interval`` away whose pass estimate reaches
     ``PASS_LIKELY``, else the likeliest slot within ``horizon`` (a period by default); with
-    no history, ``now + interval`` as before."""
+    no history, ``now + interval`` as before. The slots are read in time order from the
+    earliest, so a likely one near stops the search."""
     earliest = now + interval
     horizon = period if horizon is None else horizon
-    candidates: list[tuple[float, int, float]] = []
-    for slot in range(SLOTS):
+    first = slot_of(earliest, period)
+    best: tuple[float, int, float] | None = None
+    for k in range(SLOTS):
+        slot = (first + k) % SLOTS
         p = estimate(profile, slot, signal, power)
         if p is None:
             continue
-        at = max(slot_start(earliest, slot, period), earliest) if slot_of(
-            earliest, period) != slot else earliest
-        if at - earliest <= horizon:
-            candidates.append((at, slot, p))
-    if not candidates:
-        return NextCheck(earliest)
-    candidates.sort()
-    for at, slot, p in candidates:
+        at = earliest if k == 0 else max(slot_start(earliest, slot, period), earliest)
+        if at - earliest > horizon:
+            continue
         if p >= PASS_LIKELY:
             return NextCheck(at, slot, p)
-    at, slot, p = max(candidates, key=lambda c: (c[2], -c[0]))
+        if best is None or p > best[2]:
+            best = (at, slot, p)
+    if best is None:
+        return NextCheck(earliest)
+    at, slot, p = best
     return NextCheck(at, slot, p, hopeless=p < NEVER)
 
 

@@ -71,7 +71,8 @@ MAX_CHECK_RATE = 1e6          # checks per second an operator may say the servic
 # what stands in for history a group does not have yet (printed as assumptions)
 DEFAULT_TASK = Task("", "", 0, 0, 0, 3, 60, "", 1)
 DEFAULT_UPGRADE_SECONDS = 120.0
-DEFAULT_CHECKS_PER_SECOND = 100.0
+CHECK_SECONDS = 0.1           # one check call's time, assumed: a rate of concurrency / this
+DEFAULT_CHECKS_PER_SECOND = 64 / CHECK_SECONDS    # ORCH_ONENET_CONCURRENCY's default
 
 
 class GroupModel(msgspec.Struct, frozen=True):
@@ -157,6 +158,8 @@ class _Play:
         self.rows = [DeviceRow(next_attempt_at=start)] * n
         self.ver = [0] * n                # a heap entry is live while its version matches
         self.dispatch = [0] * n           # which command a scheduled progress belongs to
+        self.steps: list[list[tuple[float, int]] | None] = [None] * n   # still to report
+        self.next_heard = [math.inf] * n  # when its next progress comes
         self.silent = [not d.reports for d in devices]
         self.last_seen = [d.status_at if not d.reports else start for d in devices]
         # (a reporting device's last word is always recent: read as "now" at its claims)
@@ -227,7 +230,10 @@ class _Play:
         if row.state in TERMINAL or row.state in PARKED or row.next_attempt_at is None \
                 or d.wave > self.current_wave:
             return
-        heap = self.in_flight if row.state in IN_FLIGHT else self.waiting
+        in_flight = row.state in IN_FLIGHT
+        if in_flight and self.next_heard[i] < row.next_attempt_at:
+            return          # heard before its deadline: put again then, with a new one
+        heap = self.in_flight if in_flight else self.waiting
         heapq.heappush(heap, (row.next_attempt_at, self.ver[i], i))
         self.pushed += 1
 
@@ -269,29 +275,46 @@ class _Play:
         return Failed(errno, f"errno {errno} (as the group's past checks answered)")
 
     def commanded(self, i: int, t: float, attempt: str) -> None:
-        """A device got its upgrade command: what it does, drawn from its group's past."""
+        """A device got its upgrade command: what it does, drawn from its group's past. Its
+        steps are queued one at a time (the next when one is heard), so a device in flight
+        holds one timed event; it reports download progress every half dispatch timeout,
+        as a device does, so a long download is not taken for a lost one."""
         g = self.groups[self.devices[i].group]
         self.dispatch[i] += 1
-        n = self.dispatch[i]
         rng = self.rng
         if g.silent and rng.random() < g.silent:
             self.silent[i] = True            # never heard again: no progress, no report;
             self.last_seen[i] = t - 1.0      # its last word came before the command
+            self.steps[i] = None
+            self.next_heard[i] = math.inf
             return
         took = g.upgrade_seconds[rng.randrange(len(g.upgrade_seconds))]
-        self._step(t + min(1.0, took / 10), i, 0, n)
+        downloaded = t + took * 0.6
+        every = self.setup.policy.dispatch_timeout / 2
+        steps: list[tuple[float, int]] = []
+        at = t + every
+        while at < downloaded:
+            steps.append((at, min(99, int(100 * (at - t) / (took * 0.6)))))
+            at += every
         if g.download_fail and rng.random() < g.download_fail:
-            self._step(t + took * 0.6, i, min(DOWNLOAD_FAILED_STEPS), n)
-            return
-        self._step(t + took * 0.6, i, STEP_DOWNLOADED, n)
-        if g.install_fail and rng.random() < g.install_fail:
-            self._step(t + took, i, min(INSTALL_FAILED_STEPS), n)
-            return
-        self._step(t + took, i, STEP_SUCCEEDED, n)
+            steps.append((downloaded, min(DOWNLOAD_FAILED_STEPS)))
+        else:
+            steps.append((downloaded, STEP_DOWNLOADED))
+            failed = g.install_fail and rng.random() < g.install_fail
+            steps.append((t + took, min(INSTALL_FAILED_STEPS) if failed else STEP_SUCCEEDED))
+        steps.reverse()                       # popped from the end, first step last
+        self.steps[i] = steps
+        self._next_step(i)
 
-    def _step(self, at: float, i: int, step: int, n: int) -> None:
+    def _next_step(self, i: int) -> None:
+        steps = self.steps[i]
+        if not steps:
+            self.next_heard[i] = math.inf
+            return
+        at, step = steps.pop()
+        self.next_heard[i] = at
         self.seq += 1
-        heapq.heappush(self.progress, (at, self.seq, i, step, n))
+        heapq.heappush(self.progress, (at, self.seq, i, step, self.dispatch[i]))
 
     def heard(self, t: float) -> None:
         """Progress due by ``t``, each bound to its command as ingest binds it."""
@@ -300,6 +323,7 @@ class _Play:
             at, _, i, step, n = heapq.heappop(self.progress)
             if n != self.dispatch[i]:
                 continue                       # an older command's
+            self._next_step(i)
             row = self.rows[i]
             if progress_refusal(row, step, row.attempt) is not None:
                 continue

@@ -15,7 +15,7 @@ from orchestrator.domain.campaign import CampaignInputError, CampaignSpec
 from orchestrator.domain.device import Policy
 from orchestrator.domain.onenet import Task
 from orchestrator.domain.rehearsal import (
-    DEFAULT_CHECKS_PER_SECOND,
+    CHECK_SECONDS,
     DEFAULT_TASK,
     DEFAULT_UPGRADE_SECONDS,
     MAX_CHECK_RATE,
@@ -145,10 +145,13 @@ async def plan_rehearsal(conn: Connection, variants: Sequence[tuple[str, Campaig
                          policy: Policy, fleet_cap: int | None = None,
                          fleet_cell_cap: int | None = None, batch: int = 2000,
                          poll: float = 0.5, checks_per_second: float | None = None,
+                         concurrency: int = 64,
                          runs: int = RUNS, seed: int = 0, start: float | None = None,
                          say: Say | None = None) -> dict[str, Any]:
     """Rehearse each variant (its flags as given, its spec) ``runs`` times from ``start``
-    (default now). The variants share the first's selector: they differ in their rules."""
+    (default now). The variants share the first's selector: they differ in their rules.
+    ``checks_per_second``: the service's check throughput (None: ``concurrency`` calls at
+    once of ``CHECK_SECONDS`` each, an assumption said in the result)."""
     if not variants:
         raise CampaignInputError("rehearse: no campaign given")
     if not 1 <= runs <= MAX_RUNS:
@@ -175,9 +178,10 @@ async def plan_rehearsal(conn: Connection, variants: Sequence[tuple[str, Campaig
         sizes[g] += 1
     assumptions = []
     if checks_per_second is None:
-        checks_per_second = DEFAULT_CHECKS_PER_SECOND
-        assumptions.append(f"the service checks {checks_per_second:g} devices/s at most "
-                           "(--check-rate)")
+        checks_per_second = concurrency / CHECK_SECONDS
+        assumptions.append(f"the service checks {checks_per_second:g} devices/s at most: "
+                           f"{concurrency} calls at once (ORCH_ONENET_CONCURRENCY) of "
+                           f"{CHECK_SECONDS * 1000:g} ms each (--check-rate to say)")
     assumed = [k for k, m in zip(keys, groups, strict=True) if m.assumed]
     if assumed:
         assumptions.append(

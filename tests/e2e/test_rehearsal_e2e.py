@@ -96,7 +96,7 @@ async def test_a_rehearsal_predicts_the_run_and_when_its_abort_rule_trips(
 
         # --- the abort rule: predicted to trip in the canary wave, and it does -------------
         trip = CampaignSpec("trip", "fota", "1.3", Selector(devices=tuple(TRIP)),
-                            waves=(10, 100), canary=10, abort_failure_pct=20.0,
+                            waves=(10, 100), canary=10, abort_failure_pct=10.0,
                             abort_min_finished=15, max_per_minute=600)
         predicted = await rehearse(stack, trip)
         acts = predicted["variants"][0]["rule_acts"]
@@ -109,7 +109,7 @@ async def test_a_rehearsal_predicts_the_run_and_when_its_abort_rule_trips(
         await act(stack, cid, "cancel")
         clean = CampaignSpec("clean", "fota", "1.3", Selector(devices=tuple(
             d for d in TRIP if model(d) == "M5310")), waves=(10, 100), canary=10,
-            abort_failure_pct=20.0, abort_min_finished=15, max_per_minute=600)
+            abort_failure_pct=10.0, abort_min_finished=15, max_per_minute=600)
         predicted = await rehearse(stack, clean)
         assert predicted["variants"][0]["rule_acts"] is None
         assert predicted["variants"][0]["ended"] == {"complete": 5}

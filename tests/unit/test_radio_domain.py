@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.domain import radio
@@ -180,3 +180,40 @@ def test_devices_a_cell_turns_away_come_back_a_cap_at_a_time() -> None:
     assert later[10:20] == [100.0 + 2 * CELL_RETRY] * 10 and later[20:] == [115.0] * 5
     d = on_cell_busy(row, 100.0, "c1", 3, 3)
     assert d.row.state == "pending" and d.row.attempts == 0 and "cell c1 busy" in d.reason
+
+
+def _next_check_by_sorting(now: float, interval: float, profile: radio.Profile | None,
+                           signal: int, power: int, period: float) -> radio.NextCheck:
+    """next_check as first written (every slot, sorted by time): the oracle of the
+    early-stopping one."""
+    earliest = now + interval
+    candidates = []
+    for slot in range(radio.SLOTS):
+        p = radio.estimate(profile, slot, signal, power)
+        if p is None:
+            continue
+        at = max(radio.slot_start(earliest, slot, period), earliest) if radio.slot_of(
+            earliest, period) != slot else earliest
+        if at - earliest <= period:
+            candidates.append((at, slot, p))
+    if not candidates:
+        return radio.NextCheck(earliest)
+    candidates.sort()
+    for at, slot, p in candidates:
+        if p >= radio.PASS_LIKELY:
+            return radio.NextCheck(at, slot, p)
+    at, slot, p = max(candidates, key=lambda c: (c[2], -c[0]))
+    return radio.NextCheck(at, slot, p, hopeless=p < radio.NEVER)
+
+
+@settings(max_examples=200, deadline=None)
+@given(readings=st.dictionaries(st.integers(0, 23), st.tuples(st.integers(-5, 40),
+                                                              st.integers(0, 100))),
+       now=st.floats(0, 10 * DAY), interval=st.floats(0, 2 * DAY),
+       signal=st.integers(0, 30), power=st.integers(0, 90), days=st.integers(0, 4))
+def test_the_next_check_stops_early_and_says_what_the_full_search_says(
+        readings: dict[int, tuple[int, int]], now: float, interval: float, signal: int,
+        power: int, days: int) -> None:
+    profile = profile_of(readings, days)
+    assert radio.next_check(now, interval, profile, signal, power, DAY) == \
+        _next_check_by_sorting(now, interval, profile, signal, power, DAY)

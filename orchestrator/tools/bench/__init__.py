@@ -12,12 +12,13 @@ from orchestrator.tools.bench.credentials import bench_credentials
 from orchestrator.tools.bench.enroll import bench_enroll
 from orchestrator.tools.bench.ingest import bench_ingest
 from orchestrator.tools.bench.radio import bench_radio
-from orchestrator.tools.bench.rehearse import bench_rehearse
+from orchestrator.tools.bench.rehearse import bench_rehearse, bench_rehearse_vs_real
 from orchestrator.tools.bench.scale import bench_scale
 
 BENCHES = {"ingest": bench_ingest, "checks": bench_checks, "enroll": bench_enroll,
            "campaign": bench_campaign, "credentials": bench_credentials, "radio": bench_radio,
-           "scale": bench_scale, "rehearse": bench_rehearse}
+           "scale": bench_scale, "rehearse": bench_rehearse,
+           "rehearse-vs-real": bench_rehearse_vs_real}
 
 
 def run_bench(name: str, settings: Settings, size: int | None) -> int:

@@ -28,6 +28,7 @@ from orchestrator.tools.bench.common import (
     checks_scenario,
     cpu_seconds,
     cpu_spent,
+    fleet_process,
     private_broker,
     raw_checks_all,
     report,
@@ -38,6 +39,9 @@ from orchestrator.usecases.campaigns import create as create_campaign
 
 REPLICAS = 2          # the bench's process and one `orchestrator run` beside it
 FLEET_SHARD = 250_000     # simulated devices per fleet process
+# the fleet reports an hour apart: a status stays fresh for the whole campaign (a million
+# devices take most of an hour here), so no device needs a report request on the way
+STATUS_MAX_AGE = 4 * 3600.0
 
 
 async def bench_campaign(settings: Settings, say: Say, n: int = 2_000) -> dict[str, Any]:
@@ -63,6 +67,7 @@ def _replica_env(s: Settings, dsn: str) -> dict[str, str]:
            "ORCH_ONENET_URL": s.onenet_url, "ORCH_ONENET_PRODUCT_ID": PRODUCT_ID,
            "ORCH_ONENET_ACCESS_KEY": DEMO_ACCESS_KEY, "ORCH_API_LISTEN": "127.0.0.1:0",
            "ORCH_SCHEDULER_POLL_INTERVAL": str(s.scheduler_poll_interval),
+           "ORCH_STATUS_MAX_AGE": str(s.status_max_age),
            "ORCH_LOG_LEVEL": "error", "ORCH_LOG_FORMAT": "json"}
     env.pop("ORCH_MQTT_CLIENT_ID", None)        # a slot of its own on this host
     env.pop("ORCH_ONENET_AUTHORIZATION", None)
@@ -86,18 +91,11 @@ async def _bench_campaign(settings: Settings, say: Say, n: int) -> dict[str, Any
                                     onenet_product_id=PRODUCT_ID, onenet_access_key=DEMO_ACCESS_KEY,
                                     onenet_authorization=None, mqtt_topic_prefix=prefix,
                                     mqtt_client_id=f"bench-{prefix}", api_listen="127.0.0.1:0",
-                                    scheduler_poll_interval=0.05)
-            u = s.mqtt_url
-            fleets = [subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", "simulate", "fleet", "--devices",
-                 str(min(FLEET_SHARD, n - first + 1)), "--first-id", str(first),
-                 "--status-interval", "3600", "--install-time", "0.05", "--seed", str(first),
-                 "--bandwidth", "10000000"],
-                env={**os.environ, "ORCH_MQTT_URL": f"mqtt://{u.host}:{u.port}",
-                     "ORCH_MQTT_TOPIC_PREFIX": prefix, "ORCH_MQTT_PROTOCOL": s.mqtt_protocol,
-                     "ORCH_LOG_LEVEL": "error"},
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                for first in range(1, n + 1, FLEET_SHARD)]
+                                    scheduler_poll_interval=0.05,
+                                    status_max_age=STATUS_MAX_AGE)
+            fleets = [fleet_process(s, min(FLEET_SHARD, n - first + 1), first,
+                                    "--seed", str(first))
+                      for first in range(1, n + 1, FLEET_SHARD)]
             service = Service(s, api=False)
             task = asyncio.create_task(service.run())
             replicas = [subprocess.Popen([sys.executable, "-m", "orchestrator", "run"],

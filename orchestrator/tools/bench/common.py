@@ -232,3 +232,17 @@ async def private_broker(settings: Settings, say: Say) -> AsyncIterator[Settings
         finally:
             proc.terminate()
             await proc.wait()
+
+
+def fleet_process(s: Settings, n: int, first: int, *args: str) -> subprocess.Popen[bytes]:
+    """``simulate fleet`` in a process of its own: ``n`` devices from ``first`` on ``s``'s
+    broker and prefix, a status an hour, fast installs, and these further flags."""
+    u = s.mqtt_url
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "simulate", "fleet", "--devices", str(n),
+         "--first-id", str(first), "--status-interval", "3600", "--install-time", "0.05",
+         "--bandwidth", "10000000", *args],
+        env={**os.environ, "ORCH_MQTT_URL": f"mqtt://{u.host}:{u.port}",
+             "ORCH_MQTT_TOPIC_PREFIX": s.mqtt_topic_prefix, "ORCH_MQTT_PROTOCOL": s.mqtt_protocol,
+             "ORCH_LOG_LEVEL": "error"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -7,17 +7,34 @@ timed events as the rehearsal queued (the machine's floor for an event loop in P
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import heapq
+import os
 import random
 import resource
+import signal
 import time
 from typing import Any
 
 from orchestrator.config import Settings
-from orchestrator.domain.campaign import CampaignSpec
+from orchestrator.domain.campaign import CampaignSpec, Selector
+from orchestrator.service import Service
+from orchestrator.sim import DEMO_ACCESS_KEY
+from orchestrator.sim.fleet import make_devices
+from orchestrator.store import devices
 from orchestrator.store.campaigns import copy_rehearse_selection
 from orchestrator.store.db import Connection, connect
-from orchestrator.tools.bench.common import Say, report, scratch_database
+from orchestrator.tools.bench.common import (
+    PRODUCT_ID,
+    Say,
+    checks_scenario,
+    fleet_process,
+    private_broker,
+    report,
+    scratch_database,
+    simulator_process,
+)
 from orchestrator.tools.bench.scale import build_registry
 from orchestrator.usecases import campaigns
 from orchestrator.usecases.rehearsals import plan_rehearsal
@@ -87,7 +104,7 @@ async def bench_rehearse(settings: Settings, say: Say, n: int = 1_000_000) -> di
             await conn.execute("VACUUM ANALYZE ota.campaign_devices")
             spec = CampaignSpec("rehearsed", "fota", "1.3", all_devices=True,
                                 waves=(1, 10, 50, 100), canary=5, max_per_minute=30_000,
-                                abort_failure_pct=20.0, abort_min_finished=1000)
+                                max_per_cell=100)
             copy_s = await _copy_seconds(conn, spec)
             rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             started = time.perf_counter()
@@ -118,3 +135,92 @@ async def bench_rehearse(settings: Settings, say: Say, n: int = 1_000_000) -> di
                    "predicted": {"ended": variant["ended"], "counts": variant["counts"],
                                  "minutes": minutes}},
                   say)
+
+
+SEED = 28
+MIX = (("China Mobile", "M5310", "1.2", 2.0), ("China Mobile", "M5311", "1.2", 1.0))
+
+
+async def bench_rehearse_vs_real(settings: Settings, say: Say, n: int = 20_000
+                                 ) -> dict[str, Any]:
+    async with private_broker(settings, say) as s:
+        return await _vs_real(s, say, n)
+
+
+async def _vs_real(settings: Settings, say: Say, n: int) -> dict[str, Any]:
+    """A first campaign over a fifth as many devices gives the history (half the M5311
+    group refused with errno 8, one install in ten failing); a campaign of ``n`` others is
+    rehearsed, then run against the same simulator and fleet."""
+    history = max(1, n // 5)
+    total = n + history
+    say(f"rehearse-vs-real: {n:,} devices rehearsed, then run; history from {history:,}")
+    fleet = make_devices(total, seed=SEED, mix=list(MIX))
+    refused = [d.dev_id for d in fleet if d.model == "M5311" and d.dev_id % 2 == 0]
+    scenario = {**checks_scenario(), "script": {str(d): [8] for d in refused}}
+    async with simulator_process(scenario) as (url, _), scratch_database(settings) as dsn:
+        prefix = f"rhbench{os.getpid()}"
+        s = dataclasses.replace(settings, database_url=dsn, onenet_url=url,
+                                onenet_product_id=PRODUCT_ID,
+                                onenet_access_key=DEMO_ACCESS_KEY, onenet_authorization=None,
+                                mqtt_topic_prefix=prefix, mqtt_client_id=f"bench-{prefix}",
+                                api_listen="127.0.0.1:0", scheduler_poll_interval=0.05)
+        mixed = [a for m in MIX for a in ("--mix", f"{m[0]}/{m[1]}/{m[2]}={m[3]:g}")]
+        proc = fleet_process(s, total, 1, "--seed", str(SEED), "--install-failure-rate",
+                             "0.1", *mixed)
+        service = Service(s, api=False)
+        task = asyncio.create_task(service.run())
+        try:
+            await asyncio.wait_for(service.ready.wait(), 30)
+            conn = await connect(dsn)
+            try:
+                async with asyncio.timeout(max(120.0, total / 200)):
+                    while await devices.count_reported(conn, 1, total) < total:
+                        await asyncio.sleep(0.5)
+                await _run(conn, CampaignSpec("history", "fota", "1.3", Selector(
+                    devices=tuple(range(1, history + 1)))), say)
+                spec = CampaignSpec("rehearsed", "fota", "1.3", Selector(
+                    devices=tuple(range(history + 1, total + 1))), waves=(1, 10, 100),
+                    canary=5, max_per_minute=12_000)
+                predicted = await plan_rehearsal(
+                    conn, [("", spec)], policy=s.policy(), batch=s.scheduler_batch_size,
+                    poll=s.scheduler_poll_interval, runs=5)
+                p = predicted["variants"][0]
+                say(f"  predicted: {p['time_to_finish']['median_seconds']} s, {p['counts']}")
+                took, actual = await _run(conn, spec, say)
+            finally:
+                await conn.close()
+        finally:
+            service.stop.set()
+            await task
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(proc.wait)
+    median = p["time_to_finish"]["median_seconds"]
+    errors = {k: p["counts"].get(k, 0) - actual.get(k, 0) for k in {*p["counts"], *actual}}
+    worst = max(abs(e) for e in errors.values()) / n
+    say(f"  actual: {took:.1f} s, {actual}")
+    return report("rehearse-vs-real", "seconds", median, took,
+                  {"devices": n, "history_devices": history,
+                   "predicted_seconds": median,
+                   "predicted_p90_seconds": p["time_to_finish"]["p90_seconds"],
+                   "actual_seconds": round(took, 1),
+                   "time_error_pct": round(100 * (median - took) / took, 1),
+                   "predicted_counts": p["counts"], "actual_counts": actual,
+                   "worst_count_error_pct_of_selection": round(100 * worst, 2),
+                   "rehearsal_seconds": predicted["rehearsed_in_seconds"]}, say)
+
+
+async def _run(conn: Connection, spec: CampaignSpec, say: Say
+               ) -> tuple[float, dict[str, int]]:
+    """Create and start a campaign, wait for its end: seconds from start to end, the final
+    count per state."""
+    cid = await campaigns.create(conn, spec, start=True)
+    async with asyncio.timeout(3600):
+        while (c := await campaigns.get(conn, cid)).status not in ("completed", "paused",
+                                                                   "aborted"):
+            await asyncio.sleep(0.2)
+    took = await conn.fetchval("SELECT extract(epoch FROM finished_at - started_at)::float8"
+                               " FROM ota.campaigns WHERE campaign_id = $1", cid)
+    rows = await conn.fetch("SELECT state, count(*) AS n FROM ota.campaign_devices"
+                            " WHERE campaign_id = $1 GROUP BY state", cid)
+    say(f"  campaign {spec.name!r}: {c.status} in {took:.1f} s")
+    return float(took), {r["state"]: int(r["n"]) for r in rows}

@@ -26,7 +26,7 @@ from orchestrator.domain.device import IN_FLIGHT, TERMINAL
 from orchestrator.domain.rollout import COUNT_STATES, Counts, accept, rate_capacity, wave_bounds
 from orchestrator.domain.windows import NEVER, BadWindow, Schedule
 from orchestrator.store import counts
-from orchestrator.store.db import Connection, Record
+from orchestrator.store.db import Connection, Record, picker
 from orchestrator.store.queries import q
 
 log = structlog.get_logger(__name__)
@@ -308,15 +308,22 @@ async def summary(conn: Connection, campaign_id: int) -> Summary:
         [(r["errno"], r["calls"]) for r in await conn.fetch(q("summary_checks"), campaign_id)])
 
 
+REHEARSED = ("dev_id", "h", "manuf", "model", "from_version", "signal", "power", "status_at",
+             "last_seen", "radio", "cell", "ce_level")
+
+
 async def rehearse_selection(conn: Connection, spec: CampaignSpec
-                             ) -> AsyncIterator[Record]:
+                             ) -> AsyncIterator[tuple[Any, ...]]:
     """The devices creating this campaign would enrol, streamed (a cursor: a million rows
-    never sit in memory as records): id, the enrolment's hash, group, last report, radio
-    profile, cell."""
+    never sit in memory as records), each the columns of ``REHEARSED`` in that order (read
+    by name): id, the enrolment's hash, group, last report, radio profile, cell."""
     args = _selection_args(NO_CAMPAIGN, spec.type, spec.target, spec.selector)
+    get = None
     async with conn.transaction():
         async for r in conn.cursor(q("rehearse_selection"), *args, prefetch=20_000):
-            yield r
+            if get is None:
+                get = picker(r, REHEARSED)
+            yield get(r)
 
 
 async def rehearse_history(conn: Connection, kind: str, per_campaign: int,

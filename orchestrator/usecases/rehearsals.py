@@ -14,6 +14,7 @@ from typing import Any
 from orchestrator.domain.campaign import CampaignInputError, CampaignSpec
 from orchestrator.domain.device import Policy
 from orchestrator.domain.onenet import Task
+from orchestrator.domain.radio import informed
 from orchestrator.domain.rehearsal import (
     CHECK_SECONDS,
     DEFAULT_TASK,
@@ -88,14 +89,17 @@ async def selection(conn: Connection, spec: CampaignSpec, now: float,
     keys: dict[Key, int] = {}
     rows: list[tuple[int, int, int, tuple[Any, ...]]] = []
     async for r in store.rehearse_selection(conn, spec):
-        key = (r["manuf"], r["model"], r["from_version"])
-        g = keys.setdefault(key, len(keys))
-        last_seen = r["last_seen"]
-        radio = r["radio"]
-        rows.append((r["dev_id"], r["h"], g, (
-            r["signal"], r["power"], r["status_at"],
-            last_seen is not None and last_seen > now - silent_after,
-            None if radio is None else array.array("h", radio), r["cell"], r["ce_level"])))
+        (dev_id, h, manuf, model, from_version, signal, power, status_at, last_seen, radio,
+         cell, ce_level) = r             # store.REHEARSED's columns
+        key = (manuf, model, from_version)
+        g = keys.get(key)
+        if g is None:
+            g = keys[key] = len(keys)
+        rows.append((dev_id, h, g, (
+            signal, power, status_at, last_seen is not None and last_seen > now - silent_after,
+            # a profile that says nothing yet is none (as the service reads it), and an
+            # array of 16-bit ints, not a list of Python ints, the rest
+            array.array("h", radio) if radio and informed(radio) else None, cell, ce_level)))
         if say is not None and len(rows) % 250_000 == 0:
             say(f"  read {len(rows):,} devices")
     return list(keys), rows

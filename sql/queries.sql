@@ -862,3 +862,28 @@ SELECT d.manuf, d.model, m.from_version, count(*) AS members,
                 '{}') AS upgrade_seconds
 FROM m JOIN ota.devices d USING (dev_id)
 GROUP BY 1, 2, 3;
+
+-- name: rehearse_attempts
+-- Every upgrade command of the $2 newest campaigns of type $1 that started, and every failed
+-- download and install reported, per (manufacturer, model, from-version) group, from at most
+-- $3 events of each campaign: a failure retried into a success still counts (the members'
+-- final states cannot tell it).
+WITH recent AS (
+    SELECT campaign_id FROM ota.campaigns
+    WHERE type = $1 AND started_at IS NOT NULL ORDER BY campaign_id DESC LIMIT $2
+), e AS (
+    SELECT x.* FROM recent r CROSS JOIN LATERAL (
+        SELECT ev.campaign_id, ev.dev_id, ev.to_state, (ev.detail->>'step')::int AS step
+        FROM ota.events ev
+        WHERE ev.campaign_id = r.campaign_id AND ev.dev_id IS NOT NULL
+          AND (ev.to_state = 'dispatched' OR ev.detail ? 'step')
+        ORDER BY ev.at LIMIT $3) x
+)
+SELECT d.manuf, d.model, cd.from_version,
+       count(*) FILTER (WHERE e.to_state = 'dispatched') AS commands,
+       count(*) FILTER (WHERE e.step BETWEEN 102 AND 107) AS download_failed,
+       count(*) FILTER (WHERE e.step BETWEEN 202 AND 206) AS install_failed
+FROM e JOIN ota.campaign_devices cd USING (campaign_id, dev_id)
+JOIN ota.devices d ON d.dev_id = e.dev_id
+WHERE cd.from_version IS NOT NULL
+GROUP BY 1, 2, 3;

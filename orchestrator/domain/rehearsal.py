@@ -567,6 +567,9 @@ class History:
     install_failed: int = 0
     task: Task | None = None          # the newest task seen
     upgrade_seconds: Sequence[float] = ()
+    commands: int = 0                 # every upgrade command their events record
+    download_attempts_failed: int = 0  # ... and every failed download and install, retried
+    install_attempts_failed: int = 0  # into a success or not
 
 
 MIN_HISTORY = 5       # a group with fewer ended members in past campaigns is assumed
@@ -595,11 +598,16 @@ def model_group(key: tuple[str | None, str | None, str | None], h: History | Non
     if not durations:
         durations = (DEFAULT_UPGRADE_SECONDS,)
         assumed.append("upgrade_seconds")
-    tries = task.retry + 1
     commanded = max(h.commanded, 1)
+    if h.commands:              # every attempt seen: the failure rates are counted
+        download_fail = h.download_attempts_failed / h.commands
+        installs = max(h.commands - h.download_attempts_failed, 1)
+        install_fail = min(1.0, h.install_attempts_failed / installs)
+    else:                       # only the final states: a device failed after every try
+        tries = task.retry + 1
+        download_fail = per_attempt(h.download_failed / commanded, tries)
+        install_fail = per_attempt(h.install_failed / commanded, tries)
     return GroupModel(
         key, answers, transient=h.transient / (h.transient + h.members), task=task,
-        upgrade_seconds=durations,
-        download_fail=per_attempt(h.download_failed / commanded, tries),
-        install_fail=per_attempt(h.install_failed / commanded, tries),
+        upgrade_seconds=durations, download_fail=download_fail, install_fail=install_fail,
         silent=h.silent / commanded, assumed=tuple(assumed))

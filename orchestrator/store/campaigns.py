@@ -334,6 +334,14 @@ async def rehearse_history(conn: Connection, kind: str, per_campaign: int,
                                                       per_campaign, campaigns)]
 
 
+async def rehearse_attempts(conn: Connection, kind: str, campaigns: int,
+                            per_campaign: int) -> list[dict[str, Any]]:
+    """Upgrade commands and failed downloads and installs per device group, from the newest
+    campaigns' events (rows of ``rehearse_attempts``)."""
+    return [dict(r.items()) for r in await conn.fetch(q("rehearse_attempts"), kind,
+                                                      campaigns, per_campaign)]
+
+
 async def copy_rehearse_selection(conn: Connection, spec: CampaignSpec,
                                   output: Callable[[bytes], Awaitable[None]]) -> None:
     """The rehearsal's selection by COPY (binary) into ``output``: the fastest read of the

@@ -39,6 +39,7 @@ from orchestrator.usecases.common import iso
 
 HISTORY_CAMPAIGNS = 5          # the newest campaigns of the type a group's model reads
 HISTORY_PER_CAMPAIGN = 100_000  # ... at most this many ended members of each
+HISTORY_EVENTS_PER_CAMPAIGN = 300_000   # ... and this many of its command and step events
 Say = Callable[[str], None]
 
 Key = tuple[str | None, str | None, str | None]
@@ -70,13 +71,19 @@ def setup_of(spec: CampaignSpec, policy: Policy, *, fleet_cap: int | None,
 async def models(conn: Connection, kind: str) -> dict[Key, GroupModel]:
     """Each group's model from the newest campaigns of ``kind``."""
     out: dict[Key, GroupModel] = {}
+    attempts = {(a["manuf"], a["model"], a["from_version"]): a
+                for a in await store.rehearse_attempts(conn, kind, HISTORY_CAMPAIGNS,
+                                                       HISTORY_EVENTS_PER_CAMPAIGN)}
     for r in await store.rehearse_history(conn, kind, HISTORY_PER_CAMPAIGN, HISTORY_CAMPAIGNS):
         key = (r["manuf"], r["model"], r["from_version"])
+        a = attempts.get(key, {})
         h = History(int(r["members"]), int(r["tasked"]), int(r["no_task"]),
                     tuple(r["refused"]), int(r["transient"]), int(r["commanded"]),
                     int(r["silent"]), int(r["download_failed"]), int(r["install_failed"]),
                     None if r["task"] is None else Task.from_json(r["task"]),
-                    tuple(float(s) for s in r["upgrade_seconds"]))
+                    tuple(float(s) for s in r["upgrade_seconds"]),
+                    int(a.get("commands", 0)), int(a.get("download_failed", 0)),
+                    int(a.get("install_failed", 0)))
         out[key] = model_group(key, h)
     return out
 

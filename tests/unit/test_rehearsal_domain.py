@@ -152,6 +152,12 @@ def test_a_groups_model_is_read_from_its_history() -> None:
     # 10% failed their download after three tries each: one try fails 0.1 ** (1/3)
     assert math.isclose(m.download_fail, 0.1 ** (1 / 3)) and m.install_fail == 0.0
     assert m.assumed == ()
+    # with every attempt counted from the events, the rates are counted, not inferred: one
+    # install in ten failed though every device got through in the end
+    counted = model_group(KEY, History(members=100, tasked=100, commanded=100, task=TASK,
+                                       commands=120, download_attempts_failed=0,
+                                       install_attempts_failed=12))
+    assert counted.install_fail == 0.1 and counted.download_fail == 0.0
     assert model_group(KEY, None).assumed and model_group(KEY, History(members=2)).assumed
     assert model_group(KEY, None).upgrade_seconds == (DEFAULT_UPGRADE_SECONDS,)
     assert per_attempt(0.0, 3) == 0.0 and per_attempt(1.0, 3) == 1.0

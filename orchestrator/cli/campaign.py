@@ -340,8 +340,11 @@ def cmd_rehearse(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _minutes(seconds: float | None) -> str:
+    """A duration as people say it: seconds, minutes or hours."""
     if seconds is None:
         return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 6 * 3600 else f"{seconds / 3600:.1f} h"
 
 
@@ -363,9 +366,10 @@ def print_rehearsal(r: dict[str, Any]) -> None:
                  "fail_dl", "fail_inst", "silent", "from")))
     for v in r["variants"]:
         t = v["time_to_finish"]
-        print(f"\n{v['flags'] or 'as given'}: finishes in {_minutes(t['median_seconds'])} "
-              f"(median; 90th percentile {_minutes(t['p90_seconds'])}), at {t['median_at']}; "
-              f"runs ended {', '.join(f'{k} {n}' for k, n in v['ended'].items())}")
+        print(f"\n{v['flags'] or 'as given'}: ends in {_minutes(t['median_seconds'])} "
+              f"(median; 90th percentile {_minutes(t['p90_seconds'])}), at "
+              f"{(t['median_at'] or '-')[:19]}; runs ended "
+              + ", ".join(f"{k} {n}" for k, n in v["ended"].items()))
         acts = v["rule_acts"]
         if acts:
             print(f"  the {acts['rule']} rule would {acts['action']} the campaign in wave "

@@ -178,7 +178,7 @@ async def plan_rehearsal(conn: Connection, variants: Sequence[tuple[str, Campaig
                                 "the devices (selector, type and target are the first's)")
     await check_listed(conn, first)
     started = time.perf_counter()
-    now = time.time() if start is None else start
+    now = float(round(time.time())) if start is None else start
     by_key = await models(conn, first.type)
     modelled = time.perf_counter()
     keys, rows = await selection(conn, first, now, policy.unreachable_after, say)

@@ -297,12 +297,9 @@ def pre_gate(row: DeviceRow, status: Status, now: float, policy: Policy,
     hour = f"{best.best_slot * 24 // radio.SLOTS:02d}:00"
     reason = (f"held: {gate_reason(verdict, probe, status).removeprefix('gate: ')} would not "
               f"pass; checked at {hour} ({best.probability:.0%} likely)")
-    # the gate it was held by stays with it (a device checked before keeps its own task):
-    # a report that passes it wakes the device, as one that failed at a check
     return Decision(row.replace(state="gated", next_attempt_at=max(best.at, now + 1.0),
                                 last_error=reason, best_slot=best.best_slot,
-                                pass_probability=best.probability,
-                                task=row.task or probe), reason)
+                                pass_probability=best.probability), reason)
 
 
 class GroupGates:

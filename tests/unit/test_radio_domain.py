@@ -101,11 +101,6 @@ def test_a_device_whose_fresh_report_would_fail_a_known_gate_is_held_not_checked
                                    (Status(5, 80, now - 1), (10, 20), None),     # no profile
                                    (Status(5, 80, now - 1), (10, 20), profile_of({}))]:
         assert pre_gate(row, status, now, POLICY, known, profile) is None
-    # held, then a report that passes the gate it was held by: woken, as a checked one is
-    woken = on_status_while_gated(held.row, Status(12, 80, now + 5), now + 5, POLICY)
-    assert woken.row.next_attempt_at == now + 5 and woken.reason.startswith("woken")
-    assert on_status_while_gated(held.row, Status(9, 80, now + 5), now + 5,
-                                 POLICY).row == held.row
 
 
 def test_a_report_that_passes_wakes_a_gated_device() -> None:

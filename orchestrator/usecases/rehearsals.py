@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from orchestrator.domain.campaign import CampaignInputError, CampaignSpec
+from orchestrator.domain.campaign import CampaignError, CampaignInputError, CampaignSpec
 from orchestrator.domain.device import Policy
 from orchestrator.domain.onenet import Task
 from orchestrator.domain.radio import informed
@@ -183,6 +183,10 @@ async def plan_rehearsal(conn: Connection, variants: Sequence[tuple[str, Campaig
     modelled = time.perf_counter()
     keys, rows = await selection(conn, first, now, policy.unreachable_after, say)
     read = time.perf_counter()
+    if not rows:
+        raise CampaignError("selector: matches no device to upgrade (none, or all on the "
+                            "target already, in another campaign, or of a module OneNET's "
+                            "tables do not know): nothing to rehearse")
     groups = [by_key.get(k) or model_group(k, None) for k in keys]
     sizes = [0] * len(keys)
     for _, _, g, _ in rows:

@@ -74,6 +74,9 @@ async def test_a_rehearsal_reads_history_and_writes_nothing(database: str,
         assert "final: succeeded 80" in text.stdout
     finally:
         await conn.close()
+    out = run_cli("campaign", "rehearse", "--type", "fota", "--target", "1.3", "--model",
+                  "M5312", env=env)
+    assert out.returncode == 1 and "nothing to rehearse" in out.stderr, out.stderr
     for bad, says in [(["--compare", "--waves 50,10"], "--compare"),
                       (["--compare", "--nope 1"], "--compare"),
                       (["--runs", "0"], "runs"),

@@ -873,7 +873,10 @@ WITH recent AS (
     WHERE type = $1 AND started_at IS NOT NULL ORDER BY campaign_id DESC LIMIT $2
 ), e AS (
     SELECT x.* FROM recent r CROSS JOIN LATERAL (
-        SELECT ev.campaign_id, ev.dev_id, ev.to_state, (ev.detail->>'step')::int AS step
+        SELECT ev.campaign_id, ev.dev_id, ev.to_state,
+               -- a row keeps its last step: only a transition out of flight reports it
+               CASE WHEN ev.from_state IN ('dispatched', 'downloading', 'upgrading')
+                    THEN (ev.detail->>'step')::int END AS step
         FROM ota.events ev
         WHERE ev.campaign_id = r.campaign_id AND ev.dev_id IS NOT NULL
           AND (ev.to_state = 'dispatched' OR ev.detail ? 'step')

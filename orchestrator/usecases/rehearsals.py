@@ -6,12 +6,16 @@ for each variant of the rules."""
 from __future__ import annotations
 
 import array
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from orchestrator.domain.campaign import CampaignError, CampaignInputError, CampaignSpec
+from orchestrator.domain.campaign import (
+    CampaignError,
+    CampaignInputError,
+    CampaignSpec,
+    campaign_policy,
+)
 from orchestrator.domain.device import Policy
 from orchestrator.domain.onenet import Task
 from orchestrator.domain.radio import informed
@@ -59,10 +63,7 @@ def setup_of(spec: CampaignSpec, policy: Policy, *, fleet_cap: int | None,
     caps = [c for c in (fleet_cap, spec.max_in_flight) if c]
     return Setup(
         rules_of(spec), spec.type,
-        dataclasses.replace(
-            policy,
-            dispatch_timeout=spec.dispatch_timeout or policy.dispatch_timeout,
-            unreachable_after=spec.unreachable_after),
+        campaign_policy(policy, spec.dispatch_timeout, spec.unreachable_after),
         spec.schedule(), spec.max_per_minute, min(caps) if caps else None,
         spec.max_per_cell or fleet_cell_cap, spec.gating == "radio", checks_per_second,
         batch, poll)

@@ -102,6 +102,7 @@ class FleetConfig:
     verify_md5: bool = True
     seed: int | None = None
     day: float = 86400.0                 # the day devices' radio patterns follow
+    publish_timeout: float = 10.0        # seconds a QoS 1 publish waits for its PUBACK
 
 
 class Fleet:
@@ -151,8 +152,12 @@ class Fleet:
                 await client.publish(topic, text, qos=1)
                 return
             except (aiomqtt.MqttError, AssertionError):
-                # the connection loop notices the loss and reconnects; wait for a new one
-                await superseded.wait()
+                # A lost connection is noticed by the connection loop, which replaces it;
+                # a publish that timed out on a live one (a broker slow under load) is
+                # sent again on it, as a device's outgoing queue would.
+                self.stats["publish_retries"] += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(superseded.wait(), self.config.publish_timeout)
 
     async def _publish_own(self, dev_id: int, topic: str, payload: bytes) -> None:
         """On the device's own connection, waiting for it (as the shared one does)."""
@@ -237,7 +242,8 @@ class Fleet:
         first = self.stats["connects"] == 0
         async with make_client(self.url, self.client_id, v5=self.v5,
                                persistent=self.client_id is not None,
-                               session_expiry=3600, max_inflight_messages=1000) as client:
+                               session_expiry=3600, max_inflight_messages=1000,
+                               timeout=self.config.publish_timeout) as client:
             previous, self._superseded = self._superseded, asyncio.Event()
             self.client = client
             previous.set()

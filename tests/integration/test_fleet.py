@@ -15,7 +15,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from conftest import MQTT_URL, SIM_KEY, free_port
+from conftest import MQTT_URL, SIM_KEY, Mosquitto, free_port
 from orchestrator.config import Settings, parse_mqtt_url
 from orchestrator.domain.onenet import CheckRequest
 from orchestrator.mqtt import topics
@@ -166,6 +166,57 @@ async def test_offline_devices_stay_quiet(settings: Settings) -> None:
     assert fleet.stats["offline"] == 20 and fleet.stats["status"] == sent
     stop.set()
     await ft
+
+
+async def test_a_publish_that_times_out_on_a_live_connection_is_sent_again(
+        private_broker: Mosquitto) -> None:
+    """A broker too busy to acknowledge in time (frozen here with SIGSTOP) leaves the
+    connection up: the device's message is sent again on it, not held for a reconnection
+    that never comes (a million-device run lost 37 devices' last step that way)."""
+    assert private_broker.proc is not None
+    url = parse_mqtt_url(private_broker.url)
+    dev = SimDevice(dev_id=7, drift=False)
+    fleet = Fleet(url, "t", [dev], FleetConfig(status_interval=3600, publish_timeout=0.5))
+    stop = asyncio.Event()
+    seen: list[dict[str, Any]] = []
+    ready = asyncio.Event()
+
+    async def listen() -> None:
+        async with aiomqtt.Client(url.host, url.port) as c:
+            await c.subscribe("t/#", qos=1)
+            ready.set()
+            async for m in c.messages:
+                seen.append(json.loads(m.payload))  # type: ignore[arg-type]
+
+    lt = asyncio.create_task(listen())
+    ft = asyncio.create_task(fleet.run(stop))
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        await asyncio.wait_for(fleet.connected.wait(), 10)
+
+        async def reported() -> bool:
+            return len(seen) >= 1
+
+        async def finished() -> bool:
+            return any(p.get("step") == 201 for p in seen)
+
+        await until(reported, 10, "the first report")
+        private_broker.proc.send_signal(signal.SIGSTOP)
+        try:
+            sent = asyncio.create_task(fleet.progress(dev, 1, 201, "1.3"))
+            await asyncio.sleep(1.6)                      # three timeouts, connection up
+            assert not sent.done()
+            assert fleet.stats["publish_retries"] >= 2
+        finally:
+            private_broker.proc.send_signal(signal.SIGCONT)
+        await asyncio.wait_for(sent, 5)
+        await until(finished, 5, "step 201")
+        assert fleet.stats["reconnects"] == 0 and fleet.stats["step_201"] == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(ft, 10)
+        lt.cancel()
+        await asyncio.gather(lt, return_exceptions=True)
 
 
 @pytest.mark.parametrize("accounts", [False, True], ids=["one-connection", "per-device"])

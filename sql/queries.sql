@@ -816,7 +816,9 @@ SELECT cell, ce_level, in_flight FROM ota.cell_load ORDER BY in_flight DESC, cel
 -- a rehearsal models it by, and the hash the enrolment ranks them by.
 SELECT s.dev_id, hashint8(s.dev_id) AS h, s.manuf, s.model, s.version AS from_version,
        s.signal, s.power, date_part('epoch', s.status_at) AS status_at,
-       date_part('epoch', x.last_seen) AS last_seen, s.radio, x.cell, x.ce_level
+       date_part('epoch', x.last_seen) AS last_seen,
+       array_send(s.radio) AS radio,   -- its wire form: read as one array, not 120 ints
+       x.cell, x.ce_level
 FROM ota.selected_all($7, $2, $3, $4, $5, $6, '-infinity') s
 JOIN ota.devices x USING (dev_id)
 WHERE NOT s.on_target AND s.checkable

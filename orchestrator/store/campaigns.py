@@ -3,8 +3,11 @@ domain's status machine, and the audit events. Rows become typed values here."""
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import datetime as dt
+import struct
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -312,18 +315,48 @@ REHEARSED = ("dev_id", "h", "manuf", "model", "from_version", "signal", "power",
              "last_seen", "radio", "cell", "ce_level")
 
 
+_RADIO = REHEARSED.index("radio")
+_ARRAY_HEADER = 20            # array_send of a one-dimensional array: its header's bytes
+_INT2 = 6                     # ... then per value a 4-byte length and 2 bytes, big-endian
+
+
+def profile_of(sent: bytes | None) -> array.array[int] | None:
+    """A radio profile as ``array_send`` sends an ``int2[]``, as an array of 16-bit ints,
+    read by slicing in C: decoded as an array by the driver, a million profiles would be
+    120 million Python ints. None for none (or an empty one)."""
+    if sent is None or len(sent) <= _ARRAY_HEADER:
+        return None
+    if struct.unpack_from("!i", sent, 4)[0]:          # it holds nulls: value by value
+        values, at = [], _ARRAY_HEADER
+        while at < len(sent):
+            (size,) = struct.unpack_from("!i", sent, at)
+            values.append(0 if size < 0 else struct.unpack_from("!h", sent, at + 4)[0])
+            at += 4 + max(size, 0)
+        return array.array("h", values)
+    n = (len(sent) - _ARRAY_HEADER) // _INT2
+    raw = bytearray(2 * n)
+    high, low = (1, 0) if sys.byteorder == "little" else (0, 1)
+    raw[high::2] = sent[_ARRAY_HEADER + 4::_INT2]
+    raw[low::2] = sent[_ARRAY_HEADER + 5::_INT2]
+    out = array.array("h")
+    out.frombytes(raw)
+    return out
+
+
 async def rehearse_selection(conn: Connection, spec: CampaignSpec
                              ) -> AsyncIterator[tuple[Any, ...]]:
     """The devices creating this campaign would enrol, streamed (a cursor: a million rows
     never sit in memory as records), each the columns of ``REHEARSED`` in that order (read
-    by name): id, the enrolment's hash, group, last report, radio profile, cell."""
+    by name): id, the enrolment's hash, group, last report, radio profile (an array of
+    16-bit ints, or None), cell."""
     args = _selection_args(NO_CAMPAIGN, spec.type, spec.target, spec.selector)
     get = None
     async with conn.transaction():
         async for r in conn.cursor(q("rehearse_selection"), *args, prefetch=20_000):
             if get is None:
                 get = picker(r, REHEARSED)
-            yield get(r)
+            row = get(r)
+            yield (*row[:_RADIO], profile_of(row[_RADIO]), *row[_RADIO + 1:])
 
 
 async def rehearse_history(conn: Connection, kind: str, per_campaign: int,

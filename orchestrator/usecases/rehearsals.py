@@ -5,7 +5,6 @@ for each variant of the rules."""
 
 from __future__ import annotations
 
-import array
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -105,9 +104,8 @@ async def selection(conn: Connection, spec: CampaignSpec, now: float,
             g = keys[key] = len(keys)
         rows.append((dev_id, h, g, (
             signal, power, status_at, last_seen is not None and last_seen > now - silent_after,
-            # a profile that says nothing yet is none (as the service reads it), and an
-            # array of 16-bit ints, not a list of Python ints, the rest
-            array.array("h", radio) if radio and informed(radio) else None, cell, ce_level)))
+            # a profile that says nothing yet is none (as the service reads it)
+            radio if radio and informed(radio) else None, cell, ce_level)))
         if say is not None and len(rows) % 250_000 == 0:
             say(f"  read {len(rows):,} devices")
     return list(keys), rows

@@ -16,6 +16,7 @@ from orchestrator.domain.device import DeviceRow
 from orchestrator.domain.onenet import Task
 from orchestrator.domain.payloads import StatusReport
 from orchestrator.store import devices, members
+from orchestrator.store.campaigns import profile_of
 from orchestrator.store.database import PgDatabase
 from orchestrator.usecases.campaigns import create
 from orchestrator.workers.progress import ProgressSink
@@ -40,6 +41,24 @@ async def test_sql_and_python_keep_the_same_profile(pool: Any,
     for slot, sig, pow_ in seq:
         py = radio.update(py, slot, sig, pow_)
     assert sql == py
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.none(), st.lists(st.one_of(st.integers(-32768, 32767), st.none()),
+                                     max_size=130)))
+async def test_a_profile_read_in_its_wire_form_is_the_stored_one(
+        pool: Any, values: list[int | None] | None) -> None:
+    """The rehearsal reads profiles as ``array_send`` sends them (one bytes object a device,
+    not 120 ints): decoded, the stored values, nulls read as 0, none as none."""
+    async with pool.acquire() as conn:
+        sent = await conn.fetchval("SELECT array_send($1::smallint[])", values)
+    got = profile_of(sent)
+    if not values:
+        assert got is None
+    else:
+        assert got is not None and got.typecode == "h"
+        assert got.tolist() == [0 if v is None else v for v in values]
 
 
 async def test_ingest_keeps_the_profile_and_the_radio_keys(pool: Any) -> None:

@@ -61,6 +61,7 @@ from orchestrator.domain.rollout import Counts, Rules, decide, rate_capacity, ra
 from orchestrator.domain.windows import Schedule
 
 BUSY = frozenset({"checking", *IN_FLIGHT})   # what the in-flight caps count
+QUIET = TERMINAL | PARKED                     # never due by time
 NO_TASK = 11
 TRANSIENT = 7
 HORIZON = 30 * 86400.0        # a rehearsal stops here if the campaign has not ended
@@ -155,7 +156,9 @@ class _Play:
         self.start = start
         self.rng = random.Random(seed)
         n = len(devices)
-        self.rows = [DeviceRow(next_attempt_at=start)] * n
+        self.first = DeviceRow(next_attempt_at=start)
+        self.rows = [self.first] * n
+        self.wave = [d.wave for d in devices]
         self.ver = [0] * n                # a heap entry is live while its version matches
         self.dispatch = [0] * n           # which command a scheduled progress belongs to
         self.steps: list[list[tuple[float, int]] | None] = [None] * n   # still to report
@@ -213,35 +216,39 @@ class _Play:
 
     def put(self, i: int, row: DeviceRow) -> None:
         old = self.rows[i]
-        d = self.devices[i]
-        if old.state != row.state:
+        state = row.state
+        if old.state != state:
+            d = self.devices[i]
             counts = self.by_wave[d.wave]
             counts[old.state] -= 1
-            counts[row.state] += 1
-            was, now_busy = old.state in BUSY, row.state in BUSY
-            if was != now_busy:
+            counts[state] += 1
+            now_busy = state in BUSY
+            if (old.state in BUSY) != now_busy:
                 step = 1 if now_busy else -1
                 self.busy += step
                 if d.cell is not None:
                     self.cells[d.cell] = self.cells.get(d.cell, 0) + step
             self.changed = True
         self.rows[i] = row
-        self.ver[i] += 1
-        if row.state in TERMINAL or row.state in PARKED or row.next_attempt_at is None \
-                or d.wave > self.current_wave:
+        v = self.ver[i] = self.ver[i] + 1
+        at = row.next_attempt_at
+        if at is None or state in QUIET or self.wave[i] > self.current_wave:
             return
-        in_flight = row.state in IN_FLIGHT
-        if in_flight and self.next_heard[i] < row.next_attempt_at:
-            return          # heard before its deadline: put again then, with a new one
-        heap = self.in_flight if in_flight else self.waiting
-        heapq.heappush(heap, (row.next_attempt_at, self.ver[i], i))
+        if state in IN_FLIGHT:
+            if self.next_heard[i] < at:
+                return      # heard before its deadline: put again then, with a new one
+            heapq.heappush(self.in_flight, (at, v, i))
+        else:
+            heapq.heappush(self.waiting, (at, v, i))
         self.pushed += 1
 
     def open_wave(self, wave: int, t: float) -> None:
         self.current_wave = wave
         self.opened[wave] = t
+        first, due = self.first, self.first.replace(next_attempt_at=t)
         for i in self.members[wave]:
-            self.put(i, self.rows[i].replace(next_attempt_at=t))
+            row = self.rows[i]           # untouched until its wave opens: one row for all
+            self.put(i, due if row is first else row.replace(next_attempt_at=t))
 
     # --- the devices ----------------------------------------------------------------------------
 
@@ -455,15 +462,17 @@ def rehearse(devices: Sequence[Device], groups: Sequence[GroupModel], setup: Set
     end = start + setup.horizon
     p.open_wave(0, t)
     next_sched = t
+    next_tick = t                              # the controller ticks every setup.control
     while t <= end:
         p.heard(t)
-        if p.changed:                          # the controller's tick
+        if p.changed and t >= next_tick:       # the controller's tick (when rows changed)
             p.changed = False
-            for w, counts in enumerate(p.by_wave):
-                if p.opened[w] is not None and p.done[w] is None and \
-                        Counts.from_states(counts).open == 0:
+            next_tick = t + setup.control
+            by_wave = p.counts()
+            for w, counts in by_wave.items():
+                if p.opened[w] is not None and p.done[w] is None and counts.open == 0:
                     p.done[w] = t
-            action = decide(rules, p.current_wave, p.counts())
+            action = decide(rules, p.current_wave, by_wave)
             if action.kind == "open_wave":
                 assert action.wave is not None
                 p.open_wave(action.wave, t + setup.control)
@@ -480,9 +489,10 @@ def rehearse(devices: Sequence[Device], groups: Sequence[GroupModel], setup: Set
         if t >= next_sched:
             calls = p.schedule(t)
             next_sched = t + calls / setup.checks_per_second if calls else p.next_due(t)
-        t_next = min(next_sched, p.progress[0][0] if p.progress else math.inf)
-        if p.changed:
-            t_next = min(t_next, t + setup.control)
+        if p.changed:       # the next tick: the progress until then is heard in order
+            t_next = min(next_sched, max(next_tick, t))
+        else:
+            t_next = min(next_sched, p.progress[0][0] if p.progress else math.inf)
         if t_next == math.inf:
             break                              # nothing will ever happen again
         t = max(t_next, t)

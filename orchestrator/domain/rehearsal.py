@@ -9,9 +9,12 @@ upgrade takes, how often a download or an install fails, how many go silent once
 commanded. Nothing here does I/O; the use case builds the models from the database.
 
 Between the scheduler's batches the service spends the time its checks take: modelled as
-``checks_per_second``. A gated device is checked again when its decision says (its radio
-profile's likeliest hour, or the task's interval); the wake by a passing report between
-checks is not modelled (the rehearsal errs late, not early).
+``checks_per_second``. A device reports on its group's interval (read from how old the
+group's last reports are), so a status may be stale at its check: a report is asked, the
+device answers a moment later, and its answer wakes it as ingest's would
+(``on_status_while_gated``). A gated device is otherwise checked again when its decision
+says (its radio profile's likeliest hour, or the task's interval): the wake by a passing
+periodic report between checks is not modelled (the rehearsal errs late, not early).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from orchestrator.domain.device import (
     on_check,
     on_claim,
     on_progress,
+    on_status_while_gated,
     progress_refusal,
 )
 from orchestrator.domain.onenet import (
@@ -77,6 +81,9 @@ DEFAULT_TASK = Task("", "", 0, 0, 0, 3, 60, "", 1)
 DEFAULT_UPGRADE_SECONDS = 120.0
 CHECK_SECONDS = 0.1           # one check call's time, assumed: a rate of concurrency / this
 DEFAULT_CHECKS_PER_SECOND = 64 / CHECK_SECONDS    # ORCH_ONENET_CONCURRENCY's default
+REPORT_ANSWER = 1.0           # seconds a reporting device takes to answer a report request
+INTERVAL_QUANTILE = 0.95      # of a group's report ages: its report interval
+REPORTED = -1                 # a timed event's step: the report a device sent when asked
 
 
 class GroupModel(msgspec.Struct, frozen=True):
@@ -169,6 +176,8 @@ class _Play:
         self.silent = [not d.reports for d in devices]
         self.last_seen = [d.status_at if not d.reports else start for d in devices]
         # (a reporting device's last word is always recent: read as "now" at its claims)
+        self.interval = report_intervals(devices, len(groups), start)
+        self.answered = [-math.inf] * n   # when it last answered a report request
         nwaves = len(setup.rules.waves)
         self.by_wave: list[dict[str, int]] = [dict.fromkeys(STATES, 0) for _ in range(nwaves)]
         self.members: list[list[int]] = [[] for _ in range(nwaves)]
@@ -255,20 +264,41 @@ class _Play:
 
     # --- the devices ----------------------------------------------------------------------------
 
+    def last_report(self, i: int, t: float) -> float:
+        """When a reporting device last reported, as of ``t``: on its group's interval, in
+        the phase of its last real report, or when it answered a report request since."""
+        d = self.devices[i]
+        every = self.interval[d.group]
+        at = t if every is None or d.status_at is None else t - (t - d.status_at) % every
+        answered = self.answered[i]
+        return answered if at < answered <= t else at
+
     def status(self, i: int, task: Task | None, t: float) -> Status:
+        """Its latest report as of ``t`` (a silent device's is its last real one)."""
         d = self.devices[i]
         if self.silent[i]:
             return Status(d.signal, d.power, self.last_seen[i])
+        at = self.last_report(i, t)
         if task is not None and d.profile is not None and radio.informed(d.profile):
-            p = radio.estimate(d.profile, radio.slot_of(t, self.setup.policy.radio_period),
+            p = radio.estimate(d.profile, radio.slot_of(at, self.setup.policy.radio_period),
                                task.signal, task.power)
-            if p is not None:         # a report of this hour: passes as often as they do
+            if p is not None:         # a report of that hour: passes as often as they do
                 if self.rng.random() < p:
                     return Status(max(d.signal or 0, task.signal + 1),
-                                  max(d.power or 0, task.power + 1), t)
+                                  max(d.power or 0, task.power + 1), at)
                 if (d.signal or 0) > task.signal and (d.power or 0) > task.power:
-                    return Status(task.signal, d.power, t)
-        return Status(d.signal, d.power, t)
+                    return Status(task.signal, d.power, at)
+        return Status(d.signal, d.power, at)
+
+    def asked(self, i: int, t: float) -> None:
+        """A report was asked of it: a device still reporting answers a moment later, and
+        its answer is a status report as ingest applies it (a gated device whose fresh
+        report passes is due at once)."""
+        if self.silent[i]:
+            return
+        at = self.answered[i] = t + REPORT_ANSWER
+        self.seq += 1
+        heapq.heappush(self.progress, (at, self.seq, i, REPORTED, self.dispatch[i]))
 
     def outcome(self, i: int) -> CheckOutcome:
         g = self.groups[self.devices[i].group]
@@ -331,6 +361,12 @@ class _Play:
         policy = self.setup.policy
         while self.progress and self.progress[0][0] <= t:
             at, _, i, step, n = heapq.heappop(self.progress)
+            if step == REPORTED:               # a report it was asked for
+                row = self.rows[i]
+                woke = on_status_while_gated(row, self.status(i, row.task, at), at, policy)
+                if woke.row is not row:
+                    self.put(i, woke.row)
+                continue
             if n != self.dispatch[i]:
                 continue                       # an older command's
             self._next_step(i)
@@ -402,8 +438,11 @@ class _Play:
                 d.row, outcome, status, t, policy, self.rng, attempt=attempt,
                 profile=dev.profile if s.radio_aware else None)
             self.put(i, decided.row)
-            if decided.command is not None and decided.command.op == "upgrade":
-                self.commanded(i, t, attempt)
+            if decided.command is not None:
+                if decided.command.op == "upgrade":
+                    self.commanded(i, t, attempt)
+                elif decided.command.op == "report":
+                    self.asked(i, t)
         self.checks += calls
         return calls
 
@@ -564,6 +603,19 @@ def summarize(runs: Iterable[Run]) -> Summary:
                    median.counts, median.by_group, median.waves, ended, median.tripped,
                    sum(1 for r in done if r.tripped), median.checks, median.never_pass,
                    median.events)
+
+
+def report_intervals(devices: Sequence[Device], groups: int, start: float
+                     ) -> list[float | None]:
+    """Each group's report interval, read from its reporting devices' last reports: in a
+    fleet that reports every I seconds, the ages of the last reports at any moment spread
+    over 0..I, so a high quantile of them stands for I. None: no device of the group has
+    reported (its reports are then taken as always fresh)."""
+    ages: list[list[float]] = [[] for _ in range(groups)]
+    for d in devices:
+        if d.reports and d.status_at is not None:
+            ages[d.group].append(max(0.0, start - d.status_at))
+    return [_quantile(a, INTERVAL_QUANTILE) or None if a else None for a in ages]
 
 
 def _quantile(values: Sequence[float], q: float) -> float:

@@ -51,6 +51,27 @@ def test_a_rate_limited_campaign_finishes_when_its_rate_says() -> None:
     assert run.checks == 600
 
 
+def test_a_fleet_that_reports_hourly_is_asked_for_fresh_reports() -> None:
+    """The report interval comes from how old the devices' last reports are. Reporting
+    every hour, most statuses are older than ORCH_STATUS_MAX_AGE (900 s) at their check: the
+    service asks a report, the device answers, the report wakes it, and it is checked
+    again. Every ten minutes, every status is fresh: one check a device."""
+    def spread(every: float) -> list[Device]:
+        return [Device(d.dev_id, d.wave, 0, 30, 90, START - (d.dev_id * 7919) % every)
+                for d in fleet(400)]
+
+    group = [GroupModel(KEY, task=TASK, upgrade_seconds=(30.0,))]
+    setup = Setup(Rules(), checks_per_second=20.0)
+    fresh = rehearse(spread(600.0), group, setup, START, seed=2)
+    hourly = rehearse(spread(3600.0), group, setup, START, seed=2)
+    assert fresh.counts == hourly.counts == {"succeeded": 400}
+    assert fresh.checks == 400
+    # stale unless the phase of its hour puts its last report within 900 s of the check
+    assert 400 + 0.6 * 400 <= hourly.checks <= 400 + 0.85 * 400
+    assert fresh.seconds is not None and hourly.seconds is not None
+    assert hourly.seconds > fresh.seconds * 1.5      # the checks are the bottleneck here
+
+
 def test_the_abort_rule_trips_in_the_wave_whose_group_is_refused() -> None:
     # group 1 (a tenth of the fleet) is refused with errno 8 for half its devices; the first
     # wave is a canary of 5 per group, so it holds refused devices and the rule acts there

@@ -96,6 +96,9 @@ def test_bench_smoke(which: str, size: int) -> None:
         assert result["succeeded"] == result["devices"] == 60
         rss = result["replica_max_rss_mb"]
         assert result["replicas"] == len(rss) == 2 and all(r > 0 for r in rss)
+        # the whole local server's CPU is read (clock ticks: a small run may see none)
+        assert result["database_cpu_seconds"] is not None
+        assert result["database_cpu_seconds"] >= 0
     if which == "scale":
         # every step measured at the size asked, every dashboard query timed, and none of
         # them reads a fleet-sized table from end to end

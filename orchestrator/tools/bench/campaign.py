@@ -20,17 +20,15 @@ from orchestrator.store import devices
 from orchestrator.store.campaigns import get_campaign
 from orchestrator.store.db import connect
 from orchestrator.tools.bench.common import (
-    DB_PIDS,
     PRODUCT_ID,
     Say,
     checks_scenario,
-    cpu_seconds,
-    cpu_spent,
     fleet_process,
     private_broker,
     raw_checks_all,
     report,
     scratch_database,
+    server_cpu_seconds,
     simulator_process,
 )
 from orchestrator.usecases.campaigns import create as create_campaign
@@ -101,14 +99,13 @@ async def _bench_campaign(settings: Settings, say: Say, n: int) -> dict[str, Any
             try:
                 # the replicas are up once their ingest has every device's first report
                 conn = await connect(dsn)
-                db_pids = [r["pid"] for r in await conn.fetch(DB_PIDS)]
                 try:
                     say(f"  waiting for {n:,} simulated devices to report")
                     async with asyncio.timeout(max(120.0, n / 200)):
                         while await devices.count_reported(conn, 1, n) < n:
                             await asyncio.sleep(0.5)
                     disk_before = await conn.fetchval("SELECT pg_database_size(current_database())")
-                    db_cpu = cpu_seconds(db_pids, "postgres")
+                    db_cpu = await server_cpu_seconds(conn)
                     started = time.perf_counter()
                     cid = await create_campaign(conn, CampaignSpec("bench", "fota", "1.3",
                                                        all_devices=True),
@@ -129,7 +126,9 @@ async def _bench_campaign(settings: Settings, say: Say, n: int) -> dict[str, Any
                                     f"{campaign.counts.succeeded:,} succeeded")
                             await asyncio.sleep(0.05)
                     elapsed = time.perf_counter() - started
-                    db_cpu_s = cpu_spent(db_cpu, cpu_seconds(db_pids, "postgres"))
+                    db_after = await server_cpu_seconds(conn)
+                    db_cpu_s = (None if db_cpu is None or db_after is None
+                                else round(db_after - db_cpu, 1))
                     events = await conn.fetchval(
                         "SELECT count(*) FROM ota.events WHERE campaign_id = $1", cid)
                     disk_mb = (await conn.fetchval(
@@ -155,7 +154,7 @@ async def _bench_campaign(settings: Settings, say: Say, n: int) -> dict[str, Any
                    "campaign_progress_ms_max": round(progress_ms[-1], 2),
                    "replicas": REPLICAS,
                    "replica_max_rss_mb": [round(r, 1) for r in replica_rss],
-                   "database_cpu_seconds": round(db_cpu_s, 1),
+                   "database_cpu_seconds": db_cpu_s,
                    "database_growth_mb": round(disk_mb, 1)},
                   say)
 

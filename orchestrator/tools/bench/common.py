@@ -25,7 +25,7 @@ import orjson
 
 from orchestrator.config import MqttUrl, Settings
 from orchestrator.sim import DEMO_ACCESS_KEY
-from orchestrator.store.db import connect
+from orchestrator.store.db import Connection, connect
 from orchestrator.store.migrate import migrate
 from orchestrator.tools.demo import free_port
 
@@ -156,6 +156,36 @@ def cpu_seconds(pids: Iterable[int], command: str) -> dict[int, float]:
 def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds spent between two :func:`cpu_seconds`, over the processes in both."""
     return sum(after[p] - before[p] for p in before.keys() & after.keys())
+
+
+def _stat(pid: int | str) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
+async def server_cpu_seconds(conn: Connection) -> float | None:
+    """CPU seconds so far of the whole PostgreSQL server ``conn`` talks to, when it runs on
+    this machine: the postmaster, its live children (backends, autovacuum, writers) and
+    every child that has exited (the postmaster's cutime and cstime), so backends a pool
+    opens and closes meanwhile are counted too. None where /proc does not show it."""
+    return _server_cpu(await conn.fetchval("SELECT pg_backend_pid()"))
+
+
+def _server_cpu(backend: int) -> float | None:
+    try:
+        postmaster = int(_stat(backend)[1])           # its parent
+        total = sum(int(x) for x in _stat(postmaster)[11:15])   # utime stime cutime cstime
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                c = _stat(entry.name)
+            except OSError:
+                continue                               # gone meanwhile
+            if c[1] == str(postmaster):
+                total += int(c[11]) + int(c[12])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 # the database's processes on a path: the backends of this database (open every pool

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -11,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from orchestrator.config import Settings
 from orchestrator.domain.campaign import CampaignSpec
@@ -31,6 +34,7 @@ from orchestrator.tools.bench.common import (
     server_cpu_seconds,
     simulator_process,
 )
+from orchestrator.tools.demo import free_port
 from orchestrator.usecases.campaigns import create as create_campaign
 
 REPLICAS = 2          # `orchestrator run` processes, each measured (the bench only watches)
@@ -70,6 +74,24 @@ def _replica_env(s: Settings, dsn: str) -> dict[str, str]:
     return env
 
 
+async def _until_ready(replicas: list[subprocess.Popen[bytes]], ports: list[int],
+                       timeout: float = 60.0) -> None:
+    """Until every replica's ``/readyz`` answers 200 (its ingest subscribed)."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        for proc, port in zip(replicas, ports, strict=True):
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"a replica exited with code {proc.returncode}")
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"a replica was not ready in {timeout:g} s")
+                await asyncio.sleep(0.1)
+
+
 async def _bench_campaign(settings: Settings, say: Say, n: int) -> dict[str, Any]:
     say(f"campaign: {n:,} simulated devices from creation to the last success, "
         f"{REPLICAS} replicas")
@@ -89,15 +111,21 @@ async def _bench_campaign(settings: Settings, say: Say, n: int) -> dict[str, Any
                                     mqtt_client_id=f"bench-{prefix}", api_listen="127.0.0.1:0",
                                     scheduler_poll_interval=0.05,
                                     status_max_age=STATUS_MAX_AGE)
-            fleets = [fleet_process(s, min(FLEET_SHARD, n - first + 1), first,
-                                    "--seed", str(first))
-                      for first in range(1, n + 1, FLEET_SHARD)]
+            ports = [free_port() for _ in range(REPLICAS)]
             replicas = [subprocess.Popen([sys.executable, "-m", "orchestrator", "run"],
-                                         env=_replica_env(s, dsn), stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL)
-                        for _ in range(REPLICAS)]
+                                         env={**_replica_env(s, dsn),
+                                              "ORCH_API_LISTEN": f"127.0.0.1:{port}"},
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        for port in ports]
+            fleets: list[subprocess.Popen[bytes]] = []
             try:
-                # the replicas are up once their ingest has every device's first report
+                # the fleet reports once an hour: its first reports must find ingest
+                # subscribed, or they are lost (the broker keeps nothing for a topic no one
+                # subscribes to)
+                await _until_ready(replicas, ports)
+                fleets = [fleet_process(s, min(FLEET_SHARD, n - first + 1), first,
+                                        "--seed", str(first))
+                          for first in range(1, n + 1, FLEET_SHARD)]
                 conn = await connect(dsn)
                 try:
                     say(f"  waiting for {n:,} simulated devices to report")

@@ -137,6 +137,11 @@ async def raw_checks_all(url: str, n: int, concurrency: int,
     return out
 
 
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command's name (the state first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
 def cpu_seconds(pids: Iterable[int], command: str) -> dict[int, float]:
     """CPU seconds so far of each of ``pids`` whose command line names ``command``, from
     /proc (empty where there is none, or for processes of another machine)."""
@@ -146,7 +151,7 @@ def cpu_seconds(pids: Iterable[int], command: str) -> dict[int, float]:
         try:
             if command.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 continue
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            fields = _stat(pid)
         except OSError:
             continue
         out[pid] = (int(fields[11]) + int(fields[12])) / tick      # utime + stime
@@ -156,10 +161,6 @@ def cpu_seconds(pids: Iterable[int], command: str) -> dict[int, float]:
 def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds spent between two :func:`cpu_seconds`, over the processes in both."""
     return sum(after[p] - before[p] for p in before.keys() & after.keys())
-
-
-def _stat(pid: int | str) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
 
 
 async def server_cpu_seconds(conn: Connection) -> float | None:
